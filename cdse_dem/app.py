@@ -1,0 +1,303 @@
+"""One run of the tool, from parsed arguments to exit status.
+
+The order matters to users: everything that can be wrong with the request (options,
+configuration, tile list, output folder, credentials) is found before any network call;
+the catalogue is searched before logging in (search needs no token, and a run with
+nothing to download needs no login); geocells are fetched last.
+"""
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from cdse_dem import RELEASE_DATE, __version__, paths
+from cdse_dem.errors import (
+    EXIT_BUDGET,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    DemError,
+    InputError,
+    UsageError,
+)
+
+log = logging.getLogger("cdse_dem.app")
+SEARCH_THREADS = 8
+
+
+def run(args) -> int:
+    from cdse_dem.logs import setup_logging
+
+    try:
+        setup_logging(args.verbose, args.quiet, Path(args.log_file) if args.log_file else None)
+    except OSError as exc:
+        print(f"{args.log_file}: cannot write the log file ({exc.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+    log.info("CDSE Copernicus DEM Downloader: Copernicus DEM retrieval for Sen2Cor")
+    log.info("Version: %s Date: %s", __version__, RELEASE_DATE)
+    log.info("<----->")
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.reset:
+            return _reset(args)
+        return _run(args)
+    except DemError as exc:
+        log.error("%s", exc)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        log.error("Interrupted: finished geocells are recorded; a re-run resumes")
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _reset(args) -> int:
+    from cdse_dem.credentials import reset_credentials
+
+    return reset_credentials(paths.credentials_dir(), assume_yes=args.yes)
+
+
+def _run(args) -> int:
+    from cdse_dem import entries as entries_mod
+    from cdse_dem.config import load_config
+    from cdse_dem.options import decide
+
+    config = None
+    if args.config is not None:
+        config = load_config(Path(args.config).expanduser() if args.config else paths.default_configuration_file())
+    settings = decide(args, config)
+    log.info("Reading Request from %s", settings.origin)
+    if settings.ignored:
+        log.warning("%s has priority: %s ignored", "--config" if config else "--t", ", ".join(settings.ignored))
+
+    if settings.tile_args:
+        entries = entries_mod.from_command_line(list(settings.tile_args))
+    else:
+        log.info("Reading tiles from %s", settings.tiles_file)
+        entries = entries_mod.read_tile_list(settings.tiles_file)
+    invalid = [e for e in entries if e.error]
+    for entry in invalid:
+        log.error("%s", entry.message)
+    valid = entries_mod.unique_tiles(entries)
+    if not valid:
+        raise InputError("no valid tile id or SAFE name to process")
+
+    out_dir = settings.output_dir
+    _check_output_dir(out_dir, create=not args.dry_run)
+    credentials = None
+    if not args.dry_run:
+        from cdse_dem.credentials import obtain_credentials
+        from cdse_dem.endpoints import Endpoints
+
+        log.info("Retrieval of public and private keys")
+        credentials = obtain_credentials(paths.credentials_dir(), _host(Endpoints.from_env().token_url))
+
+    log.info("Processing %d Tile(s)", len(valid))
+    log.info("Start time: %s", datetime.now())
+    log.info("<----->")
+    return _work(args, settings, valid, invalid, out_dir, credentials)
+
+
+def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
+    from cdse_dem import plan as plan_mod
+    from cdse_dem.cache import NameIdCache
+    from cdse_dem.catalogue import Catalogue
+    from cdse_dem.endpoints import Endpoints
+    from cdse_dem.http import new_http_session
+    from cdse_dem.report import Totals
+
+    started = time.monotonic()
+    endpoints = Endpoints.from_env()
+    tile_plans = _tile_plans(valid, args.kml)
+    cache = NameIdCache.load(out_dir) if out_dir.is_dir() else None
+
+    def file_name(cell):
+        return cell.dem_file_name(settings.resolution, settings.model)
+
+    def recorded_id(name):
+        return cache.product_id(name) if cache is not None and cache.is_complete(name) else None
+
+    plan = plan_mod.start_plan(tile_plans, file_name, recorded_id)
+    http = new_http_session(args.workers + 2)
+    catalogue = Catalogue(endpoints.catalogue_url, http)
+    _search(plan, catalogue, settings)
+
+    to_fetch = plan.to_fetch()
+    log.info("There are %d DEM files expected", len(to_fetch))
+    totals = Totals()
+    left: list[str] = []
+    fatal: DemError | None = None
+    status = EXIT_OK
+    try:
+        if args.dry_run:
+            _print_plan(plan)
+        elif to_fetch:
+            left, fatal, totals.bytes_downloaded = _download(args, to_fetch, credentials, http, endpoints,
+                                                             out_dir, cache)
+        elif plan.count(plan_mod.PRESENT):
+            log.info("Nothing to download: every DEM geocell is already in %s", out_dir)
+    except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+        raise
+    finally:
+        totals.seconds = time.monotonic() - started
+        if status == EXIT_OK:
+            status = _exit_status(plan, invalid, left, fatal)
+        _finish(args, plan, invalid, totals, left, status, settings)
+    if fatal is not None:
+        log.error("%s", fatal)
+    log.info("Process is finished")
+    return status
+
+
+def _tile_plans(valid, kml_arg: str | None):
+    from cdse_dem.footprint import FootprintFinder
+    from cdse_dem.geocells import geocells_of
+    from cdse_dem.plan import TilePlan
+
+    kml_path = Path(kml_arg).expanduser() if kml_arg else paths.default_kml_path()
+    if kml_arg and not kml_path.is_file():
+        raise UsageError(f"{kml_path}: tiling KML not found")
+    finder = FootprintFinder(kml_path if kml_path.is_file() else None)
+    plans = []
+    for entry in valid:
+        footprint = finder.footprint(entry.tile)
+        plans.append(TilePlan(entry, entry.tile, footprint.source, geocells_of(footprint), footprint))
+    return plans
+
+
+def _search(plan, catalogue, settings) -> None:
+    """Catalogue searches for the tiles that need one, a few at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cdse_dem import plan as plan_mod
+    from cdse_dem.catalogue import parse_product, product_filter, query_area
+
+    def search(tile):
+        products = []
+        for part in tile.footprint.parts:
+            text = product_filter(settings.collection, settings.resolution, settings.model, settings.delivery,
+                                  query_area(part))
+            products.extend(p for p in map(parse_product, catalogue.search(text)) if p is not None)
+        return products
+
+    tiles = plan_mod.tiles_to_search(plan)
+    with ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="search") as pool:
+        futures = [(tile, pool.submit(search, tile)) for tile in tiles]
+        for tile, future in futures:
+            log.info("Tile_ID: %s", tile.tile)
+            log.info("Tile Found (footprint: %s)", "tiling KML" if tile.footprint_source == "kml" else "computed")
+            try:
+                products = future.result()
+            except DemError as exc:
+                log.error("Tile %s: %s", tile.tile, exc)
+                plan_mod.search_failed(plan, tile, str(exc))
+                continue
+            log.info("DEM_LIST from url retrieved")
+            plan_mod.apply_products(plan, tile, products)
+            sea = [plan.cells[c].file_name for c in tile.geocells if plan.cells[c].status == plan_mod.SEA]
+            for name in sea:
+                log.info("No DEM in CDSE (open sea): %s", name)
+
+
+def _download(args, to_fetch, credentials, http, endpoints, out_dir, cache):
+    from cdse_dem.fetch import fetch_all
+    from cdse_dem.session import CdseSession
+
+    log.info("Getting access token")
+    session = CdseSession(credentials, endpoints, http=http, max_minutes=args.max_minutes)
+    session.login()
+    stop = threading.Event()
+    progress = _progress_bar(sum(c.product.content_length or 0 for c in to_fetch), args.quiet)
+    try:
+        outcome = fetch_all(to_fetch, session=session, http=http, endpoints=endpoints, out_dir=out_dir,
+                            cache=cache, workers=args.workers, stop=stop, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+        session.close()
+    log.info("Dictionary name:id saved to JSON file")
+    return outcome.left, outcome.fatal, outcome.bytes
+
+
+def _progress_bar(total: int, quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1024, desc="DEM", leave=False)
+
+
+def _exit_status(plan, invalid, left, fatal) -> int:
+    from cdse_dem.plan import FAILED
+
+    if left:
+        return EXIT_BUDGET
+    if fatal is not None or invalid or plan.count(FAILED):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _finish(args, plan, invalid, totals, left, status, settings) -> None:
+    from cdse_dem.report import summary_dict, summary_lines
+
+    if left:
+        log.warning("Time budget spent: %d geocell(s) not started; run again to resume", len(left))
+    if not args.quiet:
+        print("\n".join(summary_lines(plan, invalid, totals, left)), flush=True)
+    if args.summary_json:
+        from cdse_dem.fsutil import atomic_write_json
+
+        atomic_write_json(Path(args.summary_json), summary_dict(plan, invalid, totals, status))
+    if args.kml_report:
+        from cdse_dem.kml_report import write_kml_report
+
+        write_kml_report(Path(args.kml_report), plan, settings.resolution)
+
+
+def _print_plan(plan) -> None:
+    from cdse_dem.plan import tile_counts
+
+    for tile in plan.tiles:
+        counts = tile_counts(plan, tile)
+        print(f"{tile.tile} (footprint: {tile.footprint_source}): {len(tile.geocells)} geocells, "
+              f"{counts['planned']} to download, {counts['present']} present, {counts['sea']} open sea")
+        for cell in tile.geocells:
+            state = plan.cells[cell]
+            print(f"  {cell.grid_id}  {state.file_name}  {state.status}  {state.product_id or '-'}")
+
+
+def _check_output_dir(out_dir: Path, *, create: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: the output folder is a file")
+    if not out_dir.exists():
+        if not create:
+            return
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+    probe = out_dir / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        if create:
+            raise UsageError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from None
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or ""
+

@@ -1,0 +1,201 @@
+"""Finding the DEM products of a tile in the CDSE OData catalogue.
+
+The query is the real one (collection, product type or dataset, Intersects of each
+footprint part), every page is followed, and each product is mapped to its geocell so
+that neighbours which only touch the tile, and the second product of a doubled cell, are
+dropped before anything is downloaded. Catalogue search needs no token.
+"""
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from cdse_dem.errors import ServiceError
+from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, parse_grid_id
+from cdse_dem.retry import Backoff, retry_after
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 1000
+# COP-DEM product types and CCM datasets, by (resolution, model).
+_PRODUCT_TYPES = {(30, "DGED"): "DGE_30", (90, "DGED"): "DGE_90", (30, "DTED"): "DTE_30", (90, "DTED"): "DTE_90"}
+# The query polygon is the footprint part grown by this much (degrees) and simplified by
+# less than that, so it surely covers the tile with a short URL; extra neighbours are
+# dropped afterwards by the geocell check.
+_QUERY_MARGIN = 0.01
+_QUERY_SIMPLIFY = 0.002
+
+
+@dataclass(frozen=True)
+class Product:
+    """One catalogue product: what to download and how to check it."""
+
+    id: str
+    name: str
+    geocell: Geocell
+    content_length: int | None
+    md5: str | None
+    blake3: str | None
+    delivery: str | None
+    modification_date: str
+    footprint_wkt: str
+    s3_path: str
+    online: bool
+
+
+def dataset_name(resolution: int, model: str) -> str:
+    return f"COP-DEM_GLO-{resolution}-{model}"
+
+
+def product_filter(collection: str, resolution: int, model: str, delivery: str, area_wkt: str) -> str:
+    """The ``$filter`` of one search, in the form CDSE documents."""
+    if collection == "CCM":
+        attribute, value = "dataset", f"{dataset_name(resolution, model)}/{delivery}"
+    else:
+        attribute, value = "productType", _PRODUCT_TYPES[(resolution, model)]
+    return (
+        f"Collection/Name eq '{collection}'"
+        f" and Attributes/OData.CSC.StringAttribute/any(att:att/Name eq '{attribute}'"
+        f" and att/OData.CSC.StringAttribute/Value eq '{value}')"
+        f" and OData.CSC.Intersects(area=geography'SRID=4326;{area_wkt}')"
+    )
+
+
+def query_area(part) -> str:
+    """A short WKT polygon that covers one footprint part (lon/lat, 6 decimals)."""
+    from shapely import wkt
+    from shapely.geometry import box
+
+    grown = part.buffer(_QUERY_MARGIN, join_style="mitre").simplify(_QUERY_SIMPLIFY)
+    grown = grown.intersection(box(-180, -90, 180, 90))
+    if grown.geom_type != "Polygon":  # clipping at ±180 cannot split one part; be safe anyway
+        grown = grown.convex_hull
+    return wkt.dumps(grown, rounding_precision=6).replace("POLYGON ((", "POLYGON((")
+
+
+def search_url(catalogue_url: str, filter_text: str) -> str:
+    return (f"{catalogue_url}/Products?$filter={quote(filter_text, safe='')}"
+            f"&$expand=Attributes&$top={PAGE_SIZE}")
+
+
+def parse_product(record: dict) -> Product | None:
+    """A catalogue record as a Product; None when it names no geocell we can tell."""
+    attributes = {a.get("Name"): a.get("Value") for a in record.get("Attributes") or []}
+    geocell = None
+    if attributes.get("gridId"):
+        try:
+            geocell = parse_grid_id(str(attributes["gridId"]))
+        except ValueError:
+            geocell = None
+    if geocell is None:
+        geocell = geocell_of_footprint_wkt(record.get("Footprint") or "")
+    if geocell is None:
+        log.warning("Product %s names no geocell: skipped", record.get("Name"))
+        return None
+    checksums = {c.get("Algorithm", "").upper(): c.get("Value") for c in record.get("Checksum") or []}
+    dataset = str(attributes.get("dataset") or "")
+    length = record.get("ContentLength")
+    return Product(
+        id=str(record["Id"]),
+        name=str(record.get("Name", "")),
+        geocell=geocell,
+        content_length=int(length) if isinstance(length, int) and length > 0 else None,
+        md5=(checksums.get("MD5") or None),
+        blake3=(checksums.get("BLAKE3") or None),
+        delivery=dataset.split("/", 1)[1] if "/" in dataset else None,
+        modification_date=str(record.get("ModificationDate") or ""),
+        footprint_wkt=str(record.get("Footprint") or ""),
+        s3_path=str(record.get("S3Path") or ""),
+        online=bool(record.get("Online", True)),
+    )
+
+
+def preference(product: Product) -> tuple:
+    """Order among products of one geocell: newest delivery, then ModificationDate, then Id."""
+    return (product.delivery or "", product.modification_date, product.id)
+
+
+def choose(products: Iterable[Product], wanted: Iterable[Geocell]) -> dict[Geocell, Product]:
+    """One product per wanted geocell; products of other cells (touching neighbours) dropped."""
+    wanted = set(wanted)
+    chosen: dict[Geocell, Product] = {}
+    for product in products:
+        if product.geocell not in wanted:
+            continue
+        current = chosen.get(product.geocell)
+        if current is None or preference(product) > preference(current):
+            chosen[product.geocell] = product
+    return chosen
+
+
+class Catalogue:
+    """Searches the catalogue over a shared HTTP session, with timeouts and retries."""
+
+    def __init__(self, catalogue_url: str, http, *, backoff: Backoff | None = None,
+                 timeout: tuple[float, float] = (10.0, 30.0)):
+        self.catalogue_url = catalogue_url.rstrip("/")
+        self.http = http
+        self.backoff = backoff or Backoff()
+        self.timeout = timeout
+
+    def search(self, filter_text: str) -> list[dict]:
+        """Every record matching ``filter_text``, following ``@odata.nextLink`` to the end."""
+        url: str | None = search_url(self.catalogue_url, filter_text)
+        records: list[dict] = []
+        while url:
+            page = self._get_json(url)
+            value = page.get("value")
+            if not isinstance(value, list):
+                raise ServiceError(f"CDSE catalogue answered a page without a product list ({_short(url)})")
+            records.extend(value)
+            url = page.get("@odata.nextLink")
+        return records
+
+    def _get_json(self, url: str) -> dict:
+        import requests
+
+        delays = self.backoff.delays()
+        while True:
+            problem, wait = None, None
+            try:
+                reply = self.http.get(url, timeout=self.timeout)
+            except requests.RequestException as exc:
+                problem = f"no answer ({type(exc).__name__})"
+            else:
+                if reply.status_code == 200:
+                    try:
+                        page = reply.json()
+                    except ValueError:
+                        problem = "an answer that is not JSON"
+                    else:
+                        if isinstance(page, dict):
+                            return page
+                        problem = "an answer that is not a JSON object"
+                elif reply.status_code == 429 or reply.status_code >= 500:
+                    problem, wait = f"HTTP {reply.status_code}", retry_after(reply.headers)
+                else:
+                    raise ServiceError(f"CDSE catalogue refused the search: HTTP {reply.status_code}"
+                                       f" {_detail(reply)}")
+            delay = next(delays, None)
+            if delay is None:
+                raise ServiceError(f"CDSE catalogue gave {problem} after {self.backoff.attempts} tries"
+                                   f" ({_short(url)})")
+            log.warning("CDSE catalogue gave %s; retrying in %.1f s", problem, max(delay, wait or 0))
+            time.sleep(max(delay, wait or 0))
+
+
+def _detail(reply) -> str:
+    try:
+        body = reply.json()
+    except ValueError:
+        return reply.text[:200].strip()
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, dict):
+        detail = detail.get("message") or detail
+    return str(detail or body)[:300]
+
+
+def _short(url: str) -> str:
+    return url.split("?", 1)[0]

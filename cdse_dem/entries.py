@@ -1,0 +1,117 @@
+"""What the user asked for: tile ids and SAFE names, from the command line or a list file.
+
+The reference tool silently re-queried the previous tile for a bad or blank line; here
+every entry is checked on its own, every invalid one is reported with its file and line,
+and the valid ones still run.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdse_dem import tiles
+from cdse_dem.errors import InputError
+
+COMMAND_LINE = "command line"
+
+# Compact L1C/L2A product names (since December 2016). The tile is the _T<tile>_ field,
+# wherever it stands, so a future extra field does not break the lookup.
+_SAFE_RE = re.compile(r"^S2[A-D]_MSI(L1C|L2A)(_[0-9A-Z]+)*_T(\d\d[A-Z]{3})(_[0-9A-Z]+)*$")
+_SAFE_SUFFIXES = (".ZIP", ".SAFE")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One requested item, as written, where it was written, and what it resolved to."""
+
+    text: str
+    source: str  # COMMAND_LINE or the list file's path
+    line: int | None
+    tile: str | None = None
+    error: str | None = None
+
+    @property
+    def where(self) -> str:
+        return self.source if self.line is None else f"{self.source}:{self.line}"
+
+    @property
+    def message(self) -> str:
+        """The one-line report of an invalid entry: ``file:line: '<entry>' ...``."""
+        return f"{self.where}: {self.error}"
+
+
+def tile_of(text: str) -> str:
+    """The Sentinel-2 tile an entry names, or InputError saying why it names none."""
+    candidate = text.strip().upper()
+    tile = tiles.normalize_tile_id(candidate) or _tile_of_safe_name(candidate)
+    if tile is None:
+        raise InputError(f"'{text.strip()}' is not a Sentinel-2 tile id or SAFE name")
+    tiles.check_tile(tile)
+    return tile
+
+
+def _tile_of_safe_name(name: str) -> str | None:
+    base = re.split(r"[/\\]", name.rstrip("/\\"))[-1]
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in _SAFE_SUFFIXES:
+            if base.endswith(suffix):
+                base, stripped = base[: -len(suffix)], True
+    match = _SAFE_RE.match(base)
+    return tiles.normalize_tile_id(match.group(3)) if match else None
+
+
+def resolve(text: str, source: str, line: int | None) -> Entry:
+    try:
+        return Entry(text, source, line, tile=tile_of(text))
+    except InputError as exc:
+        return Entry(text, source, line, error=str(exc))
+
+
+def from_command_line(values: list[str]) -> list[Entry]:
+    return [resolve(value, COMMAND_LINE, None) for value in values]
+
+
+def read_tile_list(path: Path) -> list[Entry]:
+    """Entries of a list file: one a line, ``#`` starts a comment, blank lines skipped.
+
+    A file that cannot serve as a list at all (missing, a folder, binary, empty) is an
+    InputError; a bad line is an invalid Entry, reported with the rest.
+    """
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a tile list file")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: tile list file not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the tile list ({exc.strerror})") from None
+    if b"\0" in raw:
+        line = raw[: raw.index(b"\0")].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not a text file (binary content)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not a text file (not UTF-8)") from None
+
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        content = line.split("#", 1)[0].strip()
+        if content:
+            entries.append(resolve(content, str(path), number))
+    if not entries:
+        raise InputError(f"{path}: holds no tile id or SAFE name")
+    return entries
+
+
+def unique_tiles(entries: list[Entry]) -> list[Entry]:
+    """The valid entries, one per tile, in the order first asked for."""
+    seen: set[str] = set()
+    kept = []
+    for entry in entries:
+        if entry.tile and entry.tile not in seen:
+            seen.add(entry.tile)
+            kept.append(entry)
+    return kept

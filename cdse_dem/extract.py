@@ -1,0 +1,125 @@
+"""Taking the one DEM layer out of a product zip, safely.
+
+Sen2Cor wants the DEM layer only (``*_DEM.tif``, or ``*_DEM.dt1`` / ``*_DEM.dt2`` for DTED),
+flat in the output folder under its original base name. The member is found by its suffix,
+not by a fixed path (CCM zips put a random suffix on the root folder), and never from
+``PREVIEW/`` (quick looks with similar names). Nothing from a path inside the zip reaches the
+file system: only a checked base name does, so a crafted zip cannot write outside the
+output folder. The layer is streamed to a temporary name, its CRC and size are checked
+(zipfile checks the CRC when the member has been read to its end), it is fsynced, and only
+then renamed into place: a file under its final name is always whole.
+"""
+
+import logging
+import os
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+from cdse_dem.errors import DemError
+from cdse_dem.fsutil import create_temp_in, raise_if_disk_full, remove_quietly, replace_into_place
+
+log = logging.getLogger(__name__)
+
+DEM_SUFFIXES = ("_DEM.tif", "_DEM.dt1", "_DEM.dt2")
+_CHUNK = 1024 * 1024
+
+
+class ExtractError(DemError):
+    """A product zip does not hold exactly one usable DEM layer, or it is damaged."""
+
+
+def _parts(member_name: str) -> list[str]:
+    # Zips written on Windows may use backslashes: treat them as separators too.
+    return [p for p in member_name.replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def is_dem_member(member_name: str) -> bool:
+    """Whether a zip member is a DEM layer: the suffix says so and it is not a quick look."""
+    parts = _parts(member_name)
+    if not parts or member_name.endswith(("/", "\\")):
+        return False
+    if any(p.upper() == "PREVIEW" for p in parts[:-1]):
+        return False
+    return parts[-1].lower().endswith(tuple(s.lower() for s in DEM_SUFFIXES))
+
+
+def _is_unsafe(member_name: str) -> bool:
+    name = member_name.replace("\\", "/")
+    return (
+        name.startswith("/")
+        or PurePosixPath(name).is_absolute()
+        or (len(name) > 1 and name[1] == ":")  # a Windows drive: C:/...
+        or ".." in _parts(member_name)
+        or "\x00" in name
+    )
+
+
+def find_dem_member(zf: zipfile.ZipFile, zip_path: Path) -> zipfile.ZipInfo:
+    """The single DEM layer member of ``zf``; zero, several, or an unsafe name is an error."""
+    candidates = [info for info in zf.infolist() if not info.is_dir() and is_dem_member(info.filename)]
+    if not candidates:
+        raise ExtractError(f"no DEM layer (*_DEM.tif, *_DEM.dt1, *_DEM.dt2) found in {zip_path}")
+    if len(candidates) > 1:
+        names = ", ".join(info.filename for info in candidates)
+        raise ExtractError(f"several DEM layers found in {zip_path}: {names}")
+    info = candidates[0]
+    if _is_unsafe(info.filename):
+        raise ExtractError(f"refusing the unsafe member path {info.filename!r} in {zip_path}")
+    return info
+
+
+def extract_dem(zip_path: Path, out_dir: Path, expected_name: str | None = None) -> Path:
+    """Write the DEM layer of ``zip_path`` into ``out_dir`` under its base name; return that path.
+
+    ``expected_name`` (e.g. ``Copernicus_DSM_30_N50_00_E007_00_DEM.tif``), when given, must be
+    the layer's base name: a product for another geocell or format is an error, not a file.
+    """
+    zip_path, out_dir = Path(zip_path), Path(out_dir)
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise ExtractError(f"{zip_path} is not a readable zip file ({exc})") from exc
+    except OSError as exc:
+        raise ExtractError(f"cannot open {zip_path}: {exc.strerror or exc}") from exc
+    with zf:
+        info = find_dem_member(zf, zip_path)
+        base_name = _parts(info.filename)[-1]
+        if expected_name is not None and base_name != expected_name:
+            raise ExtractError(f"{zip_path} holds {base_name}, not the expected {expected_name}")
+        final = out_dir / base_name
+        try:
+            temp, handle = create_temp_in(out_dir, base_name)
+        except OSError as exc:  # DiskFull passes through: it is a DemError already
+            raise ExtractError(f"cannot write in {out_dir}: {exc.strerror or exc}") from exc
+        try:
+            written = 0
+            with handle, zf.open(info) as src:
+                while True:
+                    chunk = src.read(_CHUNK)  # the CRC is checked when the end is reached
+                    if not chunk:
+                        break
+                    handle.write(chunk)
+                    written += len(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if written != info.file_size:
+                raise ExtractError(
+                    f"{info.filename} in {zip_path}: {written} bytes read, {info.file_size} expected"
+                )
+            replace_into_place(temp, final)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            remove_quietly(temp)
+            raise ExtractError(f"{info.filename} in {zip_path} is damaged ({exc})") from exc
+        except (NotImplementedError, RuntimeError) as exc:  # unsupported compression, encryption
+            remove_quietly(temp)
+            raise ExtractError(f"cannot extract {info.filename} from {zip_path} ({exc})") from exc
+        except OSError as exc:
+            remove_quietly(temp)
+            raise_if_disk_full(exc, out_dir)
+            raise ExtractError(f"cannot write {final}: {exc.strerror or exc}") from exc
+        except BaseException:
+            remove_quietly(temp)
+            raise
+    log.debug("Extracted %s from %s", base_name, zip_path)
+    return final

@@ -1,0 +1,201 @@
+"""Writing files so that a final name only ever holds a whole file.
+
+Everything the tool leaves on disk (DEM layers, the name→id JSON, credentials) is first
+written under a temporary name in the SAME folder, flushed and fsynced, then renamed over
+the final name with ``os.replace``: a rename within one filesystem is atomic, so a crash,
+a Ctrl-C or a full disk leaves either the old file or the new one, never half of one.
+
+Temporary names are hidden (leading dot), end in ``.cdse-tmp`` (so no ``*_DEM.tif`` glob,
+Sen2Cor's included, can pick one up) and carry the writer's process id, which lets a later
+run remove the leftovers of a killed run without touching those of a run still going on.
+"""
+
+import errno
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cdse_dem.errors import DemError
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".cdse-tmp"
+STALE_AFTER = 6 * 3600.0  # seconds without a write after which a temporary is dead whoever owns it
+_MAX_STEM = 150  # keeps "<dot><stem>.<pid>-<hex><suffix>" well under the 255-byte name limit
+_TEMP_RE = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})" + re.escape(TEMP_SUFFIX) + "$")
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFull(DemError):
+    """The disk (or quota) of an output folder is full: retrying will not help."""
+
+
+def raise_if_disk_full(exc: OSError, folder: Path) -> None:
+    """Turn ENOSPC / EFBIG / EDQUOT into one line naming the folder; other errors are left to the caller."""
+    if exc.errno in _DISK_FULL:
+        raise DiskFull(f"no space left to write in {folder} ({exc.strerror or exc})") from exc
+
+
+def temp_path_in(folder: Path, final_name: str) -> Path:
+    """A fresh temporary name in ``folder`` for a file that will become ``final_name``.
+
+    Same folder, hence same filesystem, so the final ``os.replace`` is atomic.
+    """
+    stem = Path(final_name).name[:_MAX_STEM] or "file"
+    return Path(folder) / f".{stem}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+
+
+def is_temporary(path: Path) -> bool:
+    """True for a name made by :func:`temp_path_in` (by anyone, any process)."""
+    return _TEMP_RE.match(Path(path).name) is not None
+
+
+def create_temp_in(folder: Path, final_name: str, mode: int | None = None) -> tuple[Path, BinaryIO]:
+    """Create (exclusively) and open for binary writing a new temporary for ``final_name``.
+
+    With ``mode`` the file is created with exactly those permissions, so a secret never
+    exists, even briefly, readable by others.
+    """
+    folder = Path(folder)
+    for _ in range(10):
+        path = temp_path_in(folder, final_name)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o600 if mode is not None else 0o666)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise_if_disk_full(exc, folder)
+            raise
+        try:
+            if mode is not None and hasattr(os, "fchmod"):
+                os.fchmod(fd, mode)  # exact, whatever the umask
+            return path, os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            remove_quietly(path)
+            raise
+    raise FileExistsError(f"could not create a temporary file in {folder}")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; best effort (not possible on every OS/filesystem)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_into_place(temp: Path, final: Path) -> None:
+    """Rename a finished, fsynced temporary over ``final`` (atomic) and make the rename durable."""
+    os.replace(temp, final)
+    fsync_dir(Path(final).parent)
+
+
+def remove_quietly(path: Path | None) -> None:
+    """Delete a file if it is there; cleaning up must never hide the error being reported."""
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.debug("could not remove %s: %s", path, exc)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` all at once (``mode``: exact permissions, e.g. 0o600).
+
+    Raises :class:`DiskFull` when the disk is full, and the OSError itself otherwise; in
+    every case the old file is untouched and no temporary is left behind.
+    """
+    path = Path(path)
+    temp, handle = create_temp_in(path.parent, path.name, mode)
+    try:
+        with handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        replace_into_place(temp, path)
+    except OSError as exc:
+        remove_quietly(temp)
+        raise_if_disk_full(exc, path.parent)
+        raise
+    except BaseException:
+        remove_quietly(temp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str, mode: int | None = None, encoding: str = "utf-8") -> None:
+    atomic_write_bytes(path, text.encode(encoding), mode)
+
+
+def atomic_write_json(path: Path, obj: Any, mode: int | None = None, *, indent: int | None = 2,
+                      sort_keys: bool = True) -> None:
+    """Write ``obj`` as UTF-8 JSON atomically; sorted keys keep files stable across runs (diffable)."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n"
+    atomic_write_text(path, text, mode)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would TERMINATE the process on Windows: rely on age only
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, *, max_age: float = STALE_AFTER,
+                             now: Callable[[], float] = time.time) -> list[Path]:
+    """Delete temporaries in ``folder`` left by runs that died; returns what was removed.
+
+    A temporary is stale when its writer process is gone, or when nobody has written to it
+    for ``max_age`` seconds (process ids get reused). Files not named by us are never touched.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = _TEMP_RE.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            age = now() - entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            continue
+        if _pid_alive(int(match["pid"])) and age < max_age:
+            continue
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("Could not remove the leftover temporary file %s: %s", entry.path, exc)
+            continue
+        removed.append(Path(entry.path))
+    if removed:
+        log.info("Removed %d leftover temporary file(s) from %s", len(removed), folder)
+    return removed

@@ -1,0 +1,334 @@
+"""The stored CDSE password: RSA-encrypted entries in ``credentials.yaml``, one per OS user.
+
+What this protects against: another account on the machine (folder 0700, files 0600) and a
+copied ``credentials.yaml`` alone (the password is RSA-OAEP ciphertext; the private key stays
+behind, optionally encrypted with ``CDSE_KEY_PASSPHRASE``). What it does not: anyone who can
+read the private key (and knows its passphrase, if any) can decrypt the password.
+
+The reference tool's holes are closed here: a 3072-bit key with OAEP/SHA-256 instead of
+1012 bits with PKCS#1 v1.5, private files, ``safe_load`` (no Python tags), atomic writes, one
+entry per OS user instead of a duplicate at every save, and a key fingerprint per entry so
+that a key which no longer matches is named as such rather than failing obscurely.
+
+Every failure to read the store is a ``CredentialError`` that suggests ``--reset``, raised
+before any file is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cdse_dem.errors import CredentialError
+
+log = logging.getLogger(__name__)
+
+CREDENTIALS_FILE = "credentials.yaml"
+PRIVATE_KEY_FILE = "private_key.pem"
+KEY_BITS = 3072
+FORMAT_VERSION = 1
+_HEADER = (
+    "# CDSE credentials of the Copernicus DEM downloader, one entry per OS user.\n"
+    "# Passwords are RSA-OAEP (SHA-256) encrypted with the key in private_key.pem beside this file.\n"
+    "# Do not edit; run the tool with --reset to replace your entry.\n"
+)
+_RESET_HINT = "run the tool with --reset to store your credentials again"
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """One OS user's line in credentials.yaml: never the password in clear."""
+
+    username: str
+    ciphertext: str  # base64 of the RSA-OAEP ciphertext
+    fingerprint: str  # "sha256:<hex>" of the public key (DER) that encrypted it
+
+
+# --- pure core: the YAML document ------------------------------------------------------
+
+
+def parse_document(text: str, source: str = CREDENTIALS_FILE) -> dict[str, StoredEntry]:
+    """The entries of a credentials.yaml text, keyed by OS user.
+
+    ``safe_load`` refuses Python tags; anything not shaped as we write it is refused too,
+    since guessing at a damaged file could hand the wrong password to the wrong user.
+    """
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _corrupt(source, _yaml_reason(exc)) from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise _corrupt(source, "not a mapping")
+    version = doc.get("version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise _corrupt(source, f"unknown format version {version!r}")
+    raw_entries = doc.get("entries") or {}
+    if not isinstance(raw_entries, dict):
+        raise _corrupt(source, "'entries' is not a mapping")
+    entries: dict[str, StoredEntry] = {}
+    for os_user, raw in raw_entries.items():
+        fields = ("username", "password", "key_fingerprint")
+        if not (isinstance(os_user, str) and isinstance(raw, dict)
+                and all(isinstance(raw.get(name), str) and raw.get(name) for name in fields)):
+            raise _corrupt(source, f"entry {os_user!r} is malformed")
+        entries[os_user] = StoredEntry(raw["username"], raw["password"], raw["key_fingerprint"])
+    return entries
+
+
+def _yaml_reason(exc: Exception) -> str:
+    """One line out of PyYAML's multi-line message: what is wrong, and on which line."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}"
+    return problem or (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def render_document(entries: dict[str, StoredEntry]) -> str:
+    """The credentials.yaml text for ``entries`` (a mapping, so an OS user appears once)."""
+    import yaml
+
+    doc: dict[str, Any] = {
+        "version": FORMAT_VERSION,
+        "entries": {
+            os_user: {"username": e.username, "password": e.ciphertext, "key_fingerprint": e.fingerprint}
+            for os_user, e in sorted(entries.items())
+        },
+    }
+    return _HEADER + yaml.safe_dump(doc, default_flow_style=False, sort_keys=False)
+
+
+def _corrupt(source: str, reason: str) -> CredentialError:
+    return CredentialError(f"{source}: unreadable stored credentials ({reason}); {_RESET_HINT}")
+
+
+# --- pure core: the cryptography -------------------------------------------------------
+
+
+def _oaep():
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    return padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+def fingerprint(public_key) -> str:
+    """``sha256:<hex>`` of the public key's DER form: tells which key encrypted an entry."""
+    from cryptography.hazmat.primitives import serialization
+
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def encrypt_password(public_key, password: str) -> str:
+    """Base64 of the RSA-OAEP (SHA-256) ciphertext of ``password``."""
+    data = password.encode("utf-8")
+    limit = public_key.key_size // 8 - 2 * 32 - 2  # OAEP with SHA-256
+    if len(data) > limit:
+        raise CredentialError(f"the password is too long to be stored ({len(data)} bytes, at most {limit})")
+    return base64.b64encode(public_key.encrypt(data, _oaep())).decode("ascii")
+
+
+def decrypt_password(private_key, ciphertext: str) -> str:
+    """The password in ``ciphertext``; ValueError when it was not made with this key."""
+    try:
+        raw = base64.b64decode(ciphertext.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError("not base64") from exc
+    return private_key.decrypt(raw, _oaep()).decode("utf-8")
+
+
+def generate_key(bits: int = KEY_BITS):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def private_key_pem(private_key, passphrase: str | None) -> bytes:
+    """PKCS#8 PEM, encrypted with ``passphrase`` when one is given."""
+    from cryptography.hazmat.primitives import serialization
+
+    encryption = (serialization.BestAvailableEncryption(passphrase.encode("utf-8")) if passphrase
+                  else serialization.NoEncryption())
+    return private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def load_private_key(pem: bytes, passphrase: str | None, source: str, min_bits: int = KEY_BITS):
+    """The RSA private key in ``pem``; CredentialError (one line, suggesting --reset) otherwise."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    secret = passphrase.encode("utf-8") if passphrase else None
+    try:
+        key = serialization.load_pem_private_key(pem, password=secret)
+    except TypeError:
+        if secret is None:
+            raise CredentialError(
+                f"{source} is encrypted: set CDSE_KEY_PASSPHRASE to its passphrase, or {_RESET_HINT}"
+            ) from None
+        # A passphrase was set after the key was made without one: the key still works.
+        log.warning("CDSE_KEY_PASSPHRASE is set but %s is not encrypted; --reset makes an encrypted one",
+                    source)
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (TypeError, ValueError):
+            raise CredentialError(f"{source} is damaged; {_RESET_HINT}") from None
+    except ValueError:
+        hint = "wrong CDSE_KEY_PASSPHRASE or a damaged file" if secret else "a damaged file"
+        raise CredentialError(f"{source} cannot be loaded ({hint}); {_RESET_HINT}") from None
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < min_bits:
+        raise CredentialError(f"{source} is not an RSA key of {min_bits} bits or more; {_RESET_HINT}")
+    return key
+
+
+# --- I/O --------------------------------------------------------------------------------
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` atomically, mode 0600 from the first byte on.
+
+    A temporary file in the same folder (mkstemp creates it 0600), then ``os.replace``: a
+    crash leaves either the old file or the new one, never half of one.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class KeyStore:
+    """credentials.yaml and private_key.pem in one folder, shared by the OS users who use it."""
+
+    def __init__(self, cred_dir: Path, passphrase: str | None = None, key_bits: int = KEY_BITS):
+        self.cred_dir = Path(cred_dir)
+        self.passphrase = passphrase or None
+        self.key_bits = key_bits
+
+    @property
+    def yaml_path(self) -> Path:
+        return self.cred_dir / CREDENTIALS_FILE
+
+    @property
+    def key_path(self) -> Path:
+        return self.cred_dir / PRIVATE_KEY_FILE
+
+    def entries(self) -> dict[str, StoredEntry]:
+        """Every stored entry (none when there is no file); CredentialError if unreadable."""
+        try:
+            text = self.yaml_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _corrupt(str(self.yaml_path), _reason(exc)) from None
+        return parse_document(text, str(self.yaml_path))
+
+    def load(self, os_user: str) -> tuple[str, str] | None:
+        """``(CDSE user name, password)`` stored for ``os_user``, or None when there is none."""
+        entry = self.entries().get(os_user)
+        if entry is None:
+            return None
+        if not self.key_path.is_file():
+            raise CredentialError(
+                f"{self.key_path} is missing, so the password stored for {os_user} cannot be decrypted; "
+                f"{_RESET_HINT}")
+        key = self._read_key()
+        if fingerprint(key.public_key()) != entry.fingerprint:
+            raise CredentialError(
+                f"the password stored for {os_user} in {self.yaml_path} was encrypted with another key "
+                f"than {self.key_path}; {_RESET_HINT}")
+        try:
+            password = decrypt_password(key, entry.ciphertext)
+        except (ValueError, UnicodeDecodeError):
+            raise CredentialError(
+                f"the password stored for {os_user} in {self.yaml_path} cannot be decrypted; {_RESET_HINT}"
+            ) from None
+        return entry.username, password
+
+    def check(self) -> None:
+        """Fail now, before anyone types a password, if storing would fail on a bad file or key."""
+        self.entries()
+        if self.key_path.exists():
+            self._read_key()
+
+    def save(self, os_user: str, username: str, password: str) -> None:
+        """Store (or replace) ``os_user``'s entry, keeping every other entry as it was."""
+        entries = self.entries()  # refuse a damaged file or key before touching anything
+        key = self._read_key() if self.key_path.exists() else None
+        self._ensure_folder()
+        try:
+            if key is None:
+                stale = sorted(u for u in entries if u != os_user)
+                if stale:
+                    log.warning("%s is missing: a new key pair is made; the entries of %s cannot be read "
+                                "with it and need --reset", self.key_path, ", ".join(stale))
+                key = generate_key(self.key_bits)
+                write_private_file(self.key_path, private_key_pem(key, self.passphrase))
+            public = key.public_key()
+            entries[os_user] = StoredEntry(username, encrypt_password(public, password), fingerprint(public))
+            write_private_file(self.yaml_path, render_document(entries).encode("utf-8"))
+        except OSError as exc:
+            raise CredentialError(f"cannot store credentials in {self.cred_dir}: {_reason(exc)}") from None
+
+    def remove(self, os_user: str) -> bool:
+        """Drop ``os_user``'s entry; the key pair too once no entry is left. True if there was one."""
+        entries = self.entries()
+        existed = entries.pop(os_user, None) is not None
+        if entries:
+            if existed:
+                write_private_file(self.yaml_path, render_document(entries).encode("utf-8"))
+        else:
+            for path in (self.yaml_path, self.key_path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return existed
+
+    def set_aside(self) -> Path:
+        """Move an unreadable credentials.yaml out of the way (kept for inspection) and drop the key.
+
+        Only ``--reset`` does this: it is the user's explicit request to start again.
+        """
+        aside = self.yaml_path.with_name(CREDENTIALS_FILE + ".unreadable")
+        os.replace(self.yaml_path, aside)
+        with contextlib.suppress(FileNotFoundError):
+            self.key_path.unlink()
+        return aside
+
+    def _read_key(self):
+        try:
+            pem = self.key_path.read_bytes()
+        except OSError as exc:
+            raise CredentialError(f"{self.key_path} cannot be read ({_reason(exc)}); {_RESET_HINT}") from None
+        return load_private_key(pem, self.passphrase, str(self.key_path), self.key_bits)
+
+    def _ensure_folder(self) -> None:
+        try:
+            self.cred_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.cred_dir, 0o700)
+        except OSError as exc:
+            raise CredentialError(f"cannot prepare the credentials folder {self.cred_dir}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,46 @@
+"""Where the tool's own folders are.
+
+The tool home is the folder of the entry script, as users of the reference tool expect
+(``configuration/``, ``auxiliary/``, ``credentials/``, ``output_dir/`` beside it).
+``CDSE_DEM_HOME`` moves all four at once, which is how tests and packaged installs keep
+user data out of the source tree.
+"""
+
+import os
+from pathlib import Path
+
+KML_NAME = "S2A_OPER_GIP_TILPAR_MPC__20151209T095117_V20150622T000000_21000101T000000_B00.kml"
+JSON_NAME = "dict_filename_dem_id.json"
+
+
+def tool_home() -> Path:
+    env = os.environ.get("CDSE_DEM_HOME")
+    return Path(env) if env else Path(__file__).resolve().parent.parent
+
+
+def configuration_dir() -> Path:
+    return tool_home() / "configuration"
+
+
+def default_configuration_file() -> Path:
+    return configuration_dir() / "configuration.xml"
+
+
+def default_tiles_file() -> Path:
+    return configuration_dir() / "input_tiles.txt"
+
+
+def auxiliary_dir() -> Path:
+    return tool_home() / "auxiliary"
+
+
+def default_kml_path() -> Path:
+    return auxiliary_dir() / KML_NAME
+
+
+def credentials_dir() -> Path:
+    return tool_home() / "credentials"
+
+
+def default_output_dir() -> Path:
+    return tool_home() / "output_dir"

@@ -1,0 +1,113 @@
+"""The plan of a run: which geocell each tile needs, and what becomes of each geocell.
+
+A geocell is planned once for the whole run, however many tiles share it, and not at all
+when a complete copy is already in the output folder. The plan is also the record the
+summary is written from, so the statuses here are the ones users see.
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from cdse_dem.catalogue import Product
+from cdse_dem.entries import Entry
+from cdse_dem.geocells import Geocell
+
+PLANNED, DOWNLOADED, PRESENT, SEA, FAILED = "planned", "downloaded", "present", "sea", "failed"
+
+
+@dataclass
+class CellState:
+    """One geocell of the run and what happened to it."""
+
+    geocell: Geocell
+    file_name: str
+    status: str = PLANNED
+    product: Product | None = None
+    product_id: str | None = None
+    file: str | None = None
+    bytes: int = 0
+    error: str | None = None
+
+
+@dataclass
+class TilePlan:
+    entry: Entry
+    tile: str
+    footprint_source: str
+    geocells: list[Geocell]
+    footprint: object = None  # the Footprint, for the KML report
+    searched: bool = False  # the catalogue answered for this tile
+    error: str | None = None
+
+
+@dataclass
+class Plan:
+    tiles: list[TilePlan]
+    cells: dict[Geocell, CellState] = field(default_factory=dict)
+
+    def to_fetch(self) -> list[CellState]:
+        return [c for c in self.cells.values() if c.status == PLANNED and c.product is not None]
+
+    def count(self, status: str) -> int:
+        return sum(1 for c in self.cells.values() if c.status == status)
+
+
+def start_plan(tiles: list[TilePlan], file_name: Callable[[Geocell], str],
+               recorded_id: Callable[[str], str | None]) -> Plan:
+    """Every geocell of every tile once; those complete on disk are ``present`` already.
+
+    ``recorded_id(file_name)`` gives the product Id of a file that is complete in the output
+    folder (present under its final name and recorded in the JSON), else None.
+    """
+    plan = Plan(tiles)
+    for tile in tiles:
+        for cell in tile.geocells:
+            if cell in plan.cells:
+                continue
+            name = file_name(cell)
+            state = CellState(cell, name)
+            known = recorded_id(name)
+            if known is not None:
+                state.status, state.product_id = PRESENT, known
+            plan.cells[cell] = state
+    return plan
+
+
+def tiles_to_search(plan: Plan) -> list[TilePlan]:
+    """Tiles with a geocell not yet on disk: only those need the catalogue."""
+    return [t for t in plan.tiles if any(plan.cells[c].status != PRESENT for c in t.geocells)]
+
+
+def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product]) -> None:
+    """Attach a tile's catalogue answer: its cells get their product, or become open sea."""
+    from cdse_dem.catalogue import choose, preference
+
+    tile.searched = True
+    chosen = choose(products, tile.geocells)
+    for cell in tile.geocells:
+        state = plan.cells[cell]
+        product = chosen.get(cell)
+        if state.status == PRESENT:
+            continue
+        if product is not None:
+            if state.product is None or preference(product) > preference(state.product):
+                state.product, state.product_id = product, product.id
+            state.status, state.error = PLANNED, None
+        elif state.product is None and state.status != FAILED:
+            state.status = SEA
+
+
+def search_failed(plan: Plan, tile: TilePlan, error: str) -> None:
+    """A tile whose search failed: its cells that no other tile found are failed."""
+    tile.error = error
+    for cell in tile.geocells:
+        state = plan.cells[cell]
+        if state.status in (PLANNED, SEA) and state.product is None:
+            state.status, state.error = FAILED, error
+
+
+def tile_counts(plan: Plan, tile: TilePlan) -> dict[str, int]:
+    counts = {s: 0 for s in (DOWNLOADED, PRESENT, SEA, FAILED, PLANNED)}
+    for cell in tile.geocells:
+        counts[plan.cells[cell].status] += 1
+    return counts

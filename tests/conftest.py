@@ -1,0 +1,79 @@
+"""Shared fixtures: the project root, the real data folder, and the local CDSE simulator."""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+KML_ZIP = SHARED_DATA / "s2_tiling.zip"
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real data folder beside the project; tests that need it skip without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def kml_zip() -> Path:
+    if not KML_ZIP.is_file():
+        pytest.skip(f"the official tiling KML {KML_ZIP} is absent")
+    return KML_ZIP
+
+
+@pytest.fixture
+def make_sim(tmp_path_factory) -> Iterator:
+    """Start local CDSE simulators in this process (threads); all are stopped at teardown.
+
+    ``make_sim(**overrides)`` takes the fields of ``simulator.SimulatorConfig`` and returns
+    the running ``Simulator`` handle (``.env``, ``.token_url``, ``.request_log()``, ...).
+    """
+    from simulator import SimulatorConfig, start_simulator
+
+    started = []
+
+    def _make(**overrides):
+        overrides.setdefault("cache_dir", tmp_path_factory.getbasetemp() / "sim-cache")
+        sim = start_simulator(SimulatorConfig(**overrides))
+        started.append(sim)
+        return sim
+
+    yield _make
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def sim(make_sim):
+    """A simulator with default settings: small products, no faults, demo@example.com/demo."""
+    return make_sim()
+
+
+@pytest.fixture
+def tool_home(tmp_path, monkeypatch) -> Path:
+    """An empty tool home (configuration/, auxiliary/, credentials/, output_dir/) for one test."""
+    home = tmp_path / "home"
+    for sub in ("configuration", "auxiliary", "credentials", "output_dir"):
+        (home / sub).mkdir(parents=True)
+    monkeypatch.setenv("CDSE_DEM_HOME", str(home))
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _no_real_cdse(monkeypatch):
+    """No test may reach the real CDSE: unset endpoints point at a closed local port."""
+    for var in ("CDSE_TOKEN_URL", "CDSE_CATALOGUE_URL", "CDSE_DOWNLOAD_URL"):
+        if var not in os.environ:
+            monkeypatch.setenv(var, "http://127.0.0.1:9/closed")
+    for var in ("CDSE_USERNAME", "CDSE_PASSWORD", "CDSE_TOTP", "CDSE_KEY_PASSPHRASE"):
+        monkeypatch.delenv(var, raising=False)
