@@ -153,11 +153,14 @@ def reset_credentials(cred_dir: Path, *, assume_yes: bool, interactive: bool | N
             log.info("Reset cancelled: nothing was deleted")
             return EXIT_USAGE
     try:
-        removed = store.remove(os_user)
+        store.entries()
     except CredentialError:
+        # Starting again is what --reset is for; the unreadable file is kept aside, not deleted.
         aside = store.set_aside()
         log.warning("%s was unreadable: moved to %s and the key pair deleted", store.yaml_path, aside.name)
         removed = True
+    else:
+        removed = store.remove(os_user)
     if removed:
         log.info("Credentials of %s removed from %s", os_user, store.yaml_path)
     else:

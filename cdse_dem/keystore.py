@@ -293,13 +293,16 @@ class KeyStore:
         """Drop ``os_user``'s entry; the key pair too once no entry is left. True if there was one."""
         entries = self.entries()
         existed = entries.pop(os_user, None) is not None
-        if entries:
-            if existed:
-                write_private_file(self.yaml_path, render_document(entries).encode("utf-8"))
-        else:
-            for path in (self.yaml_path, self.key_path):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        try:
+            if entries:
+                if existed:
+                    write_private_file(self.yaml_path, render_document(entries).encode("utf-8"))
+            else:
+                for path in (self.yaml_path, self.key_path):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+        except OSError as exc:
+            raise CredentialError(f"cannot update {self.yaml_path}: {_reason(exc)}") from None
         return existed
 
     def set_aside(self) -> Path:
@@ -308,9 +311,12 @@ class KeyStore:
         Only ``--reset`` does this: it is the user's explicit request to start again.
         """
         aside = self.yaml_path.with_name(CREDENTIALS_FILE + ".unreadable")
-        os.replace(self.yaml_path, aside)
-        with contextlib.suppress(FileNotFoundError):
-            self.key_path.unlink()
+        try:
+            os.replace(self.yaml_path, aside)
+            with contextlib.suppress(FileNotFoundError):
+                self.key_path.unlink()
+        except OSError as exc:
+            raise CredentialError(f"cannot move {self.yaml_path} aside: {_reason(exc)}") from None
         return aside
 
     def _read_key(self):

@@ -65,7 +65,8 @@ def tell(message: str) -> None:
     sys.stderr.flush()
 
 
-def ask_username(ask: Callable[[str], str] = read_line, say: Callable[[str], None] = tell) -> str:
+def ask_username(ask: Callable[[str], str] | None = None, say: Callable[[str], None] | None = None) -> str:
+    ask, say = ask or read_line, say or tell
     for _ in range(MAX_ATTEMPTS):
         name = ask(USERNAME_PROMPT).strip()
         problem = username_problem(name)
@@ -75,7 +76,8 @@ def ask_username(ask: Callable[[str], str] = read_line, say: Callable[[str], Non
     raise CredentialError(f"no valid user name after {MAX_ATTEMPTS} attempts")
 
 
-def ask_password(ask: Callable[[str], str] = read_secret, say: Callable[[str], None] = tell) -> str:
+def ask_password(ask: Callable[[str], str] | None = None, say: Callable[[str], None] | None = None) -> str:
+    ask, say = ask or read_secret, say or tell
     for _ in range(MAX_ATTEMPTS):
         first = ask(PASSWORD_PROMPT)
         second = ask(PASSWORD_AGAIN_PROMPT) if first else ""
@@ -86,6 +88,6 @@ def ask_password(ask: Callable[[str], str] = read_secret, say: Callable[[str], N
     raise CredentialError(f"no confirmed password after {MAX_ATTEMPTS} attempts")
 
 
-def confirm(question: str, ask: Callable[[str], str] = read_line) -> bool:
+def confirm(question: str, ask: Callable[[str], str] | None = None) -> bool:
     """True only for an explicit yes: the default of a destructive question is no."""
-    return ask(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    return (ask or read_line)(f"{question} [y/N] ").strip().lower() in ("y", "yes")

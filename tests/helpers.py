@@ -34,3 +34,57 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
         input=stdin if stdin is not None else "", check=False,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+DEMO_USER, DEMO_PASSWORD = "demo@example.com", "demo"
+
+
+def cli_env(sim, **extra) -> dict:
+    """Environment for a CLI run against ``sim`` with the demo account."""
+    env = dict(sim.env, CDSE_USERNAME=DEMO_USER, CDSE_PASSWORD=DEMO_PASSWORD)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def served_dem(sim, product_id: str) -> tuple[str, bytes]:
+    """The DEM layer inside the zip the simulator serves for ``product_id``: (base name, bytes).
+
+    Fetched with plain requests, independently of the tool, as the reference for byte checks.
+    """
+    import io
+    import re
+    import zipfile
+
+    import requests
+
+    token = requests.post(sim.token_url, data={"client_id": "cdse-public", "grant_type": "password",
+                                               "username": DEMO_USER, "password": DEMO_PASSWORD},
+                          timeout=10).json()["access_token"]
+    reply = requests.get(f"{sim.download_url}/Products({product_id})/$value",
+                         headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    reply.raise_for_status()
+    with zipfile.ZipFile(io.BytesIO(reply.content)) as archive:
+        members = [m for m in archive.namelist()
+                   if re.search(r"_DEM\.(tif|dt1|dt2)$", m) and "/PREVIEW/" not in m]
+        assert len(members) == 1, members
+        return members[0].rsplit("/", 1)[-1], archive.read(members[0])
+
+
+def downloads(sim) -> list:
+    """The download-host requests of the simulator's log."""
+    return [r for r in sim.request_log() if r.server == "download"]
+
+
+def logins(sim) -> list:
+    return [r for r in sim.request_log() if r.grant_type == "password"]
+
+
+def max_concurrent(records) -> int:
+    """The most requests in flight at once, from their start and finish times."""
+    events = sorted([(r.started, 1) for r in records] + [(r.finished, -1) for r in records],
+                    key=lambda e: (e[0], e[1]))
+    best = now = 0
+    for _, step in events:
+        now += step
+        best = max(best, now)
+    return best

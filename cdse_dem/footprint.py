@@ -1,0 +1,276 @@
+"""Where a Sentinel-2 tile lies on the ground, in lon/lat: from the official KML, or computed.
+
+A tile is a 109.8 km square in its UTM zone. Its lon/lat outline is curved; the KML draws
+straight lon/lat lines between the four corners, which strays up to ~2 km from the true
+edge near the poles. The computed footprint follows the true edge: the square is densified
+in UTM (a vertex every ~1 km, chord error under 0.2 m) before projecting, so the geocells
+derived from it are those the tile really covers. Across ±180° either footprint is two
+polygons, each within [-180, 180].
+
+The grid arithmetic (``utm_tile``) is pure; only the projection needs pyproj. The
+arithmetic is in ``../shared/docs/s2-grid.md``: it gives every KML upper-left corner exactly.
+"""
+
+import logging
+import math
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cdse_dem.errors import InputError
+from cdse_dem.tiles import BANDS, check_tile, normalize_tile_id
+
+if TYPE_CHECKING:
+    import numpy as np
+    from shapely import Polygon
+
+log = logging.getLogger(__name__)
+
+TILE_SIZE = 109_800  # metres, every tile
+GRID_STEP = 60  # metres: upper-left corners lie on this grid
+SEGMENTS_PER_EDGE = 110  # ~1 km apart: the lon/lat chords stay within 0.2 m of the true edge
+
+_COLUMN_SETS = ("ABCDEFGH", "JKLMNPQR", "STUVWXYZ")
+_ROW_LETTERS = "ABCDEFGHJKLMNPQRSTUV"
+_K0 = 0.9996
+_WGS84_A = 6_378_137.0
+_WGS84_F = 1 / 298.257223563
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """A tile's lon/lat outline: one polygon, or two when it straddles ±180°."""
+
+    tile: str
+    parts: "tuple[Polygon, ...]"
+    source: str  # "kml" | "computed"
+
+    def query_parts(self, tolerance: float = 0.005) -> "tuple[Polygon, ...]":
+        """Few-vertex polygons that contain the parts, for catalogue ``Intersects`` queries.
+
+        A densified part has ~440 vertices, too long for a URL; grown by ``2·tolerance``
+        degrees, then simplified by ``tolerance``, each still contains its part. The extra
+        margin only finds neighbouring products, which geocell filtering drops.
+        """
+        import shapely
+
+        world = shapely.box(-180, -90, 180, 90)
+        grown = shapely.buffer(list(self.parts), 2 * tolerance, join_style="mitre")
+        simple = shapely.simplify(grown, tolerance, preserve_topology=True)
+        clipped = shapely.intersection(simple, world)
+        return tuple(shapely.orient_polygons(p) for p in _polygons_of(clipped))
+
+
+@dataclass(frozen=True)
+class UtmTile:
+    """The tile as the grid defines it: a square in one UTM zone."""
+
+    epsg: int
+    x_min: int  # west edge, metres
+    y_max: int  # north edge, metres (with the 10,000 km false northing south of the equator)
+
+    def corners(self) -> tuple[tuple[int, int], ...]:
+        """Upper-left, upper-right, lower-right, lower-left: the KML's order."""
+        x0, y1 = self.x_min, self.y_max
+        x1, y0 = x0 + TILE_SIZE, y1 - TILE_SIZE
+        return ((x0, y1), (x1, y1), (x1, y0), (x0, y0))
+
+
+def _meridian_arc(lat_deg: float) -> float:
+    """Distance along the WGS84 meridian from the equator (Helmert's series; mm accuracy)."""
+    n = _WGS84_F / (2 - _WGS84_F)
+    a_hat = _WGS84_A / (1 + n) * (1 + n**2 / 4 + n**4 / 64)
+    phi = math.radians(lat_deg)
+    return a_hat * (
+        phi
+        + (-3 / 2 * n + 9 / 16 * n**3) * math.sin(2 * phi)
+        + (15 / 16 * n**2 - 15 / 32 * n**4) * math.sin(4 * phi)
+        - 35 / 48 * n**3 * math.sin(6 * phi)
+        + 315 / 512 * n**4 * math.sin(8 * phi)
+    )
+
+
+def utm_tile(tile_id: str) -> UtmTile:
+    """The tile's UTM square from its id alone (s2-grid.md); ValueError for a malformed id.
+
+    This is arithmetic: it also answers for ids that are not tiles (check_tile first).
+    """
+    tile = normalize_tile_id(tile_id)
+    if tile is None:
+        raise ValueError(f"{tile_id!r} is not a Sentinel-2 tile id")
+    zone, band, column, row = int(tile[:2]), tile[2], tile[3], tile[4]
+    south = band < "N"
+    false_northing = 10_000_000 if south else 0
+    column_set = _COLUMN_SETS[(zone - 1) % 3]
+    if column not in column_set:
+        raise ValueError(f"{tile_id!r}: column {column} is not used in zone {zone:02d}")
+    easting = (column_set.index(column) + 1) * 100_000
+    shift = 5 if zone % 2 == 0 else 0
+    northing = ((_ROW_LETTERS.index(row) - shift) % 20) * 100_000
+    band_centre = 78.0 if band == "X" else -80 + 8 * BANDS.index(band) + 4
+    centre_northing = _K0 * _meridian_arc(band_centre) + false_northing
+    northing += 2_000_000 * round((centre_northing - 50_000 - northing) / 2_000_000)
+    x_min = GRID_STEP * math.floor(easting / GRID_STEP)
+    y_max = GRID_STEP * math.ceil((northing + 100_000 - false_northing) / GRID_STEP) + false_northing
+    return UtmTile(epsg=(32700 if south else 32600) + zone, x_min=x_min, y_max=y_max)
+
+
+@lru_cache(maxsize=128)
+def _to_lonlat(epsg: int):
+    """One Transformer per UTM zone: creating one costs about a millisecond, using it nothing."""
+    from pyproj import Transformer
+
+    return Transformer.from_crs(epsg, 4326, always_xy=True)
+
+
+def _densified_ring(tile: UtmTile, segments: int) -> "np.ndarray":
+    """The square's closed outline in UTM, counter-clockwise (UL, LL, LR, UR), ``4·segments+1`` points."""
+    import numpy as np
+
+    (x0, y1), _, (x1, y0), _ = tile.corners()
+    t = np.arange(segments) / segments
+    xs = np.concatenate([np.full(segments, x0), x0 + (x1 - x0) * t, np.full(segments, x1), x1 - (x1 - x0) * t])
+    ys = np.concatenate([y1 - (y1 - y0) * t, np.full(segments, y0), y0 + (y1 - y0) * t, np.full(segments, y1)])
+    ring = np.column_stack([xs, ys])
+    return np.vstack([ring, ring[:1]])
+
+
+def computed_footprints(tile_ids: Sequence[str], segments: int = SEGMENTS_PER_EDGE) -> list[Footprint]:
+    """Footprints for many tiles at once: one projection call per UTM zone, polygons in bulk.
+
+    InputError for an id that is not a Sentinel-2 tile.
+    """
+    import numpy as np
+    import shapely
+
+    tiles = []
+    for tile_id in tile_ids:
+        check_tile(tile_id)
+        tiles.append(normalize_tile_id(tile_id))
+    utm = [utm_tile(t) for t in tiles]
+    rings = np.empty((len(tiles), 4 * segments + 1, 2))
+    for epsg in {u.epsg for u in utm}:
+        members = [i for i, u in enumerate(utm) if u.epsg == epsg]
+        xy = np.stack([_densified_ring(utm[i], segments) for i in members])
+        lon, lat = _to_lonlat(epsg).transform(xy[..., 0], xy[..., 1])
+        rings[members, :, 0] = lon
+        rings[members, :, 1] = lat
+    crosses = (rings[:, :, 0].max(axis=1) - rings[:, :, 0].min(axis=1)) > 180
+    polygons = shapely.polygons(rings)
+    result = []
+    for tile, polygon, ring, across in zip(tiles, polygons, rings, crosses, strict=True):
+        parts = _split_at_antimeridian(ring) if across else (polygon,)
+        result.append(Footprint(tile=tile, parts=parts, source="computed"))
+    return result
+
+
+def computed_footprint(tile_id: str) -> Footprint:
+    """The tile's true outline in lon/lat, from the grid arithmetic alone (no KML needed)."""
+    return computed_footprints([tile_id])[0]
+
+
+def _split_at_antimeridian(ring: "np.ndarray") -> "tuple[Polygon, ...]":
+    """Cut a ring that jumps across ±180° into parts within [-180, 180].
+
+    Longitudes are made continuous (west of the line shifted by +360), the polygon is cut
+    by the 180° meridian, and the eastern piece shifted back.
+    """
+    import shapely
+
+    continuous = ring.copy()
+    continuous[continuous[:, 0] < 0, 0] += 360
+    whole = shapely.Polygon(continuous)
+    west_of_line = shapely.intersection(whole, shapely.box(-180, -90, 180, 90))
+    east_of_line = shapely.transform(
+        shapely.intersection(whole, shapely.box(180, -90, 540, 90)), lambda xy: xy - [360, 0]
+    )
+    parts = _polygons_of(west_of_line) + _polygons_of(east_of_line)
+    return tuple(shapely.orient_polygons(p) for p in parts)
+
+
+def _polygons_of(geometry) -> "list[Polygon]":
+    """The positive-area polygons of an overlay result (which may mix in lines or points)."""
+    import shapely
+
+    if geometry is None or geometry.is_empty:
+        return []
+    if geometry.geom_type == "Polygon":
+        return [geometry] if geometry.area > 0 else []
+    if geometry.geom_type in ("MultiPolygon", "GeometryCollection"):
+        return [p for g in shapely.get_parts(geometry) for p in _polygons_of(g)]
+    return []
+
+
+def kml_footprint(tile_id: str, rings: "Iterable[np.ndarray]") -> Footprint:
+    """A footprint made of the KML's own polygons (straight lon/lat edges), as ESA drew them."""
+    import shapely
+
+    parts = tuple(shapely.orient_polygons(shapely.Polygon(ring)) for ring in rings)
+    return Footprint(tile=tile_id, parts=parts, source="kml")
+
+
+class FootprintFinder:
+    """Footprints from the KML index when the KML is there, computed otherwise.
+
+    The index is opened on first use (built once if needed). A KML that cannot be read is
+    reported once and the computed footprints, which match it within a metre at its
+    corners, serve instead. Safe to share between threads.
+    """
+
+    def __init__(self, kml_path: Path | None) -> None:
+        self.kml_path = kml_path
+        self._index = None
+        self._opened = False
+        self._lock = threading.Lock()
+
+    def _kml_index(self):
+        with self._lock:
+            if not self._opened:
+                self._opened = True
+                self._index = self._open()
+            return self._index
+
+    def _open(self):
+        from cdse_dem.kml_index import open_index
+
+        if self.kml_path is None or not self.kml_path.is_file():
+            where = f" at {self.kml_path}" if self.kml_path is not None else ""
+            log.info("Tiling KML not found%s: tile footprints are computed from the grid", where)
+            return None
+        try:
+            return open_index(self.kml_path)
+        except InputError as exc:
+            log.warning("%s; tile footprints are computed from the grid instead", exc)
+            return None
+
+    @property
+    def uses_kml(self) -> bool:
+        return self._kml_index() is not None
+
+    def footprint(self, tile_id: str) -> Footprint:
+        """The tile's footprint; InputError when ``tile_id`` is not a Sentinel-2 tile."""
+        return self.footprints([tile_id])[0]
+
+    def footprints(self, tile_ids: Sequence[str]) -> list[Footprint]:
+        """Footprints in the order asked; the tiles missing from the KML computed in one batch."""
+        for tile_id in tile_ids:
+            check_tile(tile_id)
+        tiles = [normalize_tile_id(t) for t in tile_ids]
+        index = self._kml_index()
+        found: dict[str, Footprint] = {}
+        if index is not None:
+            for tile in tiles:
+                rings = index.rings(tile)
+                if rings is not None:
+                    found[tile] = kml_footprint(tile, rings)
+        missing = sorted({t for t in tiles if t not in found})
+        if missing and index is not None:
+            log.info("Tiles not in the KML, computed instead: %s", ", ".join(missing))
+        for footprint in computed_footprints(missing) if missing else []:
+            found[footprint.tile] = footprint
+        for tile in tiles:
+            log.debug("Footprint of %s: %s", tile, found[tile].source)
+        return [found[t] for t in tiles]

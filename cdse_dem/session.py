@@ -1,0 +1,334 @@
+"""The CDSE login shared by every download worker: one login, tokens renewed on time, a budget.
+
+CDSE (Keycloak) gives an access token for ``expires_in`` seconds (600) and lets it be
+refreshed for ``refresh_expires_in`` seconds after the login (3600). Each login opens a
+session and an account may hold 100, so the tool logs in once per run, not per download.
+The guide promises "at most 60 minutes of work", which the refresh window enforces by
+itself; ``--max-minutes`` bounds the work too, and ``--max-minutes 0`` lifts both limits by
+logging in again (with the same credentials) each time the refresh window closes.
+
+Thread safety: the current tokens live in one immutable record that is replaced, never
+mutated, so a worker with a valid token reads it without a lock. Renewing takes the lock;
+workers arriving meanwhile wait on it and reuse the new token, so one request to the
+identity service is in flight however many workers ask.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from cdse_dem.errors import AuthRejected, BudgetExhausted, ServiceError
+from cdse_dem.retry import Backoff, retry_after
+
+log = logging.getLogger(__name__)
+
+CLIENT_ID = "cdse-public"
+REJECTED_MESSAGE = "CDSE rejected the user name or password"
+DEFAULT_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds for every identity request
+STILL_VALID_MESSAGE = "Token is still valid, within its 10 minutes period"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """What one token reply grants, with lifetimes turned into deadlines on the session clock."""
+
+    access: str
+    access_expiry: float
+    lifetime: float
+    refresh: str | None
+    refresh_expiry: float | None  # None: the identity service set no refresh window
+
+    @property
+    def margin(self) -> float:
+        """How long before expiry to renew: 30 s of a 10-minute token, less of a short one."""
+        return min(30.0, 0.2 * self.lifetime)
+
+    def needs_renewal(self, now: float) -> bool:
+        return self.access_expiry - now < self.margin
+
+    def can_refresh(self, now: float) -> bool:
+        if not self.refresh:
+            return False
+        return self.refresh_expiry is None or self.refresh_expiry - now > self.margin
+
+    def window_closes_first(self, now: float) -> bool:
+        """True when no refresh will follow this access token: the refresh window closes first."""
+        return self.refresh_expiry is not None and self.refresh_expiry <= max(now, self.access_expiry)
+
+
+def tokens_from_reply(reply: Any, sent_at: float) -> Tokens:
+    """The ``Tokens`` in a token endpoint's JSON reply; ValueError names what is missing.
+
+    Lifetimes count from when the request was sent, so that a slow reply errs on the early side.
+    """
+    if not isinstance(reply, dict):
+        raise ValueError("the reply is not a JSON object")
+    access = reply.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise ValueError("the reply has no access_token")
+    lifetime = _seconds(reply, "expires_in")
+    if lifetime is None or lifetime <= 0:
+        raise ValueError("the reply has no usable expires_in")
+    refresh = reply.get("refresh_token") if isinstance(reply.get("refresh_token"), str) else None
+    window = _seconds(reply, "refresh_expires_in")
+    refresh_expiry = sent_at + window if window else None  # 0 or absent: no limit announced
+    return Tokens(access, sent_at + lifetime, lifetime, refresh or None, refresh_expiry)
+
+
+def _seconds(reply: dict, key: str) -> float | None:
+    value = reply.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+class _Refused(Exception):
+    """The identity service answered 4xx to a grant: ``status``, ``error``, ``description``."""
+
+    def __init__(self, status: int, error: str, description: str):
+        super().__init__(f"HTTP {status} {error}: {description}".strip())
+        self.status, self.error, self.description = status, error, description
+
+
+class CdseSession:
+    """One CDSE login for the whole run, shared by every download worker (thread-safe)."""
+
+    def __init__(self, credentials, endpoints, *, http=None, max_minutes: float = 60,
+                 clock: Callable[[], float] = time.monotonic, backoff: Backoff | None = None,
+                 timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+                 sleep: Callable[[float], None] = time.sleep):
+        if max_minutes < 0:
+            raise ValueError("max_minutes must be >= 0")
+        if http is None:
+            import requests
+
+            http = requests.Session()
+            self._owns_http = True
+        else:
+            self._owns_http = False
+        self._http = http
+        self._credentials = credentials
+        self._token_url = endpoints.token_url
+        self._host = urlsplit(self._token_url).netloc or self._token_url
+        self.max_minutes = max_minutes
+        self._clock = clock
+        self._backoff = backoff or Backoff()
+        self._timeout = timeout
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tokens: Tokens | None = None
+        self._started: float | None = None
+        self._stop_reason: str | None = None
+        self._stop_logged = False
+        self.logins = 0
+        self.refreshes = 0
+
+    # --- the contract -------------------------------------------------------------------
+
+    def login(self) -> None:
+        """Log in (password grant) unless already done; starts the ``max_minutes`` clock."""
+        with self._lock:
+            if self._tokens is None:
+                self._login_locked()
+
+    def access_token(self) -> str:
+        """A valid access token, renewed shortly before it expires; BudgetExhausted when it cannot be."""
+        tokens = self._tokens
+        if tokens is not None and not tokens.needs_renewal(self._clock()):
+            log.debug(STILL_VALID_MESSAGE)
+            return tokens.access
+        with self._lock:
+            tokens = self._tokens
+            if tokens is None:
+                self._login_locked()
+            elif tokens.needs_renewal(self._clock()):
+                self._renew_locked(tokens, rejected=False)
+            return self._current().access
+
+    def token_rejected(self, token: str) -> str:
+        """After a 401 made with ``token``: renew once (shared by every worker that saw it), new token."""
+        with self._lock:
+            tokens = self._tokens
+            if tokens is None:
+                self._login_locked()
+            elif tokens.access == token:
+                self._renew_locked(tokens, rejected=True)
+            elif tokens.needs_renewal(self._clock()):
+                self._renew_locked(tokens, rejected=False)
+            return self._current().access
+
+    def may_start(self) -> bool:
+        """Whether a NEW download may start: False once the time budget is spent.
+
+        With ``max_minutes`` > 0 the budget ends at ``max_minutes`` after the login, or when
+        the refresh window closes before the current access token lapses (no refresh would
+        follow it), whichever comes first. With 0 there is no limit.
+        """
+        reason = self._stop_reason
+        if reason is None and self.max_minutes > 0:
+            now, tokens = self._clock(), self._tokens
+            if self._started is not None and now - self._started > self.max_minutes * 60:
+                reason = f"the time budget of {self.max_minutes:g} minutes is spent"
+            elif tokens is not None and tokens.window_closes_first(now):
+                reason = "the CDSE refresh window (from the login) is closing"
+        if reason is None:
+            return True
+        if not self._stop_logged:
+            self._stop_logged = True
+            log.info("No new download starts: %s", reason)
+        self._stop_reason = reason
+        return False
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why ``may_start()`` last said False (for the run's final message), else None."""
+        return self._stop_reason
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> CdseSession:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # --- inside the lock ----------------------------------------------------------------
+
+    def _current(self) -> Tokens:
+        assert self._tokens is not None
+        return self._tokens
+
+    def _login_locked(self) -> None:
+        creds = self._credentials
+        form = {"client_id": CLIENT_ID, "grant_type": "password",
+                "username": creds.username, "password": creds.password}
+        if creds.totp:
+            form["totp"] = creds.totp
+        log.info("Getting access token")
+        sent_at = self._clock()
+        try:
+            reply = self._post(form)
+        except _Refused as exc:
+            if exc.status == 401 or exc.error == "invalid_grant":
+                known = exc.description in ("", "Invalid user credentials")
+                raise AuthRejected(REJECTED_MESSAGE if known else f"{REJECTED_MESSAGE} ({exc.description})") \
+                    from None
+            raise self._service_error(f"refused the login: {exc}") from None
+        self._tokens = self._parse(reply, sent_at)
+        self.logins += 1
+        if self._started is None:
+            self._started = sent_at
+
+    def _refresh_locked(self, tokens: Tokens) -> None:
+        form = {"client_id": CLIENT_ID, "grant_type": "refresh_token", "refresh_token": tokens.refresh or ""}
+        sent_at = self._clock()
+        reply = self._post(form)
+        self._tokens = self._parse(reply, sent_at)
+        self.refreshes += 1
+        log.info("Token refreshed")
+
+    def _renew_locked(self, tokens: Tokens, *, rejected: bool) -> None:
+        """Refresh while the window is open; past it, log in again (no limit) or stop (budget).
+
+        A stopped session still hands out its access token while it is valid, so downloads in
+        flight can finish; only a token the server has rejected, or an expired one, ends them.
+        """
+        now = self._clock()
+        if tokens.can_refresh(now):
+            try:
+                self._refresh_locked(tokens)
+                return
+            except _Refused as exc:
+                if exc.status not in (400, 401):
+                    raise self._service_error(f"refused to refresh the token: {exc}") from None
+                reason = f"CDSE ended the session ({exc.description or exc.error or exc.status})"
+            except ServiceError:
+                if rejected or tokens.access_expiry <= self._clock():
+                    raise
+                log.warning("Token not refreshed yet; the current one is still valid")
+                return
+        else:
+            reason = "the CDSE refresh window has closed"
+        if self.max_minutes == 0:
+            log.info("Logging in again: %s", reason)
+            self._login_locked()
+            return
+        self._stop_reason = reason
+        if not rejected and tokens.access_expiry > self._clock():
+            return
+        raise BudgetExhausted(f"{reason}; no new download starts, a new run resumes the work")
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def _post(self, form: dict[str, str]) -> Any:
+        """POST ``form`` to the token URL: the parsed JSON of a 200, ``_Refused`` for a 4xx.
+
+        Unreachable, timed out, 429 and 5xx are retried with the shared backoff; then a
+        ServiceError naming the identity host. Nothing of the form (password, refresh token)
+        or of the reply ever reaches a log line or an exception.
+        """
+        import requests
+
+        delays = self._backoff.delays()
+        tries = 0
+        while True:
+            tries += 1
+            wait: float | None = None
+            try:
+                resp = self._http.post(self._token_url, data=form, timeout=self._timeout,
+                                       headers={"Accept": "application/json"})
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                problem = "timed out" if isinstance(exc, requests.Timeout) else "cannot connect"
+            except requests.RequestException as exc:
+                raise self._service_error(f"cannot be asked for a token ({type(exc).__name__})") from None
+            else:
+                status = resp.status_code
+                if status == 200:
+                    try:
+                        return resp.json()
+                    except ValueError:
+                        raise self._service_error("answered HTTP 200 without a JSON token") from None
+                if status == 429 or status >= 500:
+                    problem = f"HTTP {status}"
+                    wait = retry_after(resp.headers)
+                else:
+                    raise _Refused(status, *_error_of(resp))
+            delay = next(delays, None)
+            if delay is None:
+                raise self._service_error(f"did not answer usably after {tries} tries ({problem})")
+            delay = max(delay, wait or 0.0)
+            log.warning("Identity service at %s: %s; trying again in %.1f s", self._host, problem, delay)
+            self._sleep(delay)
+
+    def _parse(self, reply: Any, sent_at: float) -> Tokens:
+        try:
+            return tokens_from_reply(reply, sent_at)
+        except ValueError as exc:
+            raise self._service_error(f"answered something unusable: {exc}") from None
+
+    def _service_error(self, what: str) -> ServiceError:
+        return ServiceError(f"The CDSE identity service at {self._host} {what}")
+
+
+def _error_of(resp) -> tuple[str, str]:
+    """Keycloak's ``error`` and ``error_description`` of a refusal, when the body has them."""
+    try:
+        body = resp.json()
+    except (ValueError, json.JSONDecodeError):
+        return "", ""
+    if not isinstance(body, dict):
+        return "", ""
+    error, description = body.get("error"), body.get("error_description")
+    return (error if isinstance(error, str) else "", description if isinstance(description, str) else "")

@@ -1,0 +1,237 @@
+"""Product zips laid out as CDSE's, generated once per product and cached on disk.
+
+The catalogue must state ``ContentLength`` and the MD5/BLAKE3 of the exact bytes the download
+host serves, so a product's zip is made the first time either side needs it, written to a
+temporary file and renamed (a concurrent request for the same product waits on the same lock,
+another process at worst makes an identical file), and described by a small JSON beside it.
+Bytes depend only on the product, the size and the seed, so checksums are stable across runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import zipfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from simulator.products import Product
+
+FORMAT_VERSION = 1
+_QUICKLOOK_JPEG = base64.b64decode(
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdASFxOQERXRTc4UG1RV19iZ2hn"
+    "Pk1xeXBkeFxlZ2P/wAALCAAIAAgBAREA/8QAFAABAAAAAAAAAAAAAAAAAAAABv/EABcQAQADAAAAAAAAAAAAAAAAAAQAITH/2gAIAQEA"
+    "AD8ANiHlT//Z")
+_EULA_PDF = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 595 842]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+
+
+@dataclass(frozen=True)
+class ZipMeta:
+    path: Path
+    length: int
+    md5: str
+    blake3: str
+
+
+def default_cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"cdse-simulator-cache-{os.getuid() if hasattr(os, 'getuid') else 0}"
+
+
+class ZipStore:
+    """Makes, caches and describes product zips for one size and seed."""
+
+    def __init__(self, cache_dir: Path | str | None, size: str, seed: int) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.size = size
+        self.seed = seed
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._meta: dict[str, ZipMeta] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
+                                        thread_name_prefix="sim-zip")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _path(self, product: Product) -> Path:
+        return self.cache_dir / f"{product.id}-{self.size}-v{FORMAT_VERSION}.zip"
+
+    def ensure(self, product: Product) -> ZipMeta:
+        """The zip of ``product`` on disk, made now if needed, with its length and checksums."""
+        key = product.id
+        with self._lock:
+            meta = self._meta.get(key)
+            if meta is not None:
+                return meta
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                meta = self._meta.get(key)
+            if meta is None:
+                meta = self._load(product) or self._make(product)
+                with self._lock:
+                    self._meta[key] = meta
+        return meta
+
+    def ensure_many(self, products: Iterable[Product]) -> list[ZipMeta]:
+        """``ensure`` for a page of results, made in parallel (numpy, zlib and hashing release the GIL)."""
+        items = list(products)
+        missing = [p for p in items if p.id not in self._meta]
+        if len(missing) > 1:
+            list(self._pool.map(self.ensure, missing))
+        return [self.ensure(p) for p in items]
+
+    def _load(self, product: Product) -> ZipMeta | None:
+        path = self._path(product)
+        try:
+            info = json.loads(path.with_suffix(".json").read_text())
+            if path.stat().st_size != info["length"]:
+                return None
+            return ZipMeta(path, info["length"], info["md5"], info["blake3"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _make(self, product: Product) -> ZipMeta:
+        path = self._path(product)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".part-", suffix=".zip")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                write_product_zip(out, product, self.size)
+            md5, b3, length = _digests(Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        meta = ZipMeta(path, length, md5, b3)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".part-", suffix=".json")
+        with os.fdopen(fd, "w") as out:
+            json.dump({"length": length, "md5": md5, "blake3": b3, "name": product.name}, out)
+        os.replace(tmp, path.with_suffix(".json"))
+        return meta
+
+
+def _digests(path: Path) -> tuple[str, str, int]:
+    from blake3 import blake3
+
+    md5, b3, length = hashlib.md5(), blake3(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            md5.update(chunk)
+            b3.update(chunk)
+            length += len(chunk)
+    return md5.hexdigest(), b3.hexdigest(), length
+
+
+def write_product_zip(out, product: Product, size: str) -> None:
+    """Write the zip of ``product`` to the binary file ``out`` (seekable)."""
+    import numpy as np
+
+    from simulator.dted import dted_bytes
+    from simulator.geotiff import geotiff_parts
+    from simulator.terrain import elevation, raster_shape
+
+    lat, lon = product.key.cell
+    res = product.key.resolution
+    rows, cols = raster_shape(lat, res, size)
+    dem = elevation(lat, lon, rows, cols, product.seed)
+    dx, dy = 1.0 / (cols - 1), 1.0 / (rows - 1)
+    root = product.root_folder + "/"
+    dsm = product.dsm_name
+    cell_dir = f"{root}{dsm}/"
+    when = product.publication_date.timetuple()[:6]
+
+    def member(name: str, compress: bool) -> zipfile.ZipInfo:
+        info = zipfile.ZipInfo(name, date_time=when)
+        info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+        info.external_attr = 0o644 << 16
+        return info
+
+    def tif(array, west=lon, north=lat + 1, sx=dx, sy=dy) -> tuple[bytes, np.ndarray]:
+        return geotiff_parts(array, west, north, sx, sy)
+
+    with zipfile.ZipFile(out, "w", compresslevel=1) as zf:
+        zf.writestr(member(root + "INSPIRE.xml", True), _inspire_xml(product))
+        zf.writestr(member(f"{root}{product.stem}-ql.jpg", False), _QUICKLOOK_JPEG)
+        zf.writestr(member(f"{root}GSC#{product.stem}.xml", True), _gsc_xml(product))
+        zf.writestr(member(f"{cell_dir}{dsm}.xml", True), _cell_xml(product, rows, cols))
+        dem_name = f"{cell_dir}DEM/{dsm}{product.dem_suffix}"
+        if product.key.model == "DGED":
+            header, data = tif(dem)
+            with zf.open(member(dem_name, False), "w") as w:
+                w.write(header)
+                w.write(memoryview(data).cast("B"))
+        else:
+            zf.writestr(member(dem_name, False), dted_bytes(dem, lat, lon, 2 if res == 30 else 1))
+        high = dem > np.float32(np.median(dem[:: max(1, rows // 50), :: max(1, cols // 50)]))
+        layers = {
+            "EDM": high.astype(np.uint8),
+            "FLM": np.zeros_like(high, dtype=np.uint8),
+            "HEM": np.where(high, np.float32(1.5), np.float32(0.75)).astype(np.float32),
+            "WBM": (dem < np.float32(130.0)).astype(np.uint8),
+        }
+        for layer, array in layers.items():
+            header, data = tif(array)
+            with zf.open(member(f"{cell_dir}AUXFILES/{dsm}_{layer}.tif", True), "w") as w:
+                w.write(header)
+                w.write(memoryview(data).cast("B"))
+        zf.writestr(member(f"{cell_dir}AUXFILES/{dsm}_ACM.kml", True), _acm_kml(product))
+        zf.writestr(member(f"{cell_dir}INFO/eula_F.pdf", True), _EULA_PDF)
+        step = max(1, rows // 60)
+        small = dem[::step, ::step]
+        span = float(small.max() - small.min()) or 1.0
+        quick = ((small - small.min()) * (255.0 / span)).astype(np.uint8)
+        qrows, qcols = quick.shape
+        for layer, array in (("DEM", quick), ("WBM", layers["WBM"][::step, ::step])):
+            qdx = 1.0 / max(1, qcols - 1)
+            qdy = 1.0 / max(1, qrows - 1)
+            zf.writestr(member(f"{cell_dir}PREVIEW/{dsm}_{layer}_QL.tif", True),
+                        b"".join(bytes(p) for p in tif(array, sx=qdx, sy=qdy)))
+
+
+def _inspire_xml(product: Product) -> str:
+    start, end = product.content_date
+    lat, lon = product.key.cell
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<gmd:MD_Metadata xmlns:gmd="http://www.isotc211.org/2005/gmd" xmlns:gco="http://www.isotc211.org/2005/gco">
+  <gmd:fileIdentifier><gco:CharacterString>{product.stem}</gco:CharacterString></gmd:fileIdentifier>
+  <gmd:identificationInfo><gmd:MD_DataIdentification>
+    <gmd:citation><gmd:CI_Citation><gmd:title><gco:CharacterString>Copernicus DEM {product.dataset_full} \
+{product.grid_id}</gco:CharacterString></gmd:title></gmd:CI_Citation></gmd:citation>
+    <gmd:extent><gmd:EX_Extent><gmd:geographicElement><gmd:EX_GeographicBoundingBox>
+      <gmd:westBoundLongitude><gco:Decimal>{lon}</gco:Decimal></gmd:westBoundLongitude>
+      <gmd:eastBoundLongitude><gco:Decimal>{lon + 1}</gco:Decimal></gmd:eastBoundLongitude>
+      <gmd:southBoundLatitude><gco:Decimal>{lat}</gco:Decimal></gmd:southBoundLatitude>
+      <gmd:northBoundLatitude><gco:Decimal>{lat + 1}</gco:Decimal></gmd:northBoundLatitude>
+    </gmd:EX_GeographicBoundingBox></gmd:geographicElement></gmd:EX_Extent></gmd:extent>
+    <gmd:temporalExtent><gco:CharacterString>{start.isoformat()} {end.isoformat()}</gco:CharacterString>\
+</gmd:temporalExtent>
+  </gmd:MD_DataIdentification></gmd:identificationInfo>
+</gmd:MD_Metadata>
+"""
+
+
+def _gsc_xml(product: Product) -> str:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<GSC><name>{product.name}</name>'
+            f"<productType>{product.product_type}</productType><gridId>{product.grid_id}</gridId></GSC>\n")
+
+
+def _cell_xml(product: Product, rows: int, cols: int) -> str:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<DEM><tile>{product.dsm_name}</tile>'
+            f"<rows>{rows}</rows><columns>{cols}</columns><format>{product.key.model}</format></DEM>\n")
+
+
+def _acm_kml(product: Product) -> str:
+    ring = " ".join(f"{x},{y}" for x, y in product.footprint_ring())
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<kml xmlns="http://www.opengis.net/kml/2.2"><Document>'
+            f"<Placemark><name>{product.dsm_name}</name><Polygon><outerBoundaryIs><LinearRing>"
+            f"<coordinates>{ring}</coordinates></LinearRing></outerBoundaryIs></Polygon></Placemark>"
+            "</Document></kml>\n")

@@ -1,0 +1,59 @@
+"""The plan: each geocell once per run, present files skipped, sea and failures told apart."""
+
+from cdse_dem.geocells import Geocell
+
+from cdse_dem.catalogue import Product
+from cdse_dem.entries import Entry
+from cdse_dem.plan import (
+    FAILED,
+    PLANNED,
+    PRESENT,
+    SEA,
+    TilePlan,
+    apply_products,
+    search_failed,
+    start_plan,
+    tiles_to_search,
+)
+
+
+def tile(name, cells):
+    return TilePlan(Entry(name, "command line", None, tile=name), name, "computed", cells)
+
+
+def product(cell, pid):
+    return Product(pid, "n", cell, 10, None, None, "2024_1", "", "", "", True)
+
+
+A, B, C, D = Geocell(49, 7), Geocell(49, 8), Geocell(50, 7), Geocell(50, 8)
+
+
+def names(cell):
+    return f"Copernicus_DSM_30_{cell.grid_id}_DEM.tif"
+
+
+def test_shared_geocells_planned_once_and_present_ones_skipped():
+    t1, t2 = tile("AAAAA", [A, B]), tile("BBBBB", [B, C])
+    plan = start_plan([t1, t2], names, lambda n: "old-id" if n == names(C) else None)
+    assert list(plan.cells) == [A, B, C]
+    assert plan.cells[C].status == PRESENT and plan.cells[C].product_id == "old-id"
+    apply_products(plan, t1, [product(A, "a"), product(B, "b"), product(D, "touching")])
+    apply_products(plan, t2, [product(B, "b")])
+    assert [c.product_id for c in plan.to_fetch()] == ["a", "b"]
+    assert D not in plan.cells
+
+
+def test_tiles_all_present_need_no_search():
+    t1, t2 = tile("AAAAA", [A]), tile("BBBBB", [A, B])
+    plan = start_plan([t1, t2], names, lambda n: "x" if n == names(A) else None)
+    assert tiles_to_search(plan) == [t2]
+
+
+def test_sea_is_not_failure_and_failed_search_fails_only_unfound_cells():
+    t1, t2 = tile("AAAAA", [A, B]), tile("BBBBB", [B, C])
+    plan = start_plan([t1, t2], names, lambda n: None)
+    apply_products(plan, t1, [product(B, "b")])
+    search_failed(plan, t2, "catalogue down")
+    assert plan.cells[A].status == SEA
+    assert plan.cells[B].status == PLANNED
+    assert plan.cells[C].status == FAILED and plan.cells[C].error == "catalogue down"
