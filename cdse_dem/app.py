@@ -99,7 +99,6 @@ def _run(args) -> int:
         from cdse_dem.credentials import obtain_credentials
         from cdse_dem.endpoints import Endpoints
 
-        log.info("Retrieval of public and private keys")
         credentials = obtain_credentials(paths.credentials_dir(), _host(Endpoints.from_env().token_url))
 
     log.info("Processing %d Tile(s)", len(valid))
@@ -120,6 +119,11 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
     endpoints = Endpoints.from_env()
     tile_plans = _tile_plans(valid, args.kml)
     cache = NameIdCache.load(out_dir) if out_dir.is_dir() else None
+    if cache is not None and not args.dry_run:
+        from cdse_dem.fsutil import remove_stale_temporaries
+
+        for stale in remove_stale_temporaries(out_dir):
+            log.info("Removed a temporary file left by an earlier run: %s", stale.name)
 
     def file_name(cell):
         return cell.dem_file_name(settings.resolution, settings.model)
@@ -205,9 +209,10 @@ def _search(plan, catalogue, settings) -> None:
                 continue
             log.info("DEM_LIST from url retrieved")
             plan_mod.apply_products(plan, tile, products)
-            sea = [plan.cells[c].file_name for c in tile.geocells if plan.cells[c].status == plan_mod.SEA]
-            for name in sea:
-                log.info("No DEM in CDSE (open sea): %s", name)
+            sea = [c.grid_id for c in tile.geocells if plan.cells[c].status == plan_mod.SEA]
+            if sea:
+                log.info("No DEM in CDSE (open sea) for %d of %d geocells: %s", len(sea), len(tile.geocells),
+                         " ".join(sea))
 
 
 def _download(args, to_fetch, credentials, http, endpoints, out_dir, cache):

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 _MAX_ERROR_BODY = 64 * 1024
 _WATCH_INTERVAL = 0.2  # seconds; how late the stop watcher may notice a stop
+# Retry-After is honoured up to this (as the session does): an absurd value must not park a
+# worker past the run's budget; coming back early only costs another 429, and tries are bounded.
+MAX_RETRY_AFTER = 60.0
 
 CCM_DENIED = (
     "CDSE refuses this account the CCM data (403 DAT-ZIP-608): enable Copernicus Contributing "
@@ -93,7 +96,7 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
     url = endpoints.product_url(product.id)
     if not endpoints.is_download_host(url):  # the token goes to the download host only
         raise DownloadFailed(f"refusing to send the access token to {_origin(url)} (not the download host)")
-    label = f"{product.name or product.id} ({product.id})" if product.name else product.id
+    label = f"{product.name} ({product.id})" if product.name else product.id
     began = time.monotonic()
     delays = backoff.delays()
     requests_made = 0
@@ -124,7 +127,7 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
                 raise DownloadFailed(
                     f"download of {label} failed after {tries} tries: {failure.problem}"
                 ) from None
-            delay = max(delay, failure.wait or 0.0)
+            delay = max(delay, min(failure.wait or 0.0, MAX_RETRY_AFTER))
             log.warning("Download of %s: %s; retrying in %.1f s (try %d of %d)",
                         label, failure.problem, delay, tries + 1, backoff.attempts)
             _pause(delay, stop, label)
@@ -199,6 +202,8 @@ def _receive(product, reply, dest_dir: Path, on_bytes, stop, label) -> tuple[Pat
                     reported += len(chunk)
                 if expected is not None and received > expected:
                     raise _Retry(f"more than the {expected} bytes announced")
+        if watcher is not None and watcher.fired:  # the body was cut short by us, whatever it looks like
+            raise DownloadCancelled(f"download of {label} cancelled")
         if expected is not None and received != expected:
             _raise_if_stopped(stop, label)
             raise _Retry(f"connection dropped after {received} of {expected} bytes")
@@ -254,6 +259,7 @@ class _StopWatcher:
         self._stop, self._reply = stop, reply
         self._done = threading.Event()
         self._lock = threading.Lock()
+        self.fired = False
         self._thread = threading.Thread(target=self._run, name="download-stop-watch", daemon=True)
         self._thread.start()
 
@@ -262,6 +268,7 @@ class _StopWatcher:
             if self._stop.wait(_WATCH_INTERVAL):
                 with self._lock:
                     if not self._done.is_set():
+                        self.fired = True
                         _interrupt(self._reply)
                 return
 

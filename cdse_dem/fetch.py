@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError
+from cdse_dem.fsutil import DiskFull
 from cdse_dem.plan import DOWNLOADED, FAILED, CellState
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,13 @@ def fetch_all(cells: list[CellState], *, session, http, endpoints, out_dir: Path
     lock = threading.Lock()
     counter = iter(range(1, len(cells) + 1))
 
+    def stop_all(state: CellState, exc: DemError) -> None:
+        """Errors no other geocell can escape (no CCM access, a full disk) end the whole run."""
+        with lock:
+            outcome.fatal = outcome.fatal or exc
+        stop.set()
+        state.status, state.error = FAILED, str(exc)
+
     def one(state: CellState) -> None:
         if stop.is_set():
             return
@@ -52,11 +60,8 @@ def fetch_all(cells: list[CellState], *, session, http, endpoints, out_dir: Path
             with lock:
                 outcome.left.append(state.file_name)
             return
-        except AccessDenied as exc:
-            with lock:
-                outcome.fatal = outcome.fatal or exc
-            stop.set()
-            state.status, state.error = FAILED, str(exc)
+        except (AccessDenied, DiskFull) as exc:
+            stop_all(state, exc)
             return
         except DemError as exc:
             if stop.is_set():
@@ -67,13 +72,16 @@ def fetch_all(cells: list[CellState], *, session, http, endpoints, out_dir: Path
         log.info("File %s downloaded", product.id)
         try:
             path = extract_dem(result.zip_path, out_dir, expected_name=state.file_name)
+            cache.record(state.file_name, product.id)
+        except DiskFull as exc:
+            stop_all(state, exc)
+            return
         except DemError as exc:
             state.status, state.error = FAILED, str(exc)
             log.error("%s: %s", state.file_name, exc)
             return
         finally:
             result.zip_path.unlink(missing_ok=True)
-        cache.record(state.file_name, product.id)
         state.status, state.file, state.bytes = DOWNLOADED, str(path), result.bytes
         with lock:
             outcome.bytes += result.bytes

@@ -61,7 +61,7 @@ class Footprint:
         grown = shapely.buffer(list(self.parts), 2 * tolerance, join_style="mitre")
         simple = shapely.simplify(grown, tolerance, preserve_topology=True)
         clipped = shapely.intersection(simple, world)
-        return tuple(shapely.orient_polygons(p) for p in _polygons_of(clipped))
+        return tuple(shapely.orient_polygons(p) for geometry in clipped for p in _polygons_of(geometry))
 
 
 @dataclass(frozen=True)
@@ -126,45 +126,64 @@ def _to_lonlat(epsg: int):
     return Transformer.from_crs(epsg, 4326, always_xy=True)
 
 
-def _densified_ring(tile: UtmTile, segments: int) -> "np.ndarray":
-    """The square's closed outline in UTM, counter-clockwise (UL, LL, LR, UR), ``4·segments+1`` points."""
+@lru_cache(maxsize=4)
+def _unit_ring(segments: int) -> "np.ndarray":
+    """The square's closed outline as offsets from its upper-left corner, in tile sizes.
+
+    Counter-clockwise (UL, LL, LR, UR, back to UL), ``4·segments + 1`` points: UTM to
+    lon/lat keeps the orientation, so the lon/lat ring is counter-clockwise too.
+    """
     import numpy as np
 
-    (x0, y1), _, (x1, y0), _ = tile.corners()
     t = np.arange(segments) / segments
-    xs = np.concatenate([np.full(segments, x0), x0 + (x1 - x0) * t, np.full(segments, x1), x1 - (x1 - x0) * t])
-    ys = np.concatenate([y1 - (y1 - y0) * t, np.full(segments, y0), y0 + (y1 - y0) * t, np.full(segments, y1)])
-    ring = np.column_stack([xs, ys])
-    return np.vstack([ring, ring[:1]])
+    zero, one = np.zeros(segments), np.ones(segments)
+    dx = np.concatenate([zero, t, one, 1 - t, [0.0]])
+    dy = np.concatenate([-t, -one, t - 1, zero, [0.0]])
+    ring = np.column_stack([dx, dy])
+    ring.flags.writeable = False
+    return ring
 
 
 def computed_footprints(tile_ids: Sequence[str], segments: int = SEGMENTS_PER_EDGE) -> list[Footprint]:
     """Footprints for many tiles at once: one projection call per UTM zone, polygons in bulk.
 
-    InputError for an id that is not a Sentinel-2 tile.
+    Work goes in chunks of one zone and at most ``_CHUNK`` tiles, so memory stays small
+    whatever the number of tiles. InputError for an id that is not a Sentinel-2 tile.
     """
+    for tile_id in tile_ids:
+        check_tile(tile_id)
+    tiles = [normalize_tile_id(t) for t in tile_ids]
+    unique = sorted(set(tiles))
+    by_epsg: dict[int, list[tuple[str, UtmTile]]] = {}
+    for tile in unique:
+        utm = utm_tile(tile)
+        by_epsg.setdefault(utm.epsg, []).append((tile, utm))
+    found: dict[str, Footprint] = {}
+    for epsg, members in by_epsg.items():
+        for start in range(0, len(members), _CHUNK):
+            for footprint in _zone_footprints(epsg, members[start : start + _CHUNK], segments):
+                found[footprint.tile] = footprint
+    return [found[t] for t in tiles]
+
+
+_CHUNK = 2048
+
+
+def _zone_footprints(epsg: int, members: "list[tuple[str, UtmTile]]", segments: int) -> list[Footprint]:
     import numpy as np
     import shapely
 
-    tiles = []
-    for tile_id in tile_ids:
-        check_tile(tile_id)
-        tiles.append(normalize_tile_id(tile_id))
-    utm = [utm_tile(t) for t in tiles]
-    rings = np.empty((len(tiles), 4 * segments + 1, 2))
-    for epsg in {u.epsg for u in utm}:
-        members = [i for i, u in enumerate(utm) if u.epsg == epsg]
-        xy = np.stack([_densified_ring(utm[i], segments) for i in members])
-        lon, lat = _to_lonlat(epsg).transform(xy[..., 0], xy[..., 1])
-        rings[members, :, 0] = lon
-        rings[members, :, 1] = lat
+    unit = _unit_ring(segments)
+    xs = np.array([u.x_min for _, u in members], dtype=np.float64)[:, None] + TILE_SIZE * unit[:, 0]
+    ys = np.array([u.y_max for _, u in members], dtype=np.float64)[:, None] + TILE_SIZE * unit[:, 1]
+    _to_lonlat(epsg).transform(xs, ys, inplace=True)  # contiguous arrays: no copies
+    rings = np.stack([xs, ys], axis=-1)
     crosses = (rings[:, :, 0].max(axis=1) - rings[:, :, 0].min(axis=1)) > 180
     polygons = shapely.polygons(rings)
-    result = []
-    for tile, polygon, ring, across in zip(tiles, polygons, rings, crosses, strict=True):
-        parts = _split_at_antimeridian(ring) if across else (polygon,)
-        result.append(Footprint(tile=tile, parts=parts, source="computed"))
-    return result
+    return [
+        Footprint(tile=tile, parts=_split_at_antimeridian(ring) if across else (polygon,), source="computed")
+        for (tile, _), polygon, ring, across in zip(members, polygons, rings, crosses, strict=True)
+    ]
 
 
 def computed_footprint(tile_id: str) -> Footprint:

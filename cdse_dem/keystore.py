@@ -22,12 +22,12 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cdse_dem.errors import CredentialError
+from cdse_dem.fsutil import DiskFull, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -197,23 +197,8 @@ def load_private_key(pem: bytes, passphrase: str | None, source: str, min_bits: 
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` atomically, mode 0600 from the first byte on.
-
-    A temporary file in the same folder (mkstemp creates it 0600), then ``os.replace``: a
-    crash leaves either the old file or the new one, never half of one.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Replace ``path`` atomically with a file that is 0600 from its first byte on."""
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 class KeyStore:
@@ -274,19 +259,21 @@ class KeyStore:
         """Store (or replace) ``os_user``'s entry, keeping every other entry as it was."""
         entries = self.entries()  # refuse a damaged file or key before touching anything
         key = self._read_key() if self.key_path.exists() else None
+        new_key = key is None
+        if new_key:
+            stale = sorted(u for u in entries if u != os_user)
+            if stale:
+                log.warning("%s is missing: a new key pair is made; the entries of %s cannot be read "
+                            "with it and need --reset", self.key_path, ", ".join(stale))
+            key = generate_key(self.key_bits)
+        public = key.public_key()
+        entries[os_user] = StoredEntry(username, encrypt_password(public, password), fingerprint(public))
         self._ensure_folder()
         try:
-            if key is None:
-                stale = sorted(u for u in entries if u != os_user)
-                if stale:
-                    log.warning("%s is missing: a new key pair is made; the entries of %s cannot be read "
-                                "with it and need --reset", self.key_path, ", ".join(stale))
-                key = generate_key(self.key_bits)
+            if new_key:
                 write_private_file(self.key_path, private_key_pem(key, self.passphrase))
-            public = key.public_key()
-            entries[os_user] = StoredEntry(username, encrypt_password(public, password), fingerprint(public))
             write_private_file(self.yaml_path, render_document(entries).encode("utf-8"))
-        except OSError as exc:
+        except (OSError, DiskFull) as exc:
             raise CredentialError(f"cannot store credentials in {self.cred_dir}: {_reason(exc)}") from None
 
     def remove(self, os_user: str) -> bool:
@@ -301,7 +288,7 @@ class KeyStore:
                 for path in (self.yaml_path, self.key_path):
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
-        except OSError as exc:
+        except (OSError, DiskFull) as exc:
             raise CredentialError(f"cannot update {self.yaml_path}: {_reason(exc)}") from None
         return existed
 

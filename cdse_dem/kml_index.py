@@ -58,13 +58,11 @@ def iter_placemarks(source: "str | Path | IO[bytes]", rings: bool = True) -> Ite
     read. Only the outer ring of each Polygon is kept (Sentinel-2 tiles have no holes); the
     Point is ignored. With ``rings=False`` only names are yielded (an empty list each).
     """
-    import numpy as np
     from lxml import etree
 
     parser_source = str(source) if isinstance(source, Path) else source
     context = etree.iterparse(
-        parser_source, events=("end",), tag="{*}Placemark", resolve_entities=False, no_network=True,
-        huge_tree=True,
+        parser_source, events=("end",), tag="{*}Placemark", resolve_entities=False, no_network=True
     )
     for _, element in context:
         name = (element.findtext("{*}name") or "").strip()

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CLIENT_ID = "cdse-public"
 REJECTED_MESSAGE = "CDSE rejected the user name or password"
 DEFAULT_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds for every identity request
+MAX_RETRY_AFTER = 60.0  # honour Retry-After, but never stall a run on one absurd value
 STILL_VALID_MESSAGE = "Token is still valid, within its 10 minutes period"
 
 
@@ -129,6 +130,7 @@ class CdseSession:
         self._tokens: Tokens | None = None
         self._started: float | None = None
         self._stop_reason: str | None = None
+        self._session_ended: str | None = None
         self._stop_logged = False
         self.logins = 0
         self.refreshes = 0
@@ -222,11 +224,13 @@ class CdseSession:
             reply = self._post(form)
         except _Refused as exc:
             if exc.status == 401 or exc.error == "invalid_grant":
-                known = exc.description in ("", "Invalid user credentials")
-                raise AuthRejected(REJECTED_MESSAGE if known else f"{REJECTED_MESSAGE} ({exc.description})") \
-                    from None
+                if exc.description in ("", "Invalid user credentials"):
+                    raise AuthRejected(REJECTED_MESSAGE) from None
+                # "Account disabled", "There are too many sessions": not a typo in the password
+                raise AuthRejected(f"CDSE refused the login of {creds.username}: {exc.description}") from None
             raise self._service_error(f"refused the login: {exc}") from None
         self._tokens = self._parse(reply, sent_at)
+        self._session_ended = None
         self.logins += 1
         if self._started is None:
             self._started = sent_at
@@ -246,21 +250,24 @@ class CdseSession:
         flight can finish; only a token the server has rejected, or an expired one, ends them.
         """
         now = self._clock()
-        if tokens.can_refresh(now):
+        reason = self._session_ended  # a refused refresh is not asked again for this session
+        if reason is None and tokens.can_refresh(now):
             try:
                 self._refresh_locked(tokens)
                 return
             except _Refused as exc:
                 if exc.status not in (400, 401):
                     raise self._service_error(f"refused to refresh the token: {exc}") from None
-                reason = f"CDSE ended the session ({exc.description or exc.error or exc.status})"
+                reason = self._session_ended = (
+                    f"CDSE ended the session ({exc.description or exc.error or exc.status})")
             except ServiceError:
                 if rejected or tokens.access_expiry <= self._clock():
                     raise
                 log.warning("Token not refreshed yet; the current one is still valid")
                 return
-        else:
-            reason = "the CDSE refresh window has closed"
+        elif reason is None:
+            reason = ("the CDSE refresh window has closed" if tokens.refresh
+                      else "CDSE gave no refresh token")
         if self.max_minutes == 0:
             log.info("Logging in again: %s", reason)
             self._login_locked()
@@ -308,7 +315,7 @@ class CdseSession:
             delay = next(delays, None)
             if delay is None:
                 raise self._service_error(f"did not answer usably after {tries} tries ({problem})")
-            delay = max(delay, wait or 0.0)
+            delay = max(delay, min(wait or 0.0, MAX_RETRY_AFTER))
             log.warning("Identity service at %s: %s; trying again in %.1f s", self._host, problem, delay)
             self._sleep(delay)
 

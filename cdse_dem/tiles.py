@@ -79,7 +79,10 @@ def unpack_tile_ids(data: bytes) -> bytes:
     if not data.startswith(_MAGIC):
         raise ValueError("not a tile id list (bad magic)")
     (count,) = _HEADER.unpack_from(data, len(_MAGIC))
-    bitmap = zlib.decompress(data[len(_MAGIC) + _HEADER.size :])
+    try:
+        bitmap = zlib.decompress(data[len(_MAGIC) + _HEADER.size :])
+    except zlib.error as exc:
+        raise ValueError(f"tile id list is damaged ({exc})") from exc
     if len(bitmap) != _BITS // 8 or int.from_bytes(bitmap, "big").bit_count() != count:
         raise ValueError("tile id list is damaged (size or count mismatch)")
     return bitmap

@@ -6,6 +6,7 @@ The real lists decide it, so that open sea has no product as on CDSE. A cell is 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +60,21 @@ class CellLists:
 
 
 def _read_list(path: Path) -> frozenset[Cell]:
+    return _read_cached(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(path: str, mtime_ns: int) -> frozenset[Cell]:
+    """Parsed once per process and file version: tests start many simulators."""
     cells = set()
-    for line in path.read_text(encoding="ascii").split():
-        cell = parse_grid_id(line.strip())
-        if cell is not None:
-            cells.add(cell)
+    for text in Path(path).read_text(encoding="ascii").split():
+        if len(text) == 8 and text[0] in "NS" and text[4] in "EW" and text[3] == "_":
+            try:
+                lat = int(text[1:3]) * (1 if text[0] == "N" else -1)
+                lon = int(text[5:8]) * (1 if text[4] == "E" else -1)
+            except ValueError:
+                continue
+            cells.add((lat, lon))
     return frozenset(cells)
 
 

@@ -65,7 +65,7 @@ def dted_bytes(elevation: np.ndarray, lat: int, lon: int, level: int) -> bytes:
 
     values = np.rint(elevation[::-1, :].T).astype(np.int32)  # cols x rows, south to north
     magnitude = np.abs(values).astype(np.uint16) | np.where(values < 0, 0x8000, 0).astype(np.uint16)
-    body = magnitude.astype(">u2").view(np.uint8).reshape(cols, 2 * rows)
+    body = np.ascontiguousarray(magnitude, dtype=">u2").view(np.uint8).reshape(cols, 2 * rows)
     record = np.zeros((cols, 8 + 2 * rows + 4), dtype=np.uint8)
     index = np.arange(cols, dtype=np.uint32)
     record[:, 0] = 0xAA

@@ -12,9 +12,9 @@ import hashlib
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from typing import NamedTuple
 
 from simulator.cells import Cell, CellLists, dsm_name, grid_id, parse_grid_id
 
@@ -54,9 +54,11 @@ def stamp(moment: datetime) -> str:
     return moment.strftime("%Y%m%dT%H%M%S")
 
 
-@dataclass(frozen=True, order=True)
-class ProductKey:
-    """What identifies a product; ``copy`` is 1 for the second product of a duplicated CCM cell."""
+class ProductKey(NamedTuple):
+    """What identifies a product; ``copy`` is 1 for the second product of a duplicated CCM cell.
+
+    A named tuple rather than a dataclass: a full scan makes ~740,000 of them.
+    """
 
     lat: int
     lon: int
@@ -69,6 +71,40 @@ class ProductKey:
     @property
     def cell(self) -> Cell:
         return self.lat, self.lon
+
+
+def _mask(seed: int) -> int:
+    return _number(seed, "id-mask") & 0xFFFFFF
+
+
+def _key_number(key: ProductKey) -> int:
+    """24 bits: lat (8), lon (9), kind (2), collection (1), delivery (3), copy (1)."""
+    kind = KINDS.index((key.resolution, key.model))
+    delivery = DELIVERIES.index(key.delivery) if key.delivery else 0
+    return ((((((key.lat + 90) << 9 | (key.lon + 180)) << 2 | kind) << 1 | (key.collection == "CCM")) << 3
+             | delivery) << 1) | key.copy
+
+
+def product_id(key: ProductKey, seed: int) -> str:
+    """A version-5 UUID (SHA-1 of the product's identity) whose last 24 bits carry the key,
+    scrambled with the seed, so that any Id a client presents is resolved without a table."""
+    name = f"{seed}/{key.collection}/{key.delivery}/{key.resolution}/{key.model}/{grid_id(key.cell)}/{key.copy}"
+    raw = bytearray(uuid.uuid5(_NAMESPACE, name).bytes)
+    raw[13:16] = (_key_number(key) ^ _mask(seed)).to_bytes(3, "big")
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def decode_key(value: uuid.UUID, seed: int) -> ProductKey | None:
+    n = int.from_bytes(value.bytes[13:16], "big") ^ _mask(seed)
+    copy, n = n & 1, n >> 1
+    delivery, n = n & 7, n >> 3
+    ccm, n = n & 1, n >> 1
+    kind, n = n & 3, n >> 2
+    lon, lat = (n & 0x1FF) - 180, (n >> 9) - 90
+    if not (-90 <= lat < 90 and -180 <= lon < 180) or delivery >= len(DELIVERIES):
+        return None
+    res, model = KINDS[kind]
+    return ProductKey(lat, lon, "CCM" if ccm else "COP-DEM", DELIVERIES[delivery] if ccm else "", res, model, copy)
 
 
 class Product:
@@ -138,9 +174,7 @@ class Product:
 
     @cached_property
     def id(self) -> str:
-        k = self.key
-        return str(uuid.uuid5(_NAMESPACE, f"{self.seed}/{k.collection}/{k.delivery}/{k.resolution}/"
-                                          f"{k.model}/{self.grid_id}/{k.copy}"))
+        return product_id(self.key, self.seed)
 
     @cached_property
     def root_folder(self) -> str:
@@ -225,7 +259,6 @@ class ProductIndex:
         self.seed = seed
         self._dups = self._duplicates(duplicate_cells)
         self._lock = threading.Lock()
-        self._by_id: dict[str, ProductKey] = {}
         self._by_stamp: dict[str, list[Cell]] | None = None
 
     def _duplicates(self, spec: float | int | Iterable[str]) -> frozenset[Cell] | float:
@@ -269,27 +302,23 @@ class ProductIndex:
     def iter_cells(self) -> Iterator[Cell]:
         return iter(self.cells.all_cells())
 
-    def remember(self, product: Product) -> None:
-        """Note a product a client has seen, so ``by_id`` finds it without a scan."""
-        with self._lock:
-            self._by_id[product.id] = product.key
-
-    def by_id(self, product_id: str) -> Product | None:
-        """The product with this Id; a product no search has shown costs one full scan."""
-        with self._lock:
-            key = self._by_id.get(product_id.lower())
-        if key is not None:
-            return Product(key, self.seed)
+    def by_id(self, text: str) -> Product | None:
+        """The product with this Id, or None: decoded from the Id itself, then checked."""
         try:
-            uuid.UUID(product_id)
+            wanted = uuid.UUID(text)
         except ValueError:
             return None
-        for cell in self.iter_cells():
-            for product in self.products_in_cell(cell):
-                if product.id == product_id.lower():
-                    self.remember(product)
-                    return product
-        return None
+        key = decode_key(wanted, self.seed)
+        if key is None or key.delivery not in ("", *DELIVERIES):
+            return None
+        if not self.cells.has(key.cell, key.resolution) or (key.copy and not self.is_duplicated(key.cell)):
+            return None
+        if key.collection == "COP-DEM" and (key.delivery or key.copy):
+            return None
+        if key.collection == "CCM" and not key.delivery:
+            return None
+        product = Product(key, self.seed)
+        return product if product.id == str(wanted) else None
 
     def cells_for_name(self, name: str) -> list[Cell]:
         """Cells whose products could carry ``name`` (names embed the cell's acquisition start)."""

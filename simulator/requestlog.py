@@ -8,7 +8,7 @@ fault cut short, with monotonic start and end times that can be compared across 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass
@@ -31,7 +31,7 @@ class RequestRecord:
 
 
 class RequestLog:
-    """A thread-safe, append-only list of records."""
+    """A thread-safe, append-only list of records, added when a request arrives and completed in place."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -42,8 +42,9 @@ class RequestLog:
             self._records.append(record)
 
     def snapshot(self) -> list[RequestRecord]:
+        """Copies, in the order the requests arrived; one still in flight has ``finished == 0.0``."""
         with self._lock:
-            return list(self._records)
+            return [replace(r) for r in self._records]
 
     def clear(self) -> None:
         with self._lock:

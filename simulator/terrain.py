@@ -28,8 +28,7 @@ def raster_shape(lat: int, resolution: int, size: str) -> tuple[int, int]:
     if size == "realistic":
         return rows, cols
     small_rows = SMALL_ROWS[resolution]
-    factor = (rows - 1) // (cols - 1) if (rows - 1) % (cols - 1) == 0 else (rows - 1) / (cols - 1)
-    return small_rows, int(round((small_rows - 1) / factor)) + 1
+    return small_rows, round((small_rows - 1) * (cols - 1) / (rows - 1)) + 1
 
 
 def elevation(lat: int, lon: int, rows: int, cols: int, seed: int) -> np.ndarray:

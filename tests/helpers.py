@@ -49,20 +49,33 @@ def cli_env(sim, **extra) -> dict:
 def served_dem(sim, product_id: str) -> tuple[str, bytes]:
     """The DEM layer inside the zip the simulator serves for ``product_id``: (base name, bytes).
 
-    Fetched with plain requests, independently of the tool, as the reference for byte checks.
+    Fetched with plain requests, independently of the tool, as the reference for byte checks;
+    tried until the zip matches the catalogue's MD5, since the simulator may be injecting faults.
     """
+    import hashlib
     import io
     import re
+    import time
     import zipfile
 
     import requests
 
+    record = requests.get(f"{sim.catalogue_url}/Products({product_id})", timeout=30).json()
+    md5 = next(c["Value"] for c in record["Checksum"] if c["Algorithm"] == "MD5")
     token = requests.post(sim.token_url, data={"client_id": "cdse-public", "grant_type": "password",
                                                "username": DEMO_USER, "password": DEMO_PASSWORD},
                           timeout=10).json()["access_token"]
-    reply = requests.get(f"{sim.download_url}/Products({product_id})/$value",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    reply.raise_for_status()
+    for _ in range(30):
+        try:
+            reply = requests.get(f"{sim.download_url}/Products({product_id})/$value",
+                                 headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        except requests.RequestException:
+            continue
+        if reply.status_code == 200 and hashlib.md5(reply.content).hexdigest() == md5:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the simulator never served product {product_id} whole")
     with zipfile.ZipFile(io.BytesIO(reply.content)) as archive:
         members = [m for m in archive.namelist()
                    if re.search(r"_DEM\.(tif|dt1|dt2)$", m) and "/PREVIEW/" not in m]

@@ -200,3 +200,9 @@ def test_an_undersized_key_is_refused(cred_dir):
     with pytest.raises(CredentialError, match=r"3072 bits"):
         KeyStore(cred_dir).save("alice", "alice@example.com", PASSWORD)
     assert not (cred_dir / "credentials.yaml").exists()
+
+
+def test_a_password_too_long_for_one_rsa_block_is_refused_before_any_write(cred_dir):
+    with pytest.raises(CredentialError, match=r"too long to be stored \(400 bytes, at most 318\)"):
+        KeyStore(cred_dir).save("alice", "alice@example.com", "x" * 400)
+    assert list(cred_dir.iterdir()) == []

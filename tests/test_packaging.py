@@ -6,13 +6,24 @@ import tomllib
 import yaml
 
 
-def pins(lines):
+def pins(lines, python="3.12"):
+    """{package: version} for ``python``: lines with a python_version marker for another version are skipped."""
     found = {}
     for line in lines:
         line = line.split("#", 1)[0].strip()
-        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*[=]=?\s*([0-9][^\s,;]*)", line)
-        if match:
-            found[match.group(1).lower().replace("_", "-")] = match.group(2)
+        spec, _, marker = line.partition(";")
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*[=]=?\s*([0-9][^\s,;]*)", spec.strip())
+        if not match:
+            continue
+        condition = re.fullmatch(r'\s*python_version\s*(>=|<)\s*"([0-9.]+)"\s*', marker) if marker else None
+        if marker and not condition:
+            raise AssertionError(f"unexpected marker in {line!r}")
+        if condition:
+            wanted = tuple(map(int, condition.group(2).split(".")))
+            have = tuple(map(int, python.split(".")))
+            if (have >= wanted) != (condition.group(1) == ">="):
+                continue
+        found[match.group(1).lower().replace("_", "-")] = match.group(2)
     return found
 
 
@@ -26,6 +37,14 @@ def test_three_package_lists_agree(root):
     assert requirements == project == conda
     assert python == "3.12"
     assert {"requests", "cryptography", "pyyaml", "lxml", "shapely", "fastkml"} <= set(requirements)
+
+
+def test_python_311_gets_a_complete_set_too(root):
+    for_312 = pins((root / "requirements.txt").read_text().splitlines())
+    for_311 = pins((root / "requirements.txt").read_text().splitlines(), python="3.11")
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    assert set(for_311) == set(for_312)
+    assert for_311 == pins(pyproject["project"]["dependencies"], python="3.11")
 
 
 def test_dev_extra_matches_requirements_dev(root):

@@ -1,0 +1,163 @@
+"""Copernicus DEM geocells: the 1°×1° cells a tile needs, and their names and files.
+
+A cell is named by its south-west corner (``N50_E007``). A tile needs the cells whose
+area its footprint really overlaps: the catalogue's ``Intersects`` also returns cells that
+only touch the tile along a degree line, and those must not be downloaded. The overlap
+test is topological (the interiors meet), which is exact and needs no area threshold.
+"""
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shapely import Polygon
+
+    from cdse_dem.footprint import Footprint
+
+_RESOLUTION_CODE = {90: "30", 30: "10"}  # arc-seconds ×10 in the product names: 3" and 1"
+_DTED_SUFFIX = {90: ".dt1", 30: ".dt2"}
+_GRID_ID_RE = re.compile(r"([NS])(\d{2})_([EW])(\d{3})")
+_NAME_RE = re.compile(r"Copernicus_DSM_(?:COG_)?(10|30)_([NS])(\d{2})_00_([EW])(\d{3})_00")
+
+
+@dataclass(frozen=True, order=True)
+class Geocell:
+    """A 1°×1° cell named by its south-west corner; orders south to north, then west to east."""
+
+    lat: int
+    lon: int
+
+    def __post_init__(self) -> None:
+        if not (-90 <= self.lat <= 89 and -180 <= self.lon <= 179):
+            raise ValueError(f"no geocell has its south-west corner at {self.lat}, {self.lon}")
+
+    @property
+    def grid_id(self) -> str:
+        """``N50_E007``: the CCM ``gridId`` attribute's spelling."""
+        return f"{'N' if self.lat >= 0 else 'S'}{abs(self.lat):02d}_{'E' if self.lon >= 0 else 'W'}{abs(self.lon):03d}"
+
+    def name(self, resolution: int) -> str:
+        """``Copernicus_DSM_30_N50_00_E007_00`` at 90 m, ``Copernicus_DSM_10_...`` at 30 m."""
+        if resolution not in _RESOLUTION_CODE:
+            raise ValueError(f"resolution must be 30 or 90, not {resolution!r}")
+        ns, lat, ew, lon = self.grid_id[0], self.grid_id[1:3], self.grid_id[4], self.grid_id[5:]
+        return f"Copernicus_DSM_{_RESOLUTION_CODE[resolution]}_{ns}{lat}_00_{ew}{lon}_00"
+
+    def dem_file_name(self, resolution: int, model: str) -> str:
+        """The DEM layer's file name: ``<name>_DEM.tif`` (DGED), ``.dt1``/``.dt2`` (DTED 90/30 m)."""
+        if model == "DGED":
+            return f"{self.name(resolution)}_DEM.tif"
+        if model == "DTED":
+            return f"{self.name(resolution)}_DEM{_DTED_SUFFIX[resolution]}"
+        raise ValueError(f"model must be DGED or DTED, not {model!r}")
+
+    def polygon(self) -> "Polygon":
+        """The cell as a lon/lat box."""
+        import shapely
+
+        return shapely.box(self.lon, self.lat, self.lon + 1, self.lat + 1)
+
+
+def parse_grid_id(text: str) -> Geocell:
+    """``'N50_E007'`` → Geocell(50, 7); ``'S01_W180'`` → Geocell(-1, -180). ValueError otherwise."""
+    match = _GRID_ID_RE.fullmatch(text.strip().upper())
+    if match is None:
+        raise ValueError(f"{text!r} is not a geocell grid id such as N50_E007")
+    ns, lat, ew, lon = match.groups()
+    return Geocell(int(lat) * (1 if ns == "N" else -1), int(lon) * (1 if ew == "E" else -1))
+
+
+def geocell_of_name(name: str) -> tuple[Geocell, int] | None:
+    """The cell and resolution (30 or 90) in a DEM name or file name; None when there is none.
+
+    ``Copernicus_DSM_30_N50_00_E007_00_DEM.tif`` → (Geocell(50, 7), 90).
+    """
+    match = _NAME_RE.search(name)
+    if match is None:
+        return None
+    code, ns, lat, ew, lon = match.groups()
+    try:
+        cell = Geocell(int(lat) * (1 if ns == "N" else -1), int(lon) * (1 if ew == "E" else -1))
+    except ValueError:
+        return None
+    return cell, 90 if code == "30" else 30
+
+
+_NUMBER_PAIR_RE = re.compile(r"(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s+(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
+
+
+def geocell_of_footprint_wkt(wkt: str) -> Geocell | None:
+    """The cell a DEM product's ``Footprint`` covers, for products without a ``gridId``.
+
+    Takes ``geography'SRID=4326;POLYGON ((lon lat, ...))'`` or plain WKT. A product
+    footprint is its cell, perhaps with a margin of a pixel or two: the cell is the one
+    holding the centre of the footprint's bounds. None when the footprint is not about one
+    cell's size (a margin over 0.1°) or cannot be read.
+    """
+    pairs = _NUMBER_PAIR_RE.findall(wkt.split(";", 1)[-1])
+    if len(pairs) < 3:
+        return None
+    lons = [float(x) for x, _ in pairs]
+    lats = [float(y) for _, y in pairs]
+    west, east, south, north = min(lons), max(lons), min(lats), max(lats)
+    if not (0.8 <= east - west <= 1.2 and 0.8 <= north - south <= 1.2):
+        return None
+    lat, lon = math.floor((south + north) / 2), math.floor((west + east) / 2)
+    if abs(west - lon) > 0.1 or abs(south - lat) > 0.1 or abs(east - lon - 1) > 0.1 or abs(north - lat - 1) > 0.1:
+        return None
+    try:
+        return Geocell(lat, lon)
+    except ValueError:
+        return None
+
+
+def _candidates(bounds: tuple[float, float, float, float]) -> list[tuple[int, int]]:
+    """(lat, lon) of the cells the bounding box reaches into; a bound on a degree line adds none."""
+    west, south, east, north = bounds
+    lats = range(max(math.floor(south), -90), min(math.ceil(north), 90))
+    lons = range(max(math.floor(west), -180), min(math.ceil(east), 180))
+    return [(lat, lon) for lat in lats for lon in lons]
+
+
+def geocells_of_each(parts_per_item: "Iterable[Iterable[Polygon]]") -> list[list[Geocell]]:
+    """For each item (a footprint's parts), the sorted cells whose area overlaps one of its parts.
+
+    All (part, candidate cell) pairs go to GEOS in two vectorised calls, so thousands of
+    tiles cost about as much Python as one.
+    """
+    import numpy as np
+    import shapely
+
+    owners, cells, parts = [], [], []
+    count = 0
+    for item, item_parts in enumerate(parts_per_item):
+        count += 1
+        for part in item_parts:
+            for cell in _candidates(part.bounds):
+                owners.append(item)
+                cells.append(cell)
+                parts.append(part)
+    result: list[set[Geocell]] = [set() for _ in range(count)]
+    if cells:
+        lat, lon = np.array(cells, dtype=np.float64).T
+        boxes = shapely.box(lon, lat, lon + 1, lat + 1)
+        geometries = np.array(parts, dtype=object)
+        # interiors meet ⇔ the overlap has positive area (a shared edge or corner only touches)
+        overlap = shapely.intersects(geometries, boxes)
+        overlap[overlap] = ~shapely.touches(geometries[overlap], boxes[overlap])
+        for hit in np.flatnonzero(overlap):
+            result[owners[hit]].add(Geocell(*cells[hit]))
+    return [sorted(found) for found in result]
+
+
+def geocells_of(footprint: "Footprint") -> list[Geocell]:
+    """The tile's cells: sorted, each overlapping the footprint's area (touching is not enough)."""
+    return geocells_of_each([footprint.parts])[0]
+
+
+def union_of_geocells(footprints: "Iterable[Footprint]") -> list[Geocell]:
+    """Every cell any of the tiles needs, once (adjacent tiles share cells), sorted."""
+    return sorted({cell for cells in geocells_of_each(fp.parts for fp in footprints) for cell in cells})

@@ -1,0 +1,95 @@
+"""A KML picture of a run: tile footprints and their geocells coloured by what happened.
+
+Opened in Google Earth or QGIS it answers "which cells did I get, which are sea, which
+failed" at a glance, and shows where the tiles lie. Written with fastkml (1.x API: keyword
+constructors, pygeoif geometries); a ``.kmz`` path gives a zipped KMZ.
+"""
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cdse_dem.errors import UsageError
+
+if TYPE_CHECKING:
+    from cdse_dem.footprint import Footprint
+    from cdse_dem.geocells import Geocell
+
+# KML colours are aabbggrr
+STATUS_COLOURS = {
+    "downloaded": "00c000",  # green
+    "present": "c08000",  # blue: already on disk
+    "sea": "a0a0a0",  # grey: no DEM in CDSE (open sea)
+    "failed": "0000ff",  # red
+    "planned": "00ffff",  # yellow: dry run
+}
+TILE_COLOUR = "0080ff"  # orange outline, no fill
+_DISPLAY_TOLERANCE = 1e-5  # degrees (~1 m): enough vertices for the curved edges, no more
+
+
+def write_kml_report(
+    path: Path, footprints: "Iterable[Footprint]", geocell_status: "Mapping[Geocell, str]", resolution: int
+) -> None:
+    """Write the tiles' footprints and the geocells styled by status to ``path`` (.kml or .kmz).
+
+    ``geocell_status`` maps each cell to one of STATUS_COLOURS' keys. Written to a temporary
+    file and renamed, so a reader never sees half a file; UsageError when it cannot be written.
+    """
+    import pygeoif
+    import shapely
+    from fastkml import KML, Document, Folder, LineStyle, Placemark, PolyStyle, Style
+    from fastkml.styles import StyleUrl
+
+    unknown = sorted({s for s in geocell_status.values() if s not in STATUS_COLOURS})
+    if unknown:
+        raise ValueError(f"unknown geocell status {unknown}; expected one of {sorted(STATUS_COLOURS)}")
+    footprints = list(footprints)
+    styles = [
+        Style(id=f"cell-{status}", styles=[
+            LineStyle(color=f"ff{colour}", width=1.5), PolyStyle(color=f"60{colour}", fill=True, outline=True),
+        ])
+        for status, colour in STATUS_COLOURS.items()
+    ]
+    styles.append(Style(id="tile", styles=[
+        LineStyle(color=f"ff{TILE_COLOUR}", width=2.5), PolyStyle(color=f"00{TILE_COLOUR}", fill=False),
+    ]))
+    tiles = []
+    for footprint in footprints:
+        parts = [shapely.simplify(p, _DISPLAY_TOLERANCE, preserve_topology=True) for p in footprint.parts]
+        geometry = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+        source = "the official KML" if footprint.source == "kml" else "the grid arithmetic"
+        tiles.append(Placemark(
+            name=footprint.tile, description=f"Sentinel-2 tile {footprint.tile}; footprint from {source}",
+            style_url=StyleUrl(url="#tile"), geometry=pygeoif.shape(geometry),
+        ))
+    cells_by_status: dict[str, list] = {status: [] for status in STATUS_COLOURS}
+    for cell, status in sorted(geocell_status.items()):
+        box = shapely.segmentize(cell.polygon(), 0.1)  # parallels drawn as parallels, not chords
+        cells_by_status[status].append(Placemark(
+            name=cell.name(resolution), description=f"{cell.grid_id}: {status}",
+            style_url=StyleUrl(url=f"#cell-{status}"), geometry=pygeoif.shape(box),
+        ))
+    folders = [Folder(name="Tiles", features=tiles)] + [
+        Folder(name=f"Geocells {status} ({len(marks)})", features=marks)
+        for status, marks in cells_by_status.items() if marks
+    ]
+    document = Document(
+        name=f"Copernicus DEM {resolution} m geocells for {len(footprints)} Sentinel-2 tiles",
+        styles=styles, features=folders,
+    )
+    path = Path(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the KML report ({exc.strerror or exc})") from exc
+    os.close(fd)
+    try:
+        KML(features=[document]).write(Path(tmp_name), precision=7)
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the KML report ({exc.strerror or exc})") from exc
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)

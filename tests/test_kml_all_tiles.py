@@ -1,0 +1,265 @@
+"""Every tile of ESA's tiling KML against the computed footprints and their geocells.
+
+The KML is read here with a plain regular expression over its text, independently of
+cdse_dem.kml_index (whose output is compared to it). Two things the KML does differently
+from the true tile, and which these tests measure and explain rather than hide:
+- its edges are straight lines in lon/lat between the corners, while the true tile (a UTM
+  square) has curved edges in lon/lat; near the poles they part by up to ~2.4 km;
+- across ±180° its cut vertices are interpolated linearly in lon/lat on those straight edges.
+The arbiter is the KML's own UTM_WKT square in its own EPSG: a geocell belongs to a tile
+when its area overlaps that square.
+"""
+
+import random
+import re
+import zipfile
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cdse_dem.footprint import computed_footprints
+from cdse_dem.geocells import Geocell, geocells_of_each
+from cdse_dem.kml_index import open_index
+from cdse_dem.tiles import TILE_COUNT, all_tile_ids
+
+KML_ZIP = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "s2_tiling.zip"
+SIDE = 109_800.0
+ONE_METRE = 1.0
+NUMERICAL_AREA = 1e-9  # deg²: overlaps this small are rounding, not geography
+
+_PLACEMARK = re.compile(r"<Placemark>(.*?)</Placemark>", re.S)
+_NAME = re.compile(r"<name>(\w+)</name>")
+_EPSG = re.compile(r"<b>EPSG</b>.*?>\s*(\d+)\s*<")
+_UTM = re.compile(r"UTM_WKT</b>.*?MULTIPOLYGON\(\(\(([^)]*)\)\)\)")
+_RING = re.compile(r"<LinearRing>\s*<coordinates>(.*?)</coordinates>", re.S)
+
+
+class KmlTile:
+    def __init__(self, name: str, epsg: int, utm_wkt: str, rings: list[np.ndarray]):
+        self.name, self.epsg, self.rings = name, epsg, rings
+        xy = np.array([[float(v) for v in p.split()] for p in utm_wkt.split(",")])
+        self.x_min, self.y_max = xy[:, 0].min(), xy[:, 1].max()
+        self.width, self.height = np.ptp(xy[:, 0]), np.ptp(xy[:, 1])
+
+
+def _report(capsys, text: str) -> None:
+    """Shown in the pytest output (not captured), so `make test` tells the numbers."""
+    with capsys.disabled():
+        print(f"\n{text}")
+
+
+@pytest.fixture(scope="module")
+def kml_file(tmp_path_factory) -> Path:
+    if not KML_ZIP.is_file():
+        pytest.skip(f"the official tiling KML {KML_ZIP} is absent")
+    folder = tmp_path_factory.mktemp("kml")
+    with zipfile.ZipFile(KML_ZIP) as archive:
+        (member,) = archive.namelist()
+        archive.extract(member, folder)
+    return folder / member
+
+
+@pytest.fixture(scope="module")
+def kml(kml_file) -> dict[str, KmlTile]:
+    text = kml_file.read_text(encoding="utf-8")
+    tiles = {}
+    for block in _PLACEMARK.finditer(text):
+        body = block.group(1)
+        rings = [
+            np.array([[float(v) for v in t.split(",")[:2]] for t in c.split()]) for c in _RING.findall(body)
+        ]
+        name = _NAME.search(body).group(1)
+        tiles[name] = KmlTile(name, int(_EPSG.search(body).group(1)), _UTM.search(body).group(1), rings)
+    return tiles
+
+
+@pytest.fixture(scope="module")
+def computed(kml):
+    return dict(zip(kml, computed_footprints(list(kml)), strict=True))
+
+
+def _corner_and_cut_vertices(tile: KmlTile):
+    """The KML ring vertices without the closing repeat, split into corners and ±180° cuts."""
+    vertices = np.concatenate([ring[:-1] for ring in tile.rings])
+    at_cut = np.abs(vertices[:, 0]) == 180.0
+    return vertices[~at_cut], vertices[at_cut]
+
+
+@cache
+def _to_utm(epsg: int):
+    from pyproj import Transformer
+
+    return Transformer.from_crs(4326, epsg, always_xy=True)
+
+
+def _utm_distance_to_square(tile: KmlTile, lonlat: np.ndarray) -> np.ndarray:
+    """Metres from lon/lat points to the boundary of the KML's UTM square (in its EPSG)."""
+    x, y = _to_utm(tile.epsg).transform(lonlat[:, 0], lonlat[:, 1])
+    x0, x1, y1, y0 = tile.x_min, tile.x_min + SIDE, tile.y_max, tile.y_max - SIDE
+    dx = np.maximum.reduce([x0 - x, x - x1, np.zeros_like(x)])
+    dy = np.maximum.reduce([y0 - y, y - y1, np.zeros_like(y)])
+    outside = np.hypot(dx, dy)
+    inside = np.minimum.reduce([x - x0, x1 - x, y - y0, y1 - y])
+    return np.where(outside > 0, outside, np.abs(inside))
+
+
+def _true_overlap_m2(tile: KmlTile, cell: Geocell) -> float:
+    """Area (m²) of the cell within the tile's UTM square: the cell densified, projected, clipped."""
+    import shapely
+
+    t = np.linspace(0.0, 1.0, 400, endpoint=False)
+    lon = np.concatenate([cell.lon + t, np.full_like(t, cell.lon + 1), cell.lon + 1 - t, np.full_like(t, cell.lon)])
+    lat = np.concatenate([np.full_like(t, cell.lat), cell.lat + t, np.full_like(t, cell.lat + 1), cell.lat + 1 - t])
+    x, y = _to_utm(tile.epsg).transform(lon, lat)
+    square = shapely.box(tile.x_min, tile.y_max - SIDE, tile.x_min + SIDE, tile.y_max)
+    return shapely.intersection(shapely.Polygon(np.column_stack([x, y])), square).area
+
+
+def test_the_shipped_tile_list_is_exactly_the_kml(kml):
+    assert len(kml) == TILE_COUNT
+    assert set(all_tile_ids()) == set(kml)
+
+
+def test_the_grid_arithmetic_gives_every_kml_square(kml, computed):
+    from cdse_dem.footprint import utm_tile
+
+    wrong = []
+    for name, tile in kml.items():
+        utm = utm_tile(name)
+        if (utm.epsg, utm.x_min, utm.y_max) != (tile.epsg, tile.x_min, tile.y_max):
+            wrong.append(name)
+        assert (tile.width, tile.height) == (SIDE, SIDE)
+    assert wrong == []
+
+
+def test_the_kml_index_holds_every_polygon_of_the_kml(kml_file, kml):
+    index = open_index(kml_file)
+    assert len(index) == TILE_COUNT
+    for name, tile in kml.items():
+        rings = index.rings(name)
+        assert len(rings) == len(tile.rings), name
+        for got, want in zip(rings, tile.rings, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_every_kml_corner_is_within_a_metre_of_the_computed_footprint(capsys, kml, computed):
+    import shapely
+    from pyproj import Geod
+
+    points, boundaries = [], []
+    for name, tile in kml.items():
+        corners, _ = _corner_and_cut_vertices(tile)
+        boundary = shapely.multilinestrings([p.exterior for p in computed[name].parts])
+        points.extend(corners)
+        boundaries.extend([boundary] * len(corners))
+    points = np.array(points)
+    # nearest in degrees, distance in metres: an upper bound on the true metric distance
+    nearest = shapely.get_coordinates(
+        shapely.shortest_line(shapely.points(points), np.array(boundaries, dtype=object))
+    )[1::2]
+    _, _, metres = Geod(ellps="WGS84").inv(points[:, 0], points[:, 1], nearest[:, 0], nearest[:, 1])
+    _report(capsys, f"\nKML corners: {len(points)}, farthest from the computed footprint {metres.max():.3f} m")
+    assert len(points) == 4 * TILE_COUNT
+    assert metres.max() <= ONE_METRE
+
+
+def test_antimeridian_parts_match_the_true_tile_and_the_kml_rule(capsys, kml, computed):
+    crossing = [name for name, tile in kml.items() if len(tile.rings) == 2]
+    assert len(crossing) == 298  # s2-grid.md
+    assert sorted(len(computed[name].parts) for name in crossing) == [2] * 298
+    assert {name for name, fp in computed.items() if len(fp.parts) == 2} == set(crossing)
+    worst_true, worst_kml_rule, worst_kml_cut = 0.0, 0.0, (0.0, "")
+    for name in crossing:
+        tile, parts = kml[name], computed[name].parts
+        for part in parts:
+            xy = np.array(part.exterior.coords)
+            assert xy[:, 0].min() >= -180 and xy[:, 0].max() <= 180
+            # every computed vertex, the cut ones included, lies on the true tile edge
+            worst_true = max(worst_true, _utm_distance_to_square(tile, xy).max())
+        corners, cuts = _corner_and_cut_vertices(tile)
+        continuous = corners.copy()
+        continuous[continuous[:, 0] < 0, 0] += 360
+        centre = continuous.mean(axis=0)
+        order = np.argsort(np.arctan2(continuous[:, 1] - centre[1], continuous[:, 0] - centre[0]))
+        quad = continuous[order]
+        crossings = []
+        for (lon_a, lat_a), (lon_b, lat_b) in zip(quad, np.roll(quad, -1, axis=0), strict=True):
+            if (lon_a - 180) * (lon_b - 180) < 0:
+                crossings.append(lat_a + (180 - lon_a) / (lon_b - lon_a) * (lat_b - lat_a))
+        # the KML's cut latitudes are the straight lon/lat line between its corners...
+        for lat in np.unique(cuts[:, 1]):
+            worst_kml_rule = max(worst_kml_rule, min(abs(lat - c) for c in crossings) * 111_000)
+        # ...so they lie off the true edge, by this much
+        far = _utm_distance_to_square(tile, cuts).max()
+        worst_kml_cut = max(worst_kml_cut, (far, name))
+    _report(
+        capsys,
+        f"antimeridian: {len(crossing)} tiles; computed vertices within {worst_true:.3f} m of the true tile; "
+        f"KML cut vertices are the straight-line rule within {worst_kml_rule:.3f} m and lie up to "
+        f"{worst_kml_cut[0]:.0f} m ({worst_kml_cut[1]}) off the true edge",
+    )
+    assert worst_true <= ONE_METRE
+    assert worst_kml_rule <= ONE_METRE
+
+
+def test_geocells_of_every_tile_differ_from_the_kml_only_where_the_kml_leaves_the_true_tile(
+    capsys, kml, computed
+):
+    import shapely
+
+    names = list(kml)
+    from_computed = geocells_of_each(computed[n].parts for n in names)
+    kml_parts = {n: [shapely.Polygon(r) for r in kml[n].rings] for n in names}
+    from_kml = geocells_of_each(kml_parts[n] for n in names)
+    numerical, kml_strays, kml_misses, unexplained = [], [], [], []
+    for name, mine, theirs in zip(names, from_computed, from_kml, strict=True):
+        for cell in set(theirs) - set(mine):
+            area = sum(shapely.intersection(p, cell.polygon()).area for p in kml_parts[name])
+            if area < NUMERICAL_AREA:
+                numerical.append((name, cell))
+            elif _true_overlap_m2(kml[name], cell) < 1.0:
+                kml_strays.append((name, cell, area))
+            else:
+                unexplained.append((name, cell.grid_id, "the true tile overlaps it, computed missed it"))
+        for cell in set(mine) - set(theirs):
+            if _true_overlap_m2(kml[name], cell) > 1.0:
+                kml_misses.append((name, cell))
+            else:
+                unexplained.append((name, cell.grid_id, "computed has it, the true tile does not"))
+    differing = {d[0] for d in numerical + kml_strays + kml_misses + unexplained}
+    stray_examples = [(d[0], d[1].grid_id) for d in kml_strays[:3]]
+    miss_examples = [(d[0], d[1].grid_id) for d in kml_misses[:3]]
+    _report(
+        capsys,
+        f"geocells: {len(differing)} of {len(names)} tiles differ between KML and computed footprints:\n"
+        f"  {len({d[0] for d in kml_strays})} tiles: the KML's straight edge strays outside the true tile into "
+        f"a cell the tile does not overlap ({len(kml_strays)} cells, KML overlap up to "
+        f"{max((d[2] for d in kml_strays), default=0):.2e} deg²; e.g. {stray_examples})\n"
+        f"  {len({d[0] for d in kml_misses})} tiles: the true tile overlaps a cell the KML's straight edge "
+        f"misses ({len(kml_misses)} cells; e.g. {miss_examples})\n"
+        f"  {len(numerical)} cells: KML overlap under {NUMERICAL_AREA} deg² (rounding)\n"
+        f"  unexplained: {len(unexplained)}",
+    )
+    assert unexplained == []
+
+
+def test_computed_geocells_are_the_cells_overlapping_the_true_tile_on_a_sample(kml, computed):
+    names = random.Random(4).sample(sorted(kml), 300)
+    names += [n for n in ("32UMA", "01WCV", "58CEU", "24XWT", "01XDP", "01CDH") if n not in names]
+    mine = geocells_of_each(computed[n].parts for n in names)
+    for name, cells in zip(names, mine, strict=True):
+        tile = kml[name]
+        lon = np.concatenate([r[:, 0] for r in tile.rings])
+        lat = np.concatenate([r[:, 1] for r in tile.rings])
+        candidates = [
+            Geocell(a, o)
+            for a in range(int(np.floor(lat.min())) - 1, int(np.ceil(lat.max())) + 1)
+            for o in range(int(np.floor(lon.min())) - 1, int(np.ceil(lon.max())) + 1)
+            if -180 <= o <= 179 and -90 <= a <= 89
+        ]
+        if lon.max() - lon.min() > 180:  # across ±180°: the cells next to the line on both sides
+            candidates = [c for c in candidates if c.lon >= 170 or c.lon <= -171]
+        truth = sorted(c for c in candidates if _true_overlap_m2(tile, c) > 1.0)
+        assert cells == truth, name
