@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from simulator.odata_filter import FilterError, parse_filter
-from simulator.products import NEVER_EVICTED, Product, ProductIndex, iso
+from simulator.odata_filter import And, FilterError, cell_independent, parse_filter
+from simulator.products import COMBOS, NEVER_EVICTED, Combo, Product, ProductIndex, ProductKey, iso
 from simulator.zips import ZipMeta, ZipStore
 
 MAX_TOP = 1000
@@ -146,10 +146,11 @@ class Catalogue:
 
         cells = node.cells(self.index) if node is not None else None
         cell_iter = sorted(cells) if cells is not None else self.index.iter_cells()
+        combos = self._combos(node)
 
         def matching():
             for cell in cell_iter:
-                for product in self.index.products_in_cell(cell):
+                for product in self.index.products_in_cell(cell, combos):
                     if node is None or node.matches(product, {}):
                         yield product
 
@@ -172,6 +173,16 @@ class Catalogue:
         if more and query.top > 0:
             body["@odata.nextLink"] = self._next_link(query, base_url)
         return Reply(200, body)
+
+    def _combos(self, node) -> tuple[Combo, ...]:
+        """The kinds of product the cell-independent clauses of the filter allow."""
+        if node is None:
+            return COMBOS
+        clauses = [c for c in (node.items if isinstance(node, And) else [node]) if cell_independent(c)]
+        if not clauses:
+            return COMBOS
+        probes = [(combo, Product(ProductKey(0, 0, *combo), self.index.seed)) for combo in COMBOS]
+        return tuple(combo for combo, probe in probes if all(c.matches(probe, {}) for c in clauses))
 
     def _next_link(self, query: Query, base_url: str) -> str:
         pairs = [(k, v) for k, v in query.params if k not in ("$skip", "$top")]

@@ -270,6 +270,7 @@ class AnyAttribute(Node):
     type_name: str  # StringAttribute, ...
     var: str
     predicate: Node
+    _name: str | bool | None = field(default=False, repr=False)
 
     def matches(self, product, env):
         if self.type_name != "StringAttribute":
@@ -285,12 +286,15 @@ class AnyAttribute(Node):
 
     def _named(self) -> str | None:
         """The attribute name the predicate requires (``att/Name eq 'x' and ...``), if it does."""
-        items = self.predicate.items if isinstance(self.predicate, And) else [self.predicate]
-        for item in items:
-            if (isinstance(item, Compare) and item.op == "eq" and item.left.path == ("$var", "Name")
-                    and item.right.is_literal and isinstance(item.right.literal, str)):
-                return item.right.literal
-        return None
+        if self._name is False:
+            self._name = None
+            items = self.predicate.items if isinstance(self.predicate, And) else [self.predicate]
+            for item in items:
+                if (isinstance(item, Compare) and item.op == "eq" and item.left.path == ("$var", "Name")
+                        and item.right.is_literal and isinstance(item.right.literal, str)):
+                    self._name = item.right.literal
+                    break
+        return self._name
 
     def cells(self, index):
         items = self.predicate.items if isinstance(self.predicate, And) else [self.predicate]
@@ -305,6 +309,24 @@ class AnyAttribute(Node):
             cell = parse_grid_id(values)
             return {cell} if cell else set()
         return None
+
+
+_CELL_FREE_ATTRIBUTES = {"productType", "dataset", "datasetFull", "authority", "spatialResolution"}
+
+
+def cell_independent(node: Node) -> bool:
+    """True when ``node`` depends on the collection, delivery and kind of a product only, never on
+    its cell: such clauses are decided once per kind before a scan instead of once per product."""
+    if isinstance(node, (And, Or)):
+        return all(cell_independent(i) for i in node.items)
+    if isinstance(node, Not):
+        return cell_independent(node.item)
+    if isinstance(node, Compare):
+        return {node.left.path, node.right.path} <= {("Collection", "Name"), ()} and (
+            node.left.is_literal or node.right.is_literal)
+    if isinstance(node, AnyAttribute):
+        return node._named() in _CELL_FREE_ATTRIBUTES
+    return False
 
 
 # --- the parser -----------------------------------------------------------------------------------

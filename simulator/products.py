@@ -25,6 +25,11 @@ CCM_TYPES = {(30, "DGED"): "SAR_DGE_30_A4AD", (90, "DGED"): "SAR_DGE_90_A407",
              (30, "DTED"): "SAR_DTE_30_615C", (90, "DTED"): "SAR_DTE_90_61F6"}
 COPDEM_TYPES = {(30, "DGED"): "DGE_30", (90, "DGED"): "DGE_90",
                 (30, "DTED"): "DTE_30", (90, "DTED"): "DTE_90"}
+Combo = tuple[str, str, int, str]  # collection, delivery ("" for COP-DEM), resolution, model
+COMBOS: tuple[Combo, ...] = (
+    *(("COP-DEM", "", res, model) for res, model in KINDS),
+    *(("CCM", delivery, res, model) for delivery in DELIVERIES for res, model in KINDS),
+)
 NEVER_EVICTED = "9999-12-31T23:59:59.999999Z"
 _NAMESPACE = uuid.UUID("6f1c2a4e-52a5-4f43-9a53-0cd5e0000000")
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -241,13 +246,23 @@ class Product:
                 ("spatialResolution", str(self.key.resolution))]
 
     def attribute(self, name: str) -> str | None:
+        """One attribute's value, computed alone: filters ask for one, scans ask ~740,000 times."""
         if name == "productType":
             return self.product_type
-        if name == "gridId":
-            return self.grid_id if self.key.collection == "CCM" else None
-        for key, value in self.attributes():
-            if key == name:
-                return value
+        if self.key.collection == "CCM":
+            if name == "dataset":
+                return self.dataset
+            if name == "datasetFull":
+                return self.dataset_full
+            if name == "gridId":
+                return self.grid_id
+            if name == "eopIdentifier":
+                return self.stem
+            return None
+        if name == "authority":
+            return "ESA"
+        if name == "spatialResolution":
+            return str(self.key.resolution)
         return None
 
 
@@ -282,22 +297,25 @@ class ProductIndex:
             return _number(self.seed, "dup", *cell) < self._dups * 2.0**64
         return cell in self._dups
 
-    def keys_in_cell(self, cell: Cell) -> list[ProductKey]:
+    def keys_in_cell(self, cell: Cell, combos: Iterable[Combo] = COMBOS) -> list[ProductKey]:
+        """The products of a cell, in a fixed order, limited to ``combos`` (a scan's pre-filter)."""
         lat, lon = cell
         keys = []
-        for res, model in KINDS:
-            if self.cells.has(cell, res):
-                keys.append(ProductKey(lat, lon, "COP-DEM", "", res, model))
-        copies = 2 if self.is_duplicated(cell) else 1
-        for delivery in DELIVERIES:
-            for res, model in KINDS:
-                if self.cells.has(cell, res):
-                    for copy in range(copies):
-                        keys.append(ProductKey(lat, lon, "CCM", delivery, res, model, copy))
+        copies = None
+        for collection, delivery, res, model in combos:
+            if not self.cells.has(cell, res):
+                continue
+            if collection == "COP-DEM":
+                keys.append(ProductKey(lat, lon, collection, delivery, res, model))
+                continue
+            if copies is None:
+                copies = 2 if self.is_duplicated(cell) else 1
+            for copy in range(copies):
+                keys.append(ProductKey(lat, lon, collection, delivery, res, model, copy))
         return keys
 
-    def products_in_cell(self, cell: Cell) -> list[Product]:
-        return [Product(k, self.seed) for k in self.keys_in_cell(cell)]
+    def products_in_cell(self, cell: Cell, combos: Iterable[Combo] = COMBOS) -> list[Product]:
+        return [Product(k, self.seed) for k in self.keys_in_cell(cell, combos)]
 
     def iter_cells(self) -> Iterator[Cell]:
         return iter(self.cells.all_cells())

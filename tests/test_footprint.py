@@ -165,3 +165,22 @@ def test_with_the_real_kml_footprints_are_its_polygons(real_kml, caplog):
     assert shapely.equals(
         FootprintFinder(real_kml).footprint("58CEU").parts[0], finder.footprint("58CEU").parts[0]
     )
+
+
+def test_the_known_tiles_get_the_same_cells_from_the_kml(real_kml):
+    from cdse_dem.geocells import geocells_of, parse_grid_id
+
+    def grid(lats, lons):
+        return sorted(parse_grid_id(f"{a}_{o}") for a in lats for o in lons)
+
+    finder = FootprintFinder(real_kml)
+    expected = {
+        "32UMA": grid(["N49", "N50"], ["E007", "E008", "E009"]),
+        "31TCJ": grid(["N43", "N44"], ["E000", "E001"]),
+        "01WCV": grid(["N71", "N72"], ["E177", "E178", "E179", "W180"]),
+        "58CEU": grid(["S79", "S78"], ["E164", "E165", "E166", "E167", "E168", "E169"]),
+    }
+    for tile, cells in expected.items():
+        footprint = finder.footprint(tile)
+        assert footprint.source == "kml"
+        assert geocells_of(footprint) == cells, tile

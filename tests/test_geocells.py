@@ -150,3 +150,15 @@ def test_union_counts_each_shared_cell_once():
 
 def test_cell_polygon():
     assert Geocell(-1, -180).polygon().bounds == (-180.0, -1.0, -179.0, 0.0)
+
+
+def test_01XEP_is_a_tile_of_open_arctic_sea(shared_data):
+    # KML: -177.002,84.644  -166.581,84.555  -168.165,83.585  -177.002,83.661. The west edge is
+    # 20 m west of the central meridian -177° (cells W178); the east edge crosses 84°N near
+    # -167.5°, so the row N83 ends at W168 and the row N84 at W167.
+    expected = grid(["N83"], [f"W{w}" for w in range(168, 179)]) + grid(["N84"], [f"W{w}" for w in range(167, 179)])
+    cells = geocells_of(computed_footprint("01XEP"))
+    assert cells == sorted(expected) and len(cells) == 23
+    existing = set((shared_data / "copdem_glo90_cells.txt").read_text().split())
+    assert len(existing) == 26_475
+    assert not {c.grid_id for c in cells} & existing  # no DEM anywhere: all open sea
