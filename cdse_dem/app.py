@@ -267,7 +267,8 @@ def _finish(args, plan, invalid, totals, left, status, settings) -> None:
     if args.kml_report:
         from cdse_dem.kml_report import write_kml_report
 
-        write_kml_report(Path(args.kml_report), plan, settings.resolution)
+        write_kml_report(Path(args.kml_report), [t.footprint for t in plan.tiles],
+                         {cell: state.status for cell, state in plan.cells.items()}, settings.resolution)
 
 
 def _print_plan(plan) -> None:

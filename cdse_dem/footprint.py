@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TILE_SIZE = 109_800  # metres, every tile
 GRID_STEP = 60  # metres: upper-left corners lie on this grid
 SEGMENTS_PER_EDGE = 110  # ~1 km apart: the lon/lat chords stay within 0.2 m of the true edge
+_CHUNK = 2048  # tiles projected at once: bounds memory (~15 MB) for any number of tiles
 
 _COLUMN_SETS = ("ABCDEFGH", "JKLMNPQR", "STUVWXYZ")
 _ROW_LETTERS = "ABCDEFGHJKLMNPQRSTUV"
@@ -166,9 +167,6 @@ def computed_footprints(tile_ids: Sequence[str], segments: int = SEGMENTS_PER_ED
     return [found[t] for t in tiles]
 
 
-_CHUNK = 2048
-
-
 def _zone_footprints(epsg: int, members: "list[tuple[str, UtmTile]]", segments: int) -> list[Footprint]:
     import numpy as np
     import shapely
@@ -194,8 +192,8 @@ def computed_footprint(tile_id: str) -> Footprint:
 def _split_at_antimeridian(ring: "np.ndarray") -> "tuple[Polygon, ...]":
     """Cut a ring that jumps across ±180° into parts within [-180, 180].
 
-    Longitudes are made continuous (west of the line shifted by +360), the polygon is cut
-    by the 180° meridian, and the eastern piece shifted back.
+    Longitudes are made continuous (negative ones shifted by +360), the polygon is cut by
+    the 180° meridian, and the piece beyond it shifted back by -360.
     """
     import shapely
 
