@@ -165,19 +165,29 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
 
 
 def _tile_plans(valid, kml_arg: str | None):
-    from cdse_dem.footprint import FootprintFinder
-    from cdse_dem.geocells import geocells_of
+    """Footprints and geocells of every tile, in one batch.
+
+    With the KML, a tile's geocells are those of its KML polygon and of its true area (the
+    computed footprint) together: the KML's straight lon/lat edges miss a sliver of the true
+    tile in 120 band-C tiles, and Sen2Cor needs the DEM under every pixel.
+    """
+    from cdse_dem.footprint import FootprintFinder, computed_footprints
+    from cdse_dem.geocells import geocells_of_each
     from cdse_dem.plan import TilePlan
 
     kml_path = Path(kml_arg).expanduser() if kml_arg else paths.default_kml_path()
     if kml_arg and not kml_path.is_file():
         raise UsageError(f"{kml_path}: tiling KML not found")
     finder = FootprintFinder(kml_path if kml_path.is_file() else None)
-    plans = []
-    for entry in valid:
-        footprint = finder.footprint(entry.tile)
-        plans.append(TilePlan(entry, entry.tile, footprint.source, geocells_of(footprint), footprint))
-    return plans
+    footprints = finder.footprints([entry.tile for entry in valid])
+    cells = geocells_of_each(f.parts for f in footprints)
+    from_kml = [i for i, f in enumerate(footprints) if f.source == "kml"]
+    if from_kml:
+        true_areas = computed_footprints([footprints[i].tile for i in from_kml])
+        for i, extra in zip(from_kml, geocells_of_each(f.parts for f in true_areas), strict=True):
+            cells[i] = sorted(set(cells[i]) | set(extra))
+    return [TilePlan(entry, entry.tile, footprint.source, tile_cells, footprint)
+            for entry, footprint, tile_cells in zip(valid, footprints, cells, strict=True)]
 
 
 def _search(plan, catalogue, settings) -> None:
@@ -185,13 +195,13 @@ def _search(plan, catalogue, settings) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from cdse_dem import plan as plan_mod
-    from cdse_dem.catalogue import parse_product, product_filter, query_area
+    from cdse_dem.catalogue import area_wkt, parse_product, product_filter
 
     def search(tile):
         products = []
-        for part in tile.footprint.parts:
+        for part in tile.footprint.query_parts():
             text = product_filter(settings.collection, settings.resolution, settings.model, settings.delivery,
-                                  query_area(part))
+                                  area_wkt(part))
             products.extend(p for p in map(parse_product, catalogue.search(text)) if p is not None)
         return products
 

@@ -21,11 +21,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 1000
 # COP-DEM product types and CCM datasets, by (resolution, model).
 _PRODUCT_TYPES = {(30, "DGED"): "DGE_30", (90, "DGED"): "DGE_90", (30, "DTED"): "DTE_30", (90, "DTED"): "DTE_90"}
-# The query polygon is the footprint part grown by this much (degrees) and simplified by
-# less than that, so it surely covers the tile with a short URL; extra neighbours are
-# dropped afterwards by the geocell check.
-_QUERY_MARGIN = 0.01
-_QUERY_SIMPLIFY = 0.002
+
 
 
 @dataclass(frozen=True)
@@ -63,16 +59,10 @@ def product_filter(collection: str, resolution: int, model: str, delivery: str, 
     )
 
 
-def query_area(part) -> str:
-    """A short WKT polygon that covers one footprint part (lon/lat, 6 decimals)."""
-    from shapely import wkt
-    from shapely.geometry import box
-
-    grown = part.buffer(_QUERY_MARGIN, join_style="mitre").simplify(_QUERY_SIMPLIFY)
-    grown = grown.intersection(box(-180, -90, 180, 90))
-    if grown.geom_type != "Polygon":  # clipping at ±180 cannot split one part; be safe anyway
-        grown = grown.convex_hull
-    return wkt.dumps(grown, rounding_precision=6).replace("POLYGON ((", "POLYGON((")
+def area_wkt(polygon) -> str:
+    """A lon/lat polygon as the catalogue takes it: ``POLYGON((lon lat,...))``, 6 decimals (~0.1 m)."""
+    ring = ",".join(f"{x:.6f} {y:.6f}".replace(".000000", "") for x, y in polygon.exterior.coords)
+    return f"POLYGON(({ring}))"
 
 
 def search_url(catalogue_url: str, filter_text: str) -> str:

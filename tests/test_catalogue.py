@@ -1,9 +1,9 @@
 """Catalogue queries, product records and the choice among products: the pure core."""
 
 import pytest
-from cdse_dem.geocells import Geocell
 
-from cdse_dem.catalogue import Product, choose, parse_product, product_filter, query_area
+from cdse_dem.catalogue import Product, choose, parse_product, product_filter
+from cdse_dem.geocells import Geocell
 
 AREA = "POLYGON((7 49,8 49,8 50,7 50,7 49))"
 
@@ -23,18 +23,18 @@ def test_cop_dem_filter_uses_product_type(resolution, model, product_type):
     assert f"att/Name eq 'productType' and att/OData.CSC.StringAttribute/Value eq '{product_type}')" in text
 
 
-def test_query_area_covers_the_part_with_few_vertices():
+def test_query_polygon_contains_the_tile_and_is_short():
     from shapely import wkt
-    from shapely.geometry import Polygon
 
-    # a densified, slightly curved tile edge: 400 vertices
-    ring = [(7.5 + i * 0.004, 49.5 + 0.0001 * (i % 7)) for i in range(400)] + [(9.1, 50.5), (7.6, 50.5)]
-    part = Polygon(ring)
-    text = query_area(part)
-    area = wkt.loads(text)
-    assert text.startswith("POLYGON((")
-    assert area.contains(part)
-    assert len(area.exterior.coords) < 60
+    from cdse_dem.catalogue import area_wkt
+    from cdse_dem.footprint import computed_footprint
+
+    footprint = computed_footprint("32UMA")
+    (query,) = footprint.query_parts()
+    text = area_wkt(query)
+    assert text.startswith("POLYGON((") and text.endswith("))")
+    assert wkt.loads(text).contains(footprint.parts[0])
+    assert len(text) < 400
 
 
 def record(**over):
