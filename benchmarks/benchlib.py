@@ -51,6 +51,7 @@ class Run:
     peak_rss_mb: float
     stdout: str
     stderr: str
+    bytes: int = 0  # downloaded, as the run's --summary-json says, where a benchmark reads it
 
     def check(self, expected: int = 0) -> Run:
         if self.returncode != expected or "Traceback" in self.stderr:

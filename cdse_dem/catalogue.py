@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from cdse_dem.errors import ServiceError
 from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, parse_grid_id
-from cdse_dem.retry import Backoff, retry_after
+from cdse_dem.retry import Backoff, retry_after, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,9 @@ class Catalogue:
             if delay is None:
                 raise ServiceError(f"CDSE catalogue gave {problem} after {self.backoff.attempts} tries"
                                    f" ({_short(url)})")
-            log.warning("CDSE catalogue gave %s; retrying in %.1f s", problem, max(delay, wait or 0))
-            time.sleep(max(delay, wait or 0))
+            delay = wait_for(delay, wait)
+            log.warning("CDSE catalogue gave %s; retrying in %.1f s", problem, delay)
+            time.sleep(delay)
 
 
 def _detail(reply) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdse_dem.errors import ConfigError
+from cdse_dem.fsutil import read_input
 
 SCHEMA_NAME = "configuration.xsd"
 _ELEMENTS = ("Collection", "Delivery_Id", "Resolution", "Elevation_Model", "Tiles_Input_File",
@@ -36,14 +37,7 @@ def _schema_path() -> Path:
 def load_config(path: Path) -> ConfigFile:
     from lxml import etree
 
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder, not a configuration file")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
+    data = read_input(path, "configuration file", ConfigError)
 
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
     try:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from cdse_dem.errors import EXIT_INTERRUPTED, AccessDenied, BudgetExhausted, DemError
 from cdse_dem.fsutil import create_temp_in, raise_if_disk_full, remove_quietly
-from cdse_dem.retry import Backoff, retry_after
+from cdse_dem.retry import Backoff, retry_after, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ _MAX_ERROR_BODY = 64 * 1024
 _WATCH_INTERVAL = 0.2  # seconds; how late the stop watcher may notice a stop
 # Retry-After is honoured up to this (as the session does): an absurd value must not park a
 # worker past the run's budget; coming back early only costs another 429, and tries are bounded.
-MAX_RETRY_AFTER = 60.0
 
 CCM_DENIED = (
     "CDSE refuses this account the CCM data (403 DAT-ZIP-608): enable Copernicus Contributing "
@@ -127,7 +126,7 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
                 raise DownloadFailed(
                     f"download of {label} failed after {tries} tries: {failure.problem}"
                 ) from None
-            delay = max(delay, min(failure.wait or 0.0, MAX_RETRY_AFTER))
+            delay = wait_for(delay, failure.wait)
             log.warning("Download of %s: %s; retrying in %.1f s (try %d of %d)",
                         label, failure.problem, delay, tries + 1, backoff.attempts)
             _pause(delay, stop, label)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cdse_dem import tiles
 from cdse_dem.errors import InputError
+from cdse_dem.fsutil import read_input
 
 COMMAND_LINE = "command line"
 
@@ -79,14 +80,7 @@ def read_tile_list(path: Path) -> list[Entry]:
     A file that cannot serve as a list at all (missing, a folder, binary, empty) is an
     InputError; a bad line is an invalid Entry, reported with the rest.
     """
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a tile list file")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: tile list file not found") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the tile list ({exc.strerror})") from None
+    raw = read_input(path, "tile list file", InputError)
     if b"\0" in raw:
         line = raw[: raw.index(b"\0")].count(b"\n") + 1
         raise InputError(f"{path}:{line}: not a text file (binary content)")

@@ -199,3 +199,15 @@ def remove_stale_temporaries(folder: Path, *, max_age: float = STALE_AFTER,
     if removed:
         log.info("Removed %d leftover temporary file(s) from %s", len(removed), folder)
     return removed
+
+
+def read_input(path: Path, what: str, error: type[DemError]) -> bytes:
+    """The bytes of a file the user named, or ``error`` saying in one line why not."""
+    if path.is_dir():
+        raise error(f"{path}: is a folder, not a {what}")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror})") from None

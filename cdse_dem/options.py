@@ -9,9 +9,12 @@ of this by the entry script.
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cdse_dem import paths
-from cdse_dem.config import ConfigFile
+
+if TYPE_CHECKING:  # the configuration module loads only when --config is used
+    from cdse_dem.config import ConfigFile
 
 COLLECTIONS = ("CCM", "COP-DEM")
 DELIVERIES = ("2019_1", "2020_1", "2021_1", "2022_1", "2023_1", "2024_1")
@@ -43,7 +46,7 @@ class Settings:
     ignored: tuple[str, ...] = ()  # options given but overridden by --config
 
 
-def decide(args, config: ConfigFile | None) -> Settings:
+def decide(args, config: "ConfigFile | None") -> Settings:
     """Settings from the parsed arguments, and from ``config`` when --config was given."""
     if config is not None:
         ignored = tuple(flag for dest, flag in DATA_OPTIONS.items() if getattr(args, dest, None))

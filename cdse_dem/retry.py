@@ -11,6 +11,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
+MAX_RETRY_AFTER = 60.0  # honour Retry-After, but never stall a run on one absurd value
+
+
+def wait_for(delay: float, server_wait: float | None) -> float:
+    """The backoff ``delay``, or longer when the server asked for it (``Retry-After``), capped."""
+    return max(delay, min(server_wait or 0.0, MAX_RETRY_AFTER))
+
 
 @dataclass(frozen=True)
 class Backoff:

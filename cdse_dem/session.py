@@ -25,14 +25,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cdse_dem.errors import AuthRejected, BudgetExhausted, ServiceError
-from cdse_dem.retry import Backoff, retry_after
+from cdse_dem.retry import Backoff, retry_after, wait_for
 
 log = logging.getLogger(__name__)
 
 CLIENT_ID = "cdse-public"
 REJECTED_MESSAGE = "CDSE rejected the user name or password"
 DEFAULT_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds for every identity request
-MAX_RETRY_AFTER = 60.0  # honour Retry-After, but never stall a run on one absurd value
 STILL_VALID_MESSAGE = "Token is still valid, within its 10 minutes period"
 
 
@@ -315,7 +314,7 @@ class CdseSession:
             delay = next(delays, None)
             if delay is None:
                 raise self._service_error(f"did not answer usably after {tries} tries ({problem})")
-            delay = max(delay, min(wait or 0.0, MAX_RETRY_AFTER))
+            delay = wait_for(delay, wait)
             log.warning("Identity service at %s: %s; trying again in %.1f s", self._host, problem, delay)
             self._sleep(delay)
 

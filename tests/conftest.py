@@ -31,6 +31,20 @@ def kml_zip() -> Path:
     return KML_ZIP
 
 
+@pytest.fixture(scope="session")
+def real_kml(tmp_path_factory) -> Path:
+    """The official tiling KML, unzipped once per test session (109 MB)."""
+    import zipfile
+
+    if not KML_ZIP.is_file():
+        pytest.skip(f"the official tiling KML {KML_ZIP} is absent")
+    folder = tmp_path_factory.mktemp("kml")
+    with zipfile.ZipFile(KML_ZIP) as archive:
+        (member,) = archive.namelist()
+        archive.extract(member, folder)
+    return folder / member
+
+
 @pytest.fixture
 def make_sim(tmp_path_factory) -> Iterator:
     """Start local CDSE simulators in this process (threads); all are stopped at teardown.

@@ -1,8 +1,6 @@
 """Tile footprints: the grid arithmetic, the true curved outline, ±180°, and where they come from."""
 
 import logging
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ from cdse_dem.errors import InputError
 from cdse_dem.footprint import FootprintFinder, computed_footprint, computed_footprints, utm_tile
 
 GEOD = Geod(ellps="WGS84")
-KML_ZIP = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "s2_tiling.zip"
 
 # s2-grid.md: 32UMA's KML polygon, and 01WCV's two parts
 UMA_CORNERS = [(7.5880861366, 50.5437323314), (9.1377697558, 50.5522106218),
@@ -132,17 +129,6 @@ def test_without_kml_footprints_are_computed_and_logged(tmp_path, caplog):
     assert f"Tiling KML not found at {tmp_path / 'absent.kml'}" in caplog.text
     assert "Footprint of 32UMA: computed" in caplog.text
     assert FootprintFinder(None).footprint("01WCV").source == "computed"
-
-
-@pytest.fixture(scope="module")
-def real_kml(tmp_path_factory) -> Path:
-    if not KML_ZIP.is_file():
-        pytest.skip(f"the official tiling KML {KML_ZIP} is absent")
-    folder = tmp_path_factory.mktemp("kml")
-    with zipfile.ZipFile(KML_ZIP) as archive:
-        (member,) = archive.namelist()
-        archive.extract(member, folder)
-    return folder / member
 
 
 def test_with_the_real_kml_footprints_are_its_polygons(real_kml, caplog):

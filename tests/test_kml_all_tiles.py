@@ -12,9 +12,7 @@ when its area overlaps that square.
 
 import random
 import re
-import zipfile
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +22,6 @@ from cdse_dem.geocells import Geocell, geocells_of_each
 from cdse_dem.kml_index import open_index
 from cdse_dem.tiles import TILE_COUNT, all_tile_ids
 
-KML_ZIP = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "s2_tiling.zip"
 SIDE = 109_800.0
 ONE_METRE = 1.0
 NUMERICAL_AREA = 1e-9  # deg²: overlaps this small are rounding, not geography
@@ -51,19 +48,8 @@ def _report(capsys, text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def kml_file(tmp_path_factory) -> Path:
-    if not KML_ZIP.is_file():
-        pytest.skip(f"the official tiling KML {KML_ZIP} is absent")
-    folder = tmp_path_factory.mktemp("kml")
-    with zipfile.ZipFile(KML_ZIP) as archive:
-        (member,) = archive.namelist()
-        archive.extract(member, folder)
-    return folder / member
-
-
-@pytest.fixture(scope="module")
-def kml(kml_file) -> dict[str, KmlTile]:
-    text = kml_file.read_text(encoding="utf-8")
+def kml(real_kml) -> dict[str, KmlTile]:
+    text = real_kml.read_text(encoding="utf-8")
     tiles = {}
     for block in _PLACEMARK.finditer(text):
         body = block.group(1)
@@ -134,8 +120,8 @@ def test_the_grid_arithmetic_gives_every_kml_square(kml, computed):
     assert wrong == []
 
 
-def test_the_kml_index_holds_every_polygon_of_the_kml(kml_file, kml):
-    index = open_index(kml_file)
+def test_the_kml_index_holds_every_polygon_of_the_kml(real_kml, kml):
+    index = open_index(real_kml)
     assert len(index) == TILE_COUNT
     for name, tile in kml.items():
         rings = index.rings(name)
