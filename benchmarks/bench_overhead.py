@@ -47,7 +47,7 @@ def run(repeat: int = 3) -> list[Row]:
     help_runs = [run_process([PYTHON, str(ENTRY), "--help"]).check() for _ in range(repeat)]
     version_runs = [run_process([PYTHON, str(ENTRY), "--version"]).check() for _ in range(repeat)]
 
-    with Simulator(size="small", bandwidth=None) as sim:
+    with Simulator(size="small", capped=False) as sim:
         tool = Tool(sim)
         try:
             tiles = land_tiles(tool, PRESENT_TILES)

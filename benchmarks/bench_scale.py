@@ -32,7 +32,7 @@ def sample(count: int) -> list[str]:
 
 def run(repeat: int = 3) -> list[Row]:
     tiles = sample(max(SIZES))
-    with Simulator(size="small", bandwidth=None) as sim, tempfile.TemporaryDirectory(prefix="cdse-scale-") as tmp:
+    with Simulator(size="small", capped=False) as sim, tempfile.TemporaryDirectory(prefix="cdse-scale-") as tmp:
         tool = Tool(sim)
         lists = {}
         for n in SIZES:
