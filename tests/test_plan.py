@@ -1,9 +1,8 @@
 """The plan: each geocell once per run, present files skipped, sea and failures told apart."""
 
-from cdse_dem.geocells import Geocell
-
 from cdse_dem.catalogue import Product
 from cdse_dem.entries import Entry
+from cdse_dem.geocells import Geocell
 from cdse_dem.plan import (
     FAILED,
     PLANNED,
