@@ -30,8 +30,9 @@ class ConfigFile:
 
 
 def _schema_path() -> Path:
-    # The schema ships in the tool's configuration/ folder, beside the default file.
-    return Path(__file__).resolve().parent.parent / "configuration" / SCHEMA_NAME
+    # Shipped inside the package, so an installed tool validates too; configuration/ holds
+    # the same file for editors that follow xsi:noNamespaceSchemaLocation.
+    return Path(__file__).resolve().parent / "data" / SCHEMA_NAME
 
 
 def load_config(path: Path) -> ConfigFile:

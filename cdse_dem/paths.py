@@ -1,9 +1,9 @@
 """Where the tool's own folders are.
 
 The tool home is the folder of the entry script, as users of the reference tool expect
-(``configuration/``, ``auxiliary/``, ``credentials/``, ``output_dir/`` beside it).
-``CDSE_DEM_HOME`` moves all four at once, which is how tests and packaged installs keep
-user data out of the source tree.
+(``configuration/``, ``auxiliary/``, ``credentials/``, ``output_dir/`` beside it). Installed
+with pip (no checkout around the package), it is the current folder. ``CDSE_DEM_HOME``
+moves all four at once, which is how tests keep user data out of the source tree.
 """
 
 import os
@@ -15,7 +15,10 @@ JSON_NAME = "dict_filename_dem_id.json"
 
 def tool_home() -> Path:
     env = os.environ.get("CDSE_DEM_HOME")
-    return Path(env) if env else Path(__file__).resolve().parent.parent
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout if (checkout / "cdse_copernicus_dem_downloader.py").is_file() else Path.cwd()
 
 
 def configuration_dir() -> Path:

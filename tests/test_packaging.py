@@ -56,3 +56,8 @@ def test_dev_extra_matches_requirements_dev(root):
 
 def test_ci_runs_make_test(root):
     assert "make test" in (root / ".ci" / "run").read_text()
+
+
+def test_the_schema_beside_the_configuration_is_the_one_the_tool_uses(root):
+    shipped = (root / "cdse_dem" / "data" / "configuration.xsd").read_bytes()
+    assert (root / "configuration" / "configuration.xsd").read_bytes() == shipped
