@@ -227,30 +227,22 @@ def _search(plan, catalogue, settings) -> None:
 
 def _download(args, to_fetch, credentials, http, endpoints, out_dir, cache):
     from cdse_dem.fetch import fetch_all
+    from cdse_dem.progress import close_bar, open_bar
     from cdse_dem.session import CdseSession
 
     log.info("Getting access token")
     session = CdseSession(credentials, endpoints, http=http, max_minutes=args.max_minutes)
     session.login()
     stop = threading.Event()
-    progress = _progress_bar(sum(c.product.content_length or 0 for c in to_fetch), args.quiet)
+    progress = open_bar(sum(c.product.content_length or 0 for c in to_fetch), args.quiet)
     try:
         outcome = fetch_all(to_fetch, session=session, http=http, endpoints=endpoints, out_dir=out_dir,
                             cache=cache, workers=args.workers, stop=stop, progress=progress)
     finally:
-        if progress is not None:
-            progress.close()
+        close_bar(progress)
         session.close()
     log.info("Dictionary name:id saved to JSON file")
     return outcome.left, outcome.fatal, outcome.bytes
-
-
-def _progress_bar(total: int, quiet: bool):
-    if quiet or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1024, desc="DEM", leave=False)
 
 
 def _exit_status(plan, invalid, left, fatal) -> int:

@@ -13,6 +13,27 @@ LINE_FORMAT = "%(asctime)s | %(levelname)s %(message)s"
 _COLOURS = {"DEBUG": "\033[2m", "WARNING": "\033[33m", "ERROR": "\033[31m", "CRITICAL": "\033[1;31m"}
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """stderr, or, while a progress bar is shown, the bar's own writer (so lines and bar don't mix)."""
+
+    writer = None  # set by progress_writer()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        writer = _ConsoleHandler.writer
+        if writer is None:
+            super().emit(record)
+            return
+        try:
+            writer(self.format(record))
+        except Exception:  # logging must never break the run
+            self.handleError(record)
+
+
+def progress_writer(writer) -> None:
+    """Print console log lines with ``writer`` (e.g. ``tqdm.write``) from now on; None: plain stderr."""
+    _ConsoleHandler.writer = writer
+
+
 class _ColourFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -28,7 +49,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
     root.setLevel(logging.DEBUG if (verbose or log_file) else level)
     root.propagate = False
 
-    stream = logging.StreamHandler(sys.stderr)
+    stream = _ConsoleHandler(sys.stderr)
     colour = getattr(sys.stderr, "isatty", lambda: False)()
     stream.setFormatter((_ColourFormatter if colour else logging.Formatter)(LINE_FORMAT, DATE_FORMAT))
     stream.setLevel(level)
