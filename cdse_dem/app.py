@@ -94,6 +94,9 @@ def _run(args) -> int:
 
     out_dir = settings.output_dir
     _check_output_dir(out_dir, create=not args.dry_run)
+    for path, what in ((args.summary_json, "summary JSON"), (args.kml_report, "KML report")):
+        if path:
+            _check_report_path(Path(path), what)
     credentials = None
     if not args.dry_run:
         from cdse_dem.credentials import obtain_credentials
@@ -265,7 +268,10 @@ def _finish(args, plan, invalid, totals, left, status, settings) -> None:
     if args.summary_json:
         from cdse_dem.fsutil import atomic_write_json
 
-        atomic_write_json(Path(args.summary_json), summary_dict(plan, invalid, totals, status))
+        try:
+            atomic_write_json(Path(args.summary_json), summary_dict(plan, invalid, totals, status))
+        except OSError as exc:  # checked at the start; the disk may still fill up meanwhile
+            log.error("%s: cannot write the summary JSON (%s)", args.summary_json, exc.strerror or exc)
     if args.kml_report:
         from cdse_dem.kml_report import write_kml_report
 
@@ -302,6 +308,15 @@ def _check_output_dir(out_dir: Path, *, create: bool) -> None:
     except OSError as exc:
         if create:
             raise UsageError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from None
+
+
+def _check_report_path(path: Path, what: str) -> None:
+    """A report written at the end must be writable from the start: no work is lost to a typo."""
+    import errno
+
+    problem = errno.EISDIR if path.is_dir() else None if path.parent.is_dir() else errno.ENOENT
+    if problem is not None:
+        raise UsageError(f"{path}: cannot write the {what} ({os.strerror(problem)})")
 
 
 def _host(url: str) -> str:

@@ -15,9 +15,11 @@ from cdse_dem.fsutil import read_input
 
 COMMAND_LINE = "command line"
 
-# Compact L1C/L2A product names (since December 2016). The tile is the _T<tile>_ field,
-# wherever it stands, so a future extra field does not break the lookup.
-_SAFE_RE = re.compile(r"^S2[A-D]_MSI(L1C|L2A)(_[0-9A-Z]+)*_T(\d\d[A-Z]{3})(_[0-9A-Z]+)*$")
+# Compact L1C/L2A product names (since December 2016): S2x_MSIL1C_..._T<tile>_... The tile is
+# the one _T<tile>_ field, wherever it stands, so a future extra field does not break the
+# lookup; a name with two tile fields is ambiguous and refused.
+_SAFE_RE = re.compile(r"^S2[A-D]_MSI(L1C|L2A)(_[0-9A-Z]+)+$")
+_TILE_FIELD = re.compile(r"^T(\d\d[A-Z]{3})$")
 _SAFE_SUFFIXES = (".ZIP", ".SAFE")
 
 
@@ -59,8 +61,10 @@ def _tile_of_safe_name(name: str) -> str | None:
         for suffix in _SAFE_SUFFIXES:
             if base.endswith(suffix):
                 base, stripped = base[: -len(suffix)], True
-    match = _SAFE_RE.match(base)
-    return tiles.normalize_tile_id(match.group(3)) if match else None
+    if not _SAFE_RE.match(base):
+        return None
+    fields = [m.group(1) for m in map(_TILE_FIELD.match, base.split("_")[2:]) if m]
+    return tiles.normalize_tile_id(fields[0]) if len(fields) == 1 else None
 
 
 def resolve(text: str, source: str, line: int | None) -> Entry:
