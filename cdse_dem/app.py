@@ -233,7 +233,6 @@ def _download(args, to_fetch, credentials, http, endpoints, out_dir, cache):
     from cdse_dem.progress import close_bar, open_bar
     from cdse_dem.session import CdseSession
 
-    log.info("Getting access token")
     session = CdseSession(credentials, endpoints, http=http, max_minutes=args.max_minutes)
     session.login()
     stop = threading.Event()

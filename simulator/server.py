@@ -150,6 +150,14 @@ class Handler(BaseHTTPRequestHandler):
         its whole reply always finds the request complete in the log."""
         self.record.finished = time.monotonic()
 
+    def end_headers(self) -> None:
+        # A client that asked for "Connection: close" is told so, as real servers do, so that
+        # its pool does not send the next request on a socket that is about to close.
+        if self.close_connection and not any(line.lower().startswith(b"connection:")
+                                             for line in getattr(self, "_headers_buffer", [])):
+            self.send_header("Connection", "close")
+        super().end_headers()
+
     def _send(self, status: int, body: bytes = b"", content_type: str = "application/json",
               headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

@@ -1,6 +1,8 @@
 """Running the real command line in a separate process, as a user would."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -101,3 +103,23 @@ def max_concurrent(records) -> int:
         now += step
         best = max(best, now)
     return best
+
+
+def dem_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if re.search(r"_DEM\.(tif|dt1|dt2)$", p.name)}
+
+
+def check_consistent(out: Path, sim=None) -> dict:
+    """The JSON names exactly the DEM files on disk, and nothing temporary is left."""
+    record = json.loads((out / "dict_filename_dem_id.json").read_text())
+    files = dem_files(out)
+    assert set(record) == set(files)
+    leftovers = [p.name for p in out.iterdir() if p.name not in files and p.name != "dict_filename_dem_id.json"
+                 and not p.name.endswith(".kml")]
+    assert leftovers == []
+    if sim is not None:
+        for name, product_id in record.items():
+            served_name, data = served_dem(sim, product_id)
+            assert served_name == name
+            assert files[name] == data, f"{name} differs from the DEM inside the served zip"
+    return record

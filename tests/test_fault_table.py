@@ -1,6 +1,6 @@
 """Every fault the simulator can inject, against the real command line: what the tool does about it.
 
-One test per row of docs/faults-table.md. Each runs the whole tool on tile 32UMA (6 geocells
+One test per row of the README table "When CDSE misbehaves". Each runs the whole tool on tile 32UMA (6 geocells
 at 90 m, small products) against a simulator with one kind of fault, and checks what a user
 would: the exit status, the files on disk byte for byte against the served DEM, the JSON, the
 log lines, and in the simulator's request log what the tool really did (retries, waits, logins).
@@ -17,8 +17,7 @@ import pytest
 import requests
 
 from simulator import Faults, User
-from tests.helpers import Result, cli_env, max_concurrent, run_cli
-from tests.test_main_job import check_consistent, dem_files
+from tests.helpers import Result, check_consistent, cli_env, dem_files, max_concurrent, run_cli
 
 TILE = "32UMA"
 CELLS = 6

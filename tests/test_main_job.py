@@ -1,34 +1,13 @@
 """The main job end to end: the real command line against the local CDSE simulator."""
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli_env, downloads, logins, max_concurrent, run_cli, served_dem
+from tests.helpers import check_consistent, cli_env, dem_files, downloads, logins, max_concurrent, run_cli
 
 SAMPLE = Path(__file__).resolve().parent.parent / "configuration" / "input_tiles.txt"
-
-
-def dem_files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if re.search(r"_DEM\.(tif|dt1|dt2)$", p.name)}
-
-
-def check_consistent(out: Path, sim=None) -> dict:
-    """The JSON names exactly the DEM files on disk, and nothing temporary is left."""
-    record = json.loads((out / "dict_filename_dem_id.json").read_text())
-    files = dem_files(out)
-    assert set(record) == set(files)
-    leftovers = [p.name for p in out.iterdir() if p.name not in files and p.name != "dict_filename_dem_id.json"
-                 and not p.name.endswith(".kml")]
-    assert leftovers == []
-    if sim is not None:
-        for name, product_id in record.items():
-            served_name, data = served_dem(sim, product_id)
-            assert served_name == name
-            assert files[name] == data, f"{name} differs from the DEM inside the served zip"
-    return record
 
 
 def test_default_tile_list_end_to_end(sim, tool_home, tmp_path):

@@ -12,8 +12,7 @@ import json
 import re
 
 from simulator import Faults
-from tests.helpers import cli_env, max_concurrent, run_cli
-from tests.test_main_job import check_consistent
+from tests.helpers import check_consistent, cli_env, max_concurrent, run_cli
 
 TILES = [f"37U{column}{row}" for row in "PQRSTUV" for column in "CDEFG"]
 GEOCELLS = 66
