@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -116,6 +115,7 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
     from cdse_dem.catalogue import Catalogue
     from cdse_dem.endpoints import Endpoints
     from cdse_dem.http import new_http_session
+    from cdse_dem.progress import close_bar
     from cdse_dem.report import Totals
 
     started = time.monotonic()
@@ -135,28 +135,34 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
         return cache.product_id(name) if cache is not None and cache.is_complete(name) else None
 
     plan = plan_mod.start_plan(tile_plans, file_name, recorded_id)
-    http = new_http_session(args.workers + 2)
+    http = new_http_session(args.workers + SEARCH_THREADS)
     catalogue = Catalogue(endpoints.catalogue_url, http)
-    _search(plan, catalogue, settings)
-
-    to_fetch = plan.to_fetch()
-    log.info("There are %d DEM files expected", len(to_fetch))
+    fetcher = None if args.dry_run else _fetcher(args, credentials, http, endpoints, out_dir, cache)
     totals = Totals()
     left: list[str] = []
     fatal: DemError | None = None
     status = EXIT_OK
     try:
-        if args.dry_run:
+        _search(plan, catalogue, settings, fetcher)
+        if fetcher is None:
+            log.info("There are %d DEM files expected", len(plan.to_fetch()))
             _print_plan(plan)
-        elif to_fetch:
-            left, fatal, totals.bytes_downloaded = _download(args, to_fetch, credentials, http, endpoints,
-                                                             out_dir, cache)
-        elif plan.count(plan_mod.PRESENT):
-            log.info("Nothing to download: every DEM geocell is already in %s", out_dir)
-    except KeyboardInterrupt:
-        status = EXIT_INTERRUPTED
+        else:
+            log.info("There are %d DEM files expected", fetcher.outcome.submitted)
+            if fetcher.outcome.submitted == 0 and plan.count(plan_mod.PRESENT):
+                log.info("Nothing to download: every DEM geocell is already in %s", out_dir)
+            outcome = fetcher.finish()
+            if fetcher.session is not None:
+                log.info("Dictionary name:id saved to JSON file")
+            left, fatal, totals.bytes_downloaded = outcome.left, outcome.fatal, outcome.bytes
+    except BaseException as exc:  # Ctrl-C, or a login refused while tiles were being searched
+        if fetcher is not None:
+            fetcher.abort()
+        status = exc.exit_status if isinstance(exc, DemError) else EXIT_INTERRUPTED
         raise
     finally:
+        if fetcher is not None:
+            close_bar(fetcher.progress)
         totals.seconds = time.monotonic() - started
         if status == EXIT_OK:
             status = _exit_status(plan, invalid, left, fatal)
@@ -165,6 +171,21 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
         log.error("%s", fatal)
     log.info("Process is finished")
     return status
+
+
+def _fetcher(args, credentials, http, endpoints, out_dir, cache):
+    """Downloads start as soon as the catalogue names a first product: login then, not before."""
+    from cdse_dem.fetch import Fetcher
+    from cdse_dem.progress import open_bar
+    from cdse_dem.session import CdseSession
+
+    def open_session():
+        session = CdseSession(credentials, endpoints, http=http, max_minutes=args.max_minutes)
+        session.login()
+        return session
+
+    return Fetcher(open_session=open_session, http=http, endpoints=endpoints, out_dir=out_dir, cache=cache,
+                   workers=args.workers, progress=open_bar(0, args.quiet))
 
 
 def _tile_plans(valid, kml_arg: str | None):
@@ -193,9 +214,10 @@ def _tile_plans(valid, kml_arg: str | None):
             for entry, footprint, tile_cells in zip(valid, footprints, cells, strict=True)]
 
 
-def _search(plan, catalogue, settings) -> None:
-    """Catalogue searches for the tiles that need one, a few at a time."""
-    from concurrent.futures import ThreadPoolExecutor
+def _search(plan, catalogue, settings, fetcher) -> None:
+    """Catalogue searches for the tiles that need one, a few at a time; each tile's geocells
+    go to the fetcher as soon as its answer is in."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from cdse_dem import plan as plan_mod
     from cdse_dem.catalogue import area_wkt, parse_product, product_filter
@@ -210,10 +232,12 @@ def _search(plan, catalogue, settings) -> None:
 
     tiles = plan_mod.tiles_to_search(plan)
     with ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="search") as pool:
-        futures = [(tile, pool.submit(search, tile)) for tile in tiles]
-        for tile, future in futures:
+        futures = {pool.submit(search, tile): tile for tile in tiles}
+        for future in as_completed(futures):
+            tile = futures[future]
             log.info("Tile_ID: %s", tile.tile)
-            log.info("Tile Found (footprint: %s)", "tiling KML" if tile.footprint_source == "kml" else "computed")
+            source = "tiling KML" if tile.footprint_source == "kml" else "computed"
+            log.info("Tile Found (footprint: %s)", source)
             try:
                 products = future.result()
             except DemError as exc:
@@ -222,29 +246,13 @@ def _search(plan, catalogue, settings) -> None:
                 continue
             log.info("DEM_LIST from url retrieved")
             plan_mod.apply_products(plan, tile, products)
-            sea = [c.grid_id for c in tile.geocells if plan.cells[c].status == plan_mod.SEA]
+            states = [plan.cells[c] for c in tile.geocells]
+            sea = [s.geocell.grid_id for s in states if s.status == plan_mod.SEA]
             if sea:
                 log.info("No DEM in CDSE (open sea) for %d of %d geocells: %s", len(sea), len(tile.geocells),
                          " ".join(sea))
-
-
-def _download(args, to_fetch, credentials, http, endpoints, out_dir, cache):
-    from cdse_dem.fetch import fetch_all
-    from cdse_dem.progress import close_bar, open_bar
-    from cdse_dem.session import CdseSession
-
-    session = CdseSession(credentials, endpoints, http=http, max_minutes=args.max_minutes)
-    session.login()
-    stop = threading.Event()
-    progress = open_bar(sum(c.product.content_length or 0 for c in to_fetch), args.quiet)
-    try:
-        outcome = fetch_all(to_fetch, session=session, http=http, endpoints=endpoints, out_dir=out_dir,
-                            cache=cache, workers=args.workers, stop=stop, progress=progress)
-    finally:
-        close_bar(progress)
-        session.close()
-    log.info("Dictionary name:id saved to JSON file")
-    return outcome.left, outcome.fatal, outcome.bytes
+            if fetcher is not None:
+                fetcher.add([s for s in states if s.status == plan_mod.PLANNED])
 
 
 def _exit_status(plan, invalid, left, fatal) -> int:

@@ -1,14 +1,17 @@
 """Fetching the planned geocells: parallel, verified, recorded one by one.
 
-Each worker takes one geocell at a time: download (verified as bytes arrive), extract the
-DEM layer into place, record it in the JSON. So at any moment, a crash or Ctrl-C leaves
+Geocells are fed in as the catalogue answers, so downloads start while other tiles are
+still being searched. Each download worker only downloads (verified as bytes arrive); the
+DEM layer is extracted into place and recorded in the JSON beside it, so a worker's
+connection is never idle while a file is unpacked. At any moment, a crash or Ctrl-C leaves
 only whole files under final names, each recorded. Past the time budget no new geocell
 starts; those left are reported for the next run.
 """
 
 import logging
 import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,64 +20,147 @@ from cdse_dem.fsutil import DiskFull
 from cdse_dem.plan import DOWNLOADED, FAILED, CellState
 
 log = logging.getLogger(__name__)
+EXTRACT_THREADS = 2
 
 
 @dataclass
 class FetchOutcome:
     left: list[str] = field(default_factory=list)  # not started: the budget ran out
-    fatal: DemError | None = None  # stopped everything (e.g. no CCM access)
+    fatal: DemError | None = None  # stopped everything (e.g. no CCM access, a full disk)
     bytes: int = 0
+    submitted: int = 0
 
 
-def fetch_all(cells: list[CellState], *, session, http, endpoints, out_dir: Path, cache, workers: int,
-              stop: threading.Event, progress=None) -> FetchOutcome:
-    from cdse_dem.download import download_product
-    from cdse_dem.extract import extract_dem
+class Fetcher:
+    """Downloads geocells as they are added; ``finish()`` waits for all and says what happened.
 
-    outcome = FetchOutcome()
-    lock = threading.Lock()
-    counter = iter(range(1, len(cells) + 1))
+    ``open_session`` logs in; it is called once, when the first geocell is added, so a run
+    with nothing to download never logs in.
+    """
 
-    def stop_all(state: CellState, exc: DemError) -> None:
+    def __init__(self, *, open_session: Callable[[], object], http, endpoints, out_dir: Path, cache,
+                 workers: int, progress=None):
+        self._open_session = open_session
+        self._http, self._endpoints, self._out_dir, self._cache = http, endpoints, out_dir, cache
+        self._workers = workers
+        self.progress = progress
+        self.session = None
+        self.stop = threading.Event()
+        self.outcome = FetchOutcome()
+        self._lock = threading.Lock()
+        self._futures: list[Future] = []  # downloads and extractions not yet seen done
+        self._download_futures: list[Future] = []
+        self._started = 0  # downloads begun, for the guide's "Processing file n N"
+        self._submitted: set[int] = set()
+        self._downloads: ThreadPoolExecutor | None = None
+        self._extracts: ThreadPoolExecutor | None = None
+
+    def add(self, cells: list[CellState]) -> None:
+        """Start fetching ``cells`` (those not added before)."""
+        new = [c for c in cells if id(c) not in self._submitted and c.product is not None]
+        if not new or self.stop.is_set():
+            return
+        if self.session is None:
+            self.session = self._open_session()
+            self._downloads = ThreadPoolExecutor(self._workers, thread_name_prefix="download")
+            self._extracts = ThreadPoolExecutor(EXTRACT_THREADS, thread_name_prefix="extract")
+        if self.progress is not None:
+            self.progress.total = (self.progress.total or 0) + sum(c.product.content_length or 0 for c in new)
+            self.progress.refresh()
+        for state in new:
+            self._submitted.add(id(state))
+            self.outcome.submitted += 1
+            future = self._downloads.submit(self._download, state)
+            self._download_futures.append(future)
+            self._track(future)
+
+    def finish(self) -> FetchOutcome:
+        """Wait for every download and extraction; on Ctrl-C, stop them all first."""
+        try:
+            while True:
+                with self._lock:
+                    pending = [f for f in self._futures if not f.done()]
+                    done = [f for f in self._futures if f.done()]
+                    self._futures = pending
+                for future in done:
+                    future.result()  # a bug in a worker surfaces here, not silently
+                if not pending:
+                    break
+                wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+        except BaseException:
+            self.abort()
+            raise
+        self._shutdown()
+        return self.outcome
+
+    def abort(self) -> None:
+        """Stop now: downloads not started are dropped, running ones notice within a second and
+        remove their temporaries; downloads already verified are still extracted and recorded."""
+        self.stop.set()
+        for future in self._download_futures:
+            future.cancel()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        for pool in (self._downloads, self._extracts):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        if self.session is not None:
+            self.session.close()
+
+    def _track(self, future: Future) -> None:
+        with self._lock:
+            self._futures.append(future)
+
+    def _stop_all(self, state: CellState, exc: DemError) -> None:
         """Errors no other geocell can escape (no CCM access, a full disk) end the whole run."""
-        with lock:
-            outcome.fatal = outcome.fatal or exc
-        stop.set()
+        with self._lock:
+            self.outcome.fatal = self.outcome.fatal or exc
+        self.stop.set()
         state.status, state.error = FAILED, str(exc)
 
-    def one(state: CellState) -> None:
-        if stop.is_set():
+    def _left(self, state: CellState) -> None:
+        with self._lock:
+            self.outcome.left.append(state.file_name)
+
+    def _download(self, state: CellState) -> None:
+        from cdse_dem.download import download_product
+
+        if self.stop.is_set():
             return
-        if not session.may_start():
-            with lock:
-                outcome.left.append(state.file_name)
+        if not self.session.may_start():
+            self._left(state)
             return
-        with lock:
-            number = next(counter)
-        product = state.product
+        with self._lock:
+            self._started += 1
+            number = self._started
         log.info("Processing file n %d: %s", number, state.file_name)
         try:
-            result = download_product(product, out_dir, session, http, endpoints,
-                                      on_bytes=progress.update if progress else None, stop=stop)
+            result = download_product(state.product, self._out_dir, self.session, self._http, self._endpoints,
+                                      on_bytes=self.progress.update if self.progress else None, stop=self.stop)
         except BudgetExhausted:
-            with lock:
-                outcome.left.append(state.file_name)
+            self._left(state)
             return
         except (AccessDenied, DiskFull) as exc:
-            stop_all(state, exc)
+            self._stop_all(state, exc)
             return
         except DemError as exc:
-            if stop.is_set():
-                return
-            state.status, state.error = FAILED, str(exc)
-            log.error("%s: %s", state.file_name, exc)
+            if not self.stop.is_set():
+                state.status, state.error = FAILED, str(exc)
+                log.error("%s: %s", state.file_name, exc)
             return
-        log.info("File %s downloaded", product.id)
+        log.info("File %s downloaded", state.product.id)
+        # the extraction pool closes after the download pool, so this submit always lands
+        self._track(self._extracts.submit(self._extract, state, result))
+
+    def _extract(self, state: CellState, result) -> None:
+        from cdse_dem.extract import extract_dem
+
         try:
-            path = extract_dem(result.zip_path, out_dir, expected_name=state.file_name)
-            cache.record(state.file_name, product.id)
+            path = extract_dem(result.zip_path, self._out_dir, expected_name=state.file_name)
+            self._cache.record(state.file_name, state.product.id)
         except DiskFull as exc:
-            stop_all(state, exc)
+            self._stop_all(state, exc)
             return
         except DemError as exc:
             state.status, state.error = FAILED, str(exc)
@@ -83,22 +169,6 @@ def fetch_all(cells: list[CellState], *, session, http, endpoints, out_dir: Path
         finally:
             result.zip_path.unlink(missing_ok=True)
         state.status, state.file, state.bytes = DOWNLOADED, str(path), result.bytes
-        with lock:
-            outcome.bytes += result.bytes
+        with self._lock:
+            self.outcome.bytes += result.bytes
         log.info("DEM %s extracted and stored", path.name)
-
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download")
-    pending = {pool.submit(one, state) for state in cells}
-    try:
-        while pending:
-            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-            for future in done:
-                future.result()  # a bug in a worker surfaces here, not silently
-    except BaseException:
-        stop.set()
-        for future in pending:
-            future.cancel()
-        pool.shutdown(wait=True)
-        raise
-    pool.shutdown(wait=True)
-    return outcome

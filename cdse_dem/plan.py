@@ -79,21 +79,25 @@ def tiles_to_search(plan: Plan) -> list[TilePlan]:
 
 
 def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product]) -> None:
-    """Attach a tile's catalogue answer: its cells get their product, or become open sea."""
-    from cdse_dem.catalogue import choose, preference
+    """Attach a tile's catalogue answer: its cells get their product, or become open sea.
+
+    A cell that already has its product keeps it, whatever its download has come to: every
+    search whose area touches a cell lists all of that cell's products, so the first answer
+    is already the final choice (and downloads start while other tiles are searched).
+    """
+    from cdse_dem.catalogue import choose
 
     tile.searched = True
     chosen = choose(products, tile.geocells)
     for cell in tile.geocells:
         state = plan.cells[cell]
-        product = chosen.get(cell)
-        if state.status == PRESENT:
+        if state.status == PRESENT or state.product is not None:
             continue
+        product = chosen.get(cell)
         if product is not None:
-            if state.product is None or preference(product) > preference(state.product):
-                state.product, state.product_id = product, product.id
+            state.product, state.product_id = product, product.id
             state.status, state.error = PLANNED, None
-        elif state.product is None and state.status != FAILED:
+        elif state.status != FAILED:
             state.status = SEA
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from simulator.products import Product
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a height error map with real texture, so zips have CDSE's sizes
 _QUICKLOOK_JPEG = base64.b64decode(
     "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdASFxOQERXRTc4UG1RV19iZ2hn"
     "Pk1xeXBkeFxlZ2P/wAALCAAIAAgBAREA/8QAFAABAAAAAAAAAAAAAAAAAAAABv/EABcQAQADAAAAAAAAAAAAAAAAAAQAITH/2gAIAQEA"
@@ -173,9 +173,9 @@ def write_product_zip(out, product: Product, size: str) -> None:
             zf.writestr(member(dem_name, False), dted_bytes(dem, lat, lon, 2 if res == 30 else 1))
         high = dem > np.float32(np.median(dem[:: max(1, rows // 50), :: max(1, cols // 50)]))
         layers = {
-            "EDM": high.astype(np.uint8),
+            "EDM": _edit_mask(high, product.seed, lat, lon),
             "FLM": np.zeros_like(high, dtype=np.uint8),
-            "HEM": np.where(high, np.float32(1.5), np.float32(0.75)).astype(np.float32),
+            "HEM": _height_error(dem, high, product.seed, lat, lon),
             "WBM": (dem < np.float32(130.0)).astype(np.uint8),
         }
         for layer, array in layers.items():
@@ -195,6 +195,31 @@ def write_product_zip(out, product: Product, size: str) -> None:
             qdy = 1.0 / max(1, qrows - 1)
             zf.writestr(member(f"{cell_dir}PREVIEW/{dsm}_{layer}_QL.tif", True),
                         b"".join(bytes(p) for p in tif(array, sx=qdx, sy=qdy)))
+
+
+def _aux_texture(seed: int, lat: int, lon: int):
+    """The seeded random stream of one cell's auxiliary layers."""
+    import numpy as np
+
+    return np.random.default_rng([seed, lat + 90, lon + 180])
+
+
+def _height_error(dem, high, seed: int, lat: int, lon: int):
+    """A height error map (metres, float32) with the texture of a real one: per-pixel noise on a
+    terrain-dependent base. It barely deflates, as on CDSE, which is what brings a realistic
+    GLO-90 DGED zip near CDSE's size (about 13 MB; constant masks made it 6)."""
+    import numpy as np
+
+    noise = _aux_texture(seed, lat, lon).random(dem.shape, dtype=np.float32) * np.float32(3.0)
+    return np.where(high, np.float32(1.5), np.float32(0.75)) + noise
+
+
+def _edit_mask(high, seed: int, lat: int, lon: int):
+    """An editing mask (uint8 codes 0-15), speckled as real ones are."""
+    import numpy as np
+
+    codes = _aux_texture(seed + 1, lat, lon).integers(0, 16, size=high.shape, dtype=np.uint8)
+    return np.where(high, codes, np.uint8(0))
 
 
 def _inspire_xml(product: Product) -> str:

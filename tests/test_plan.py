@@ -56,3 +56,12 @@ def test_sea_is_not_failure_and_failed_search_fails_only_unfound_cells():
     assert plan.cells[A].status == SEA
     assert plan.cells[B].status == PLANNED
     assert plan.cells[C].status == FAILED and plan.cells[C].error == "catalogue down"
+
+
+def test_a_later_answer_does_not_touch_a_cell_already_decided():
+    t1, t2 = tile("AAAAA", [A, B]), tile("BBBBB", [B])
+    plan = start_plan([t1, t2], names, lambda n: None)
+    apply_products(plan, t1, [product(A, "a"), product(B, "b")])
+    plan.cells[B].status = "downloaded"  # its download finished while t2 was being searched
+    apply_products(plan, t2, [product(B, "b")])
+    assert plan.cells[B].status == "downloaded" and plan.cells[B].product_id == "b"
