@@ -36,7 +36,6 @@ class TilePlan:
     footprint_source: str
     geocells: list[Geocell]
     footprint: object = None  # the Footprint, for the KML report
-    searched: bool = False  # the catalogue answered for this tile
     error: str | None = None
 
 
@@ -87,7 +86,6 @@ def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product]) -> N
     """
     from cdse_dem.catalogue import choose
 
-    tile.searched = True
     chosen = choose(products, tile.geocells)
     for cell in tile.geocells:
         state = plan.cells[cell]

@@ -28,7 +28,9 @@ def summary_lines(plan: Plan, invalid: list[Entry], totals: Totals, left: list[s
                  f"{c[FAILED]} failed"]
         if c[PLANNED]:
             parts.append(f"{c[PLANNED]} not done")
-        lines.append(f"  {tile.tile:<{width}}  {len(tile.geocells)} geocells: " + ", ".join(parts))
+        fetched = sum(plan.cells[cell].bytes for cell in tile.geocells)
+        lines.append(f"  {tile.tile:<{width}}  {len(tile.geocells)} geocells: " + ", ".join(parts)
+                     + (f"; {fetched / 1e6:.1f} MB" if fetched else ""))
     for entry in invalid:
         lines.append(f"  invalid entry {entry.message}")
     lines.append(
