@@ -51,11 +51,6 @@ def temp_path_in(folder: Path, final_name: str) -> Path:
     return Path(folder) / f".{stem}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
 
-def is_temporary(path: Path) -> bool:
-    """True for a name made by :func:`temp_path_in` (by anyone, any process)."""
-    return _TEMP_RE.match(Path(path).name) is not None
-
-
 def create_temp_in(folder: Path, final_name: str, mode: int | None = None) -> tuple[Path, BinaryIO]:
     """Create (exclusively) and open for binary writing a new temporary for ``final_name``.
 
