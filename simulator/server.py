@@ -416,8 +416,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
         self.send_header("Content-Disposition", f"attachment; filename={filename}")
+        self.record.status = 200  # before the headers go: a client holding them finds the status logged
         self.end_headers()
-        self.record.status = 200
         if faults.slow and services.stopping.wait(faults.slow):
             raise _Dropped
         bandwidth = services.config.bandwidth
