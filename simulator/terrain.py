@@ -59,9 +59,6 @@ class BlockRaster(NamedTuple):
     def row(self, i: int) -> np.ndarray:
         return self.grid[self.row_of[i], self.col_of]
 
-    def sample(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        return self.grid[np.ix_(self.row_of[rows], self.col_of[cols])]
-
     def expand(self) -> np.ndarray:
         return self.grid[np.ix_(self.row_of, self.col_of)]
 

@@ -222,21 +222,29 @@ def write_product_zip(out, product: Product, size: str) -> None:
         pick_rows = np.linspace(0, rows - 1, QUICKLOOK_ROWS).round().astype(int)
         qcols = round((QUICKLOOK_ROWS - 1) * (cols - 1) / (rows - 1)) + 1
         pick_cols = np.linspace(0, cols - 1, qcols).round().astype(int)
-        small = dem[np.ix_(pick_rows, pick_cols)] if realistic else dem.sample(pick_rows, pick_cols)
-        span = float(small.max() - small.min()) or 1.0
-        sources = {"DEM": ((small - small.min()) * (255.0 / span)).astype(np.uint8),
-                   "SRC": np.full(small.shape, 1, dtype=np.uint8)}
+        layers["DEM"] = dem
+        layers["SRC"] = np.ones_like(high, dtype=np.uint8) if realistic else dem.like(np.ones_like(high, np.uint8))
         for layer in PREVIEW_LAYERS:
-            array = sources.get(layer)
-            if array is None:
-                source = layers[layer]
-                layer_values = source[np.ix_(pick_rows, pick_cols)] if realistic else source.sample(pick_rows,
-                                                                                                    pick_cols)
-                array = (layer_values * (255.0 / max(1.0, float(layer_values.max())))).astype(np.uint8)
+            array = _quicklook(layers[layer], pick_rows, pick_cols)
             write_tif(zf, f"{cell_dir}PREVIEW/{dsm}_{layer}_QL.tif", array, True,
                       sx=1.0 / (qcols - 1), sy=1.0 / (QUICKLOOK_ROWS - 1))
         zf.writestr(member(f"{cell_dir}PREVIEW/{dsm}_QL.kml", True), _acm_kml(product))
         zf.writestr(member(f"{cell_dir}PREVIEW/{dsm}_SRC.kml", True), _acm_kml(product))
+
+
+def _quicklook(raster, pick_rows, pick_cols):
+    """A layer sampled at the quick look's rows and columns, stretched to bytes (a block raster
+    stays one: its blocks are simply picked)."""
+    import numpy as np
+
+    from simulator.terrain import BlockRaster
+
+    values = raster.grid if isinstance(raster, BlockRaster) else raster[np.ix_(pick_rows, pick_cols)]
+    low, span = float(values.min()), float(values.max() - values.min()) or 1.0
+    stretched = ((values - low) * (255.0 / span)).astype(np.uint8)
+    if isinstance(raster, BlockRaster):
+        return BlockRaster(stretched, raster.row_of[pick_rows], raster.col_of[pick_cols])
+    return stretched
 
 
 def gsc_names(product: Product) -> list[str]:
