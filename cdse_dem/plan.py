@@ -86,8 +86,39 @@ def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product]) -> N
     """
     from cdse_dem.catalogue import choose
 
-    chosen = choose(products, tile.geocells)
+    apply_area(plan, tile.geocells, choose(products, tile.geocells))
+
+
+def search_failed(plan: Plan, tile: TilePlan, error: str) -> None:
+    """A tile whose search failed: its cells that no other tile found are failed."""
+    tile.error = error
+    cells_failed(plan, tile.geocells, error)
+
+
+def tile_counts(plan: Plan, tile: TilePlan) -> dict[str, int]:
+    counts = {s: 0 for s in (DOWNLOADED, PRESENT, SEA, FAILED, PLANNED)}
     for cell in tile.geocells:
+        counts[plan.cells[cell].status] += 1
+    return counts
+
+
+def mark_known_sea(plan: Plan, is_known_sea: Callable[[Geocell], bool]) -> list[Geocell]:
+    """Cells an earlier run's completed search found to be open sea: ``sea`` without a new search."""
+    known = [cell for cell, state in plan.cells.items() if state.status == PLANNED and state.product is None
+             and is_known_sea(cell)]
+    for cell in known:
+        plan.cells[cell].status = SEA
+    return known
+
+
+def cells_to_search(plan: Plan) -> list[Geocell]:
+    """Cells neither complete on disk nor known to be sea: only those need the catalogue."""
+    return sorted(cell for cell, state in plan.cells.items() if state.status == PLANNED and state.product is None)
+
+
+def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Product]) -> None:
+    """Attach a completed area search's answer: each covered cell gets its product, or is open sea."""
+    for cell in cells:
         state = plan.cells[cell]
         if state.status == PRESENT or state.product is not None:
             continue
@@ -99,17 +130,9 @@ def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product]) -> N
             state.status = SEA
 
 
-def search_failed(plan: Plan, tile: TilePlan, error: str) -> None:
-    """A tile whose search failed: its cells that no other tile found are failed."""
-    tile.error = error
-    for cell in tile.geocells:
+def cells_failed(plan: Plan, cells: Iterable[Geocell], error: str) -> None:
+    """A failed search decides nothing: its cells are failed (never sea)."""
+    for cell in cells:
         state = plan.cells[cell]
         if state.status in (PLANNED, SEA) and state.product is None:
             state.status, state.error = FAILED, error
-
-
-def tile_counts(plan: Plan, tile: TilePlan) -> dict[str, int]:
-    counts = {s: 0 for s in (DOWNLOADED, PRESENT, SEA, FAILED, PLANNED)}
-    for cell in tile.geocells:
-        counts[plan.cells[cell].status] += 1
-    return counts
