@@ -249,7 +249,7 @@ def test_string_function_on_an_attribute_value(nodup):
 # --- options and paging ---------------------------------------------------------------------------------------
 def test_paging_follows_next_links_to_the_end(nodup):
     query = f"Collection/Name eq 'CCM' and {area(UMA)}"
-    reply = search(nodup, query, top=7, count="true")
+    reply = search(nodup, query, top=7, count="true", orderby="ContentDate/Start asc")
     body = reply.json()
     total = body["@odata.count"]
     assert total == 6 * 24
@@ -270,8 +270,8 @@ def test_default_top_is_20_and_skip_skips(nodup):
     query = f"Collection/Name eq 'CCM' and {area(UMA)}"
     first = search(nodup, query).json()
     assert len(first["value"]) == 20
-    skipped = search(nodup, query, skip=20, top=5).json()
-    everything = products(nodup, query)
+    skipped = search(nodup, query, skip=20, top=5, orderby="PublicationDate desc").json()
+    everything = products(nodup, query, orderby="PublicationDate desc")
     assert [p["Id"] for p in skipped["value"]] == [p["Id"] for p in everything[20:25]]
 
 
@@ -291,6 +291,78 @@ def test_orderby_select_expand_count(nodup):
     counted = search(nodup, query, top=1, count="True").json()
     assert counted["@odata.count"] == 144
     assert "@odata.count" not in search(nodup, query, top=1).json()
+
+
+def page_through(sim, query, top, **options):
+    """Every Id an ordinary client collects by following ``@odata.nextLink`` to the end."""
+    body = search(sim, query, top=top, **options).json()
+    seen = [p["Id"] for p in body["value"]]
+    while "@odata.nextLink" in body:
+        body = requests.get(body["@odata.nextLink"], timeout=30).json()
+        seen += [p["Id"] for p in body["value"]]
+    return seen
+
+
+def test_without_orderby_each_request_has_its_own_order_so_paging_repeats_and_loses(nodup):
+    query = f"Collection/Name eq 'CCM' and {area(UMA)}"
+    every = {p["Id"] for p in products(nodup, query, orderby="ModificationDate asc")}
+    unordered = page_through(nodup, query, 10)
+    assert len(unordered) == len(every)  # as many items as matches ...
+    assert len(set(unordered)) < len(every)  # ... but some twice, so others never
+    assert set(unordered) < every
+    twice = [search(nodup, query, top=10).json()["value"] for _ in range(2)]
+    assert [p["Id"] for p in twice[0]] != [p["Id"] for p in twice[1]]
+    ordered = page_through(nodup, query, 10, orderby="ContentDate/End desc")
+    assert len(ordered) == len(set(ordered)) == len(every)
+    assert set(ordered) == every
+
+
+def test_without_orderby_and_without_an_area_pages_are_unstable_too(nodup):
+    query = f"Collection/Name eq 'COP-DEM' and {attr('productType', 'DGE_90')}"
+    pages = [[p["Id"] for p in search(nodup, query, top=50, skip=50).json()["value"]] for _ in range(3)]
+    assert all(len(page) == 50 for page in pages)
+    assert len({tuple(page) for page in pages}) > 1
+
+
+@pytest.mark.parametrize("field", ["ContentDate/Start", "ContentDate/End", "PublicationDate", "ModificationDate"])
+def test_orderby_documented_fields_with_id_as_tie_break(nodup, field):
+    query = f"Collection/Name eq 'CCM' and {area(UMA)}"
+    for direction in ("asc", "desc"):
+        found = products(nodup, query, orderby=f"{field} {direction}", expand="Attributes")
+        value = (lambda p: p[field.split("/")[0]][field.split("/")[1]]) if "/" in field else (lambda p: p[field])
+        assert [value(p) for p in found] == sorted((value(p) for p in found), reverse=direction == "desc")
+        # products of a cell share their acquisition dates: ties, broken by Id ascending
+        ties = [p["Id"] for p in found if value(p) == value(found[0])]
+        assert ties == sorted(ties)
+    repeated = [page_through(nodup, query, 25, orderby=f"{field} desc") for _ in range(2)]
+    assert repeated[0] == repeated[1]
+
+
+@pytest.mark.parametrize("orderby", ["Name asc", "OriginDate desc", "Id asc", "ContentDate/Start up"])
+def test_orderby_on_other_fields_is_400(nodup, orderby):
+    reply = search(nodup, "Collection/Name eq 'CCM'", orderby=orderby)
+    assert reply.status_code == 400
+    assert reply.json()["detail"]
+
+
+def test_odata_context_and_fully_encoded_absolute_next_link(nodup):
+    query = f"Collection/Name eq 'CCM' and {area(UMA)}"
+    expanded = search(nodup, query, top=5, expand="Attributes", orderby="ContentDate/Start asc").json()
+    assert expanded["@odata.context"] == "$metadata#Products(Attributes())"
+    assert search(nodup, query, top=5).json()["@odata.context"] == "$metadata#Products"
+    link = expanded["@odata.nextLink"]
+    assert link.startswith(f"{nodup.catalogue_url}/Products?")
+    tail = link.split("?", 1)[1]
+    assert "%24filter=Collection%2FName+eq+%27CCM%27+and+OData.CSC.Intersects" in tail
+    assert "$" not in tail and " " not in tail and "'" not in tail
+    assert "%24skip=5" in tail and "%24orderby=ContentDate%2FStart+asc" in tail
+
+
+def test_catalogue_latency_delays_every_search(make_sim):
+    sim = make_sim(duplicate_cells=(), catalogue_latency=0.4)
+    assert search(sim, f"Collection/Name eq 'CCM' and {area(UMA)}", top=1).status_code == 200
+    (record,) = [r for r in sim.request_log() if r.path.endswith("/Products")]
+    assert record.finished - record.started >= 0.4
 
 
 def test_search_without_spatial_clause_pages_lazily(nodup):
