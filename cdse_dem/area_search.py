@@ -73,8 +73,8 @@ class _TileLines:
     def __init__(self, plan: plan_mod.Plan, searched: list[Geocell]):
         self.plan = plan
         wanted = set(searched)
-        self.pending = {id(t): {c for c in t.geocells if c in wanted} for t in plan_mod.tiles_to_search(plan)}
         self.tiles = {id(t): t for t in plan_mod.tiles_to_search(plan)}
+        self.pending = {key: {c for c in t.geocells if c in wanted} for key, t in self.tiles.items()}
         self.by_cell: dict[Geocell, list] = {}
         for tile in self.tiles.values():
             for cell in self.pending[id(tile)]:

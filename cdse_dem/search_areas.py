@@ -11,8 +11,10 @@ touch a rectangle's edge; their products count only for cells the search covers.
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
+from urllib.parse import quote
 
-from cdse_dem.catalogue import Product, area_wkt, choose, intersects, search_url
+from cdse_dem.catalogue import Product, choose, intersects, search_url
 from cdse_dem.geocells import Geocell
 
 # The issue's bound on a search URL: gateways and proxies refuse longer request lines.
@@ -22,10 +24,10 @@ MAX_URL_LENGTH = 4000
 # cell of the rectangle is still intersected however the service reads it.
 MAX_RECT_WIDTH = 20
 # Cells one search may reach (its own and their touching neighbours, whose products
-# Intersects also returns): about one page of $top=1000, so searches answer in one round
-# trip and run side by side; far below the 10,000 that $skip can page through (a cell has
-# at most two products).
-MAX_TOUCHED_CELLS = 1000
+# Intersects also returns): at most about 2.5 pages of $top=1000, so a country is a few
+# searches that run side by side rather than one long chain of pages; far below what
+# $skip (at most 10,000) can page through, since a cell has at most two products.
+MAX_TOUCHED_CELLS = 2500
 
 
 @dataclass(frozen=True, order=True)
@@ -47,9 +49,12 @@ class Rect:
                 for lon in range(self.west - 1, self.east + 1)}
 
     def wkt(self) -> str:
-        import shapely
+        """The closed ring counter-clockwise from the south-east corner, as ``area_wkt`` writes a box."""
+        w, s, e, n = self.west, self.south, self.east, self.north
+        return f"POLYGON(({e} {s},{e} {n},{w} {n},{w} {s},{e} {s}))"
 
-        return area_wkt(shapely.box(self.west, self.south, self.east, self.north))
+    def clause(self) -> str:
+        return intersects(self.wkt())
 
     def halves(self) -> "tuple[Rect, Rect]":
         """Two rectangles covering this one, cut across its longer side."""
@@ -66,13 +71,13 @@ class SearchArea:
 
     rects: tuple[Rect, ...]
 
-    @property
+    @cached_property
     def cells(self) -> frozenset[Geocell]:
         return frozenset(cell for rect in self.rects for cell in rect.cells())
 
     def filter_text(self, dataset_text: str) -> str:
         """``$filter``: the dataset clauses and an ``or`` of one ``Intersects`` per rectangle."""
-        clauses = [intersects(rect.wkt()) for rect in self.rects]
+        clauses = [rect.clause() for rect in self.rects]
         area = clauses[0] if len(clauses) == 1 else "(" + " or ".join(clauses) + ")"
         return f"{dataset_text} and {area}"
 
@@ -136,17 +141,22 @@ def plan_search_areas(cells: Iterable[Geocell], catalogue_url: str, dataset_text
     Rectangles are packed in south-to-north, west-to-east order, so each search holds
     neighbouring rectangles (which share their touched neighbours).
     """
+    # URL length, counted as clauses are added: the fixed part (with the parentheses of an
+    # ``or``), each encoded clause, and an encoded " or " between two.
+    fixed = len(search_url(catalogue_url, f"{dataset_text} and ()"))
+    separator = len(quote(" or ", safe=""))
     areas: list[SearchArea] = []
     current: list[Rect] = []
     touched: set[tuple[int, int]] = set()
+    length = fixed
     for rect in rectangles(cells, max_touched):
-        candidate = SearchArea((*current, rect))
+        clause = len(quote(rect.clause(), safe=""))
         reach = touched | rect.touched()
-        if current and (len(reach) > max_touched
-                        or len(candidate.url(catalogue_url, dataset_text)) > MAX_URL_LENGTH):
+        if current and (len(reach) > max_touched or length + separator + clause > MAX_URL_LENGTH):
             areas.append(SearchArea(tuple(current)))
-            current, reach = [rect], rect.touched()
+            current, reach, length = [rect], rect.touched(), fixed + clause
         else:
+            length += clause + (separator if current else 0)
             current.append(rect)
         touched = reach
     if current:
