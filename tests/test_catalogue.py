@@ -95,10 +95,9 @@ def test_choose_drops_touching_neighbours_and_picks_one_per_cell_deterministical
 
 class _Reply:
     status_code = 200
-    headers: dict = {}
 
     def __init__(self, body):
-        self.body = body
+        self.body, self.headers = body, {}
 
     def json(self):
         return self.body
