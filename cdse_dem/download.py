@@ -36,7 +36,7 @@ _MAX_ERROR_BODY = 64 * 1024
 _WATCH_INTERVAL = 0.2  # seconds; how late the stop watcher may notice a stop
 MAX_REDIRECTS = 3  # between CDSE's own download hosts; more is a loop
 # Answers that mean this tool built a wrong request (CDSE's documented download errors).
-OWN_BUG_CODES = {"DAT-ZIP-104": "malformed OData request path", "DAT-ZIP-111": "malformed product UUID"}
+OWN_BUG_CODES = {(400, "DAT-ZIP-104"): "malformed OData request path", (422, "DAT-ZIP-111"): "malformed product UUID"}
 # Retry-After is honoured up to this (as the session does): an absurd value must not park a
 # worker past the run's budget; coming back early only costs another 429, and tries are bounded.
 
@@ -180,10 +180,10 @@ def _attempt(product, url, token, dest_dir, http, on_bytes, stop, timeout, label
             where = _origin(reply.headers.get("Location") or "")
             raise DownloadFailed(f"the download host redirected {label} to {where or 'elsewhere'};"
                                  " not followed, so that the access token stays on CDSE's download hosts")
-        if code in OWN_BUG_CODES:
+        if (status, code) in OWN_BUG_CODES:
             raise DownloadFailed(
-                f"CDSE rejected the request for {label} as a {OWN_BUG_CODES[code]} ({detail}): a bug of this"
-                f" tool, please report it with the trace id {trace or '(none given)'}")
+                f"CDSE rejected the request for {label} as a {OWN_BUG_CODES[status, code]} ({detail}): a bug of"
+                f" this tool, please report it with the trace id {trace or '(none given)'}")
         if status == 401:
             if code == "DAT-ZIP-609":
                 raise AccessDenied(AUDIENCE_DENIED)
