@@ -1,9 +1,11 @@
-"""Finding the DEM products of a tile in the CDSE OData catalogue.
+"""Finding DEM products in the CDSE OData catalogue.
 
-The query is the real one (collection, product type or dataset, Intersects of each
-footprint part), every page is followed, and each product is mapped to its geocell so
-that neighbours which only touch the tile, and the second product of a doubled cell, are
-dropped before anything is downloaded. Catalogue search needs no token.
+The query is the real one (collection, product type or dataset, Intersects of an area),
+ordered so that pages neither repeat nor lose products, every page is followed (on the
+catalogue itself, as far as ``$skip`` allows), and each product is mapped to its geocell so
+that neighbours which only touch the area, and the second product of a doubled cell, are
+dropped before anything is downloaded. Which areas to search: :mod:`cdse_dem.search_areas`.
+Catalogue search needs no token.
 """
 
 import logging

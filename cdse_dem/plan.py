@@ -73,26 +73,8 @@ def start_plan(tiles: list[TilePlan], file_name: Callable[[Geocell], str],
 
 
 def tiles_to_search(plan: Plan) -> list[TilePlan]:
-    """Tiles with a geocell not yet on disk: only those need the catalogue."""
+    """Tiles with a geocell not yet on disk: those the catalogue answers for, told tile by tile."""
     return [t for t in plan.tiles if any(plan.cells[c].status != PRESENT for c in t.geocells)]
-
-
-def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product]) -> None:
-    """Attach a tile's catalogue answer: its cells get their product, or become open sea.
-
-    A cell that already has its product keeps it, whatever its download has come to: every
-    search whose area touches a cell lists all of that cell's products, so the first answer
-    is already the final choice (and downloads start while other tiles are searched).
-    """
-    from cdse_dem.catalogue import choose
-
-    apply_area(plan, tile.geocells, choose(products, tile.geocells))
-
-
-def search_failed(plan: Plan, tile: TilePlan, error: str) -> None:
-    """A tile whose search failed: its cells that no other tile found are failed."""
-    tile.error = error
-    cells_failed(plan, tile.geocells, error)
 
 
 def tile_counts(plan: Plan, tile: TilePlan) -> dict[str, int]:
@@ -117,7 +99,12 @@ def cells_to_search(plan: Plan) -> list[Geocell]:
 
 
 def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Product]) -> None:
-    """Attach a completed area search's answer: each covered cell gets its product, or is open sea."""
+    """Attach a completed search's answer: each cell its area covered gets its product, or is open sea.
+
+    A cell that already has its product keeps it, whatever its download has come to: every
+    search whose area covers a cell lists all of that cell's products, so the first answer
+    is already the final choice (and downloads start while other areas are searched).
+    """
     for cell in cells:
         state = plan.cells[cell]
         if state.status == PRESENT or state.product is not None:
