@@ -74,13 +74,18 @@ def test_only_cdse_download_hosts_and_the_configured_one_may_receive_the_token()
     assert Endpoints().download_url == "https://download.dataspace.copernicus.eu/odata/v1"
 
 
+def run_through(sim, out, server: Recorder, variable: str):
+    """The CLI for tile 32UMA with ``variable`` (a CDSE base URL) pointing at ``server``, closed after."""
+    try:
+        return run_cli("--t", "32UMA", "--o", out, env=cli_env(sim, **{variable: f"{server.url}/odata/v1"}))
+    finally:
+        server.close()
+
+
 def test_a_redirect_off_the_download_hosts_is_not_followed(sim, tool_home, tmp_path, foreign):
     redirector = Recorder(lambda h: (302, {"Location": f"{foreign.url}{h.path}"}, b""))
-    try:
-        out = tmp_path / "dem"
-        result = run_cli("--t", "32UMA", "--o", out, env=cli_env(sim, CDSE_DOWNLOAD_URL=f"{redirector.url}/odata/v1"))
-    finally:
-        redirector.close()
+    out = tmp_path / "dem"
+    result = run_through(sim, out, redirector, "CDSE_DOWNLOAD_URL")
     assert result.returncode == 1
     assert "not followed, so that the access token stays on CDSE's download hosts" in result.stderr
     assert redirector.tokens() and all(t.startswith("Bearer ") for t in redirector.tokens())  # the token was in play
@@ -96,11 +101,7 @@ def test_a_catalogue_next_page_elsewhere_is_not_followed(sim, tool_home, tmp_pat
         return reply.status_code, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
     catalogue = Recorder(front)
-    try:
-        out = tmp_path / "dem"
-        result = run_cli("--t", "32UMA", "--o", out, env=cli_env(sim, CDSE_CATALOGUE_URL=f"{catalogue.url}/odata/v1"))
-    finally:
-        catalogue.close()
+    result = run_through(sim, tmp_path / "dem", catalogue, "CDSE_CATALOGUE_URL")
     assert result.returncode == 1
     assert "CDSE catalogue pointed its next page elsewhere" in result.stderr
     assert catalogue.requests and catalogue.tokens() == []  # search carries no token at all
