@@ -22,7 +22,17 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from simulator.odata_filter import And, FilterError, cell_independent, parse_filter
-from simulator.products import COMBOS, NEVER_EVICTED, Combo, Product, ProductIndex, ProductKey, iso
+from simulator.products import (
+    CCM_ATTRIBUTES,
+    COMBOS,
+    COPDEM_ATTRIBUTES,
+    NEVER_EVICTED,
+    Combo,
+    Product,
+    ProductIndex,
+    ProductKey,
+    iso,
+)
 from simulator.zips import ZipMeta, ZipStore
 
 MAX_TOP = 1000
@@ -232,8 +242,7 @@ class Catalogue:
 
     def attributes(self, collection: str) -> Reply:
         """``Attributes(<collection>)``: the attribute names a filter may use (CDSETool asks)."""
-        names = {"CCM": ("dataset", "datasetFull", "eopIdentifier", "gridId", "productType"),
-                 "COP-DEM": ("authority", "productType", "spatialResolution")}.get(collection.strip("'"))
+        names = {"CCM": CCM_ATTRIBUTES, "COP-DEM": COPDEM_ATTRIBUTES}.get(collection.strip("'"))
         if names is None:
             return Reply(404, {"detail": f"Collection {collection} not found"})
         return Reply(200, [{"Name": n, "ValueType": "String"} for n in names])
