@@ -240,7 +240,7 @@ class Handler(BaseHTTPRequestHandler):
             self._json(reply.status, reply.body)
             return
         if match:
-            self._json(404, {"detail": f"{match.group(2)} is not simulated: use /$value"})
+            self._json(404, {"detail": f"{match.group(2)} is not served here: Nodes are on the download host"})
             return
         self._json(404, {"detail": "Not Found"})
 
