@@ -29,7 +29,8 @@ def search_all(plan: plan_mod.Plan, catalogue, dataset_text: str, fetcher, threa
         return 0
     log.info("Searching the catalogue for %d geocell(s) in %d search(es)", len(cells), len(areas))
     searches = 0
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="search") as pool:
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="search")
+    try:
         pending = {pool.submit(_search, catalogue, area, dataset_text): area for area in areas}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -54,6 +55,10 @@ def search_all(plan: plan_mod.Plan, catalogue, dataset_text: str, fetcher, threa
                 if fetcher is not None:
                     fetcher.add([plan.cells[c] for c in sorted(area.cells) if plan.cells[c].status == plan_mod.PLANNED])
                 tiles.decided(area.cells)
+    except BaseException:  # Ctrl-C, or a login refused: no search not yet started starts now
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return searches
 
 
