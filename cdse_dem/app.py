@@ -135,6 +135,9 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
         return cache.product_id(name) if cache is not None and cache.is_complete(name) else None
 
     plan = plan_mod.start_plan(tile_plans, file_name, recorded_id)
+    sea_record = _sea_record(out_dir, settings)
+    if sea_record is not None:
+        plan_mod.mark_known_sea(plan, sea_record.is_sea)
     http = new_http_session(args.workers + SEARCH_THREADS)
     catalogue = Catalogue(endpoints.catalogue_url, http)
     fetcher = None if args.dry_run else _fetcher(args, credentials, http, endpoints, out_dir, cache)
@@ -144,6 +147,8 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
     status = EXIT_OK
     try:
         _search(plan, catalogue, settings, fetcher)
+        if sea_record is not None and not args.dry_run:
+            sea_record.save(c.geocell for c in plan.cells.values() if c.status == plan_mod.SEA)
         if fetcher is None:
             log.info("There are %d DEM files expected", len(plan.to_fetch()))
             _print_plan(plan)
@@ -171,6 +176,17 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
         log.error("%s", fatal)
     log.info("Process is finished")
     return status
+
+
+def _sea_record(out_dir: Path, settings):
+    """The output folder's record of cells known to be open sea for this dataset (None: no folder yet)."""
+    from cdse_dem.catalogue import dataset_key
+    from cdse_dem.sea_record import SeaRecord
+
+    if not out_dir.is_dir():
+        return None
+    _, value = dataset_key(settings.collection, settings.resolution, settings.model, settings.delivery)
+    return SeaRecord.load(out_dir, f"{settings.collection} {value}")
 
 
 def _fetcher(args, credentials, http, endpoints, out_dir, cache):
@@ -215,44 +231,12 @@ def _tile_plans(valid, kml_arg: str | None):
 
 
 def _search(plan, catalogue, settings, fetcher) -> None:
-    """Catalogue searches for the tiles that need one, a few at a time; each tile's geocells
-    go to the fetcher as soon as its answer is in."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    """Catalogue searches by area for the cells that need one (see cdse_dem.area_search)."""
+    from cdse_dem.area_search import search_all
+    from cdse_dem.catalogue import dataset_filter
 
-    from cdse_dem import plan as plan_mod
-    from cdse_dem.catalogue import area_wkt, parse_product, product_filter
-
-    def search(tile):
-        products = []
-        for part in tile.footprint.query_parts():
-            text = product_filter(settings.collection, settings.resolution, settings.model, settings.delivery,
-                                  area_wkt(part))
-            products.extend(p for p in map(parse_product, catalogue.search(text)) if p is not None)
-        return products
-
-    tiles = plan_mod.tiles_to_search(plan)
-    with ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="search") as pool:
-        futures = {pool.submit(search, tile): tile for tile in tiles}
-        for future in as_completed(futures):
-            tile = futures[future]
-            log.info("Tile_ID: %s", tile.tile)
-            source = "tiling KML" if tile.footprint_source == "kml" else "computed"
-            log.info("Tile Found (footprint: %s)", source)
-            try:
-                products = future.result()
-            except DemError as exc:
-                log.error("Tile %s: %s", tile.tile, exc)
-                plan_mod.search_failed(plan, tile, str(exc))
-                continue
-            log.info("DEM_LIST from url retrieved")
-            plan_mod.apply_products(plan, tile, products)
-            states = [plan.cells[c] for c in tile.geocells]
-            sea = [s.geocell.grid_id for s in states if s.status == plan_mod.SEA]
-            if sea:
-                log.info("No DEM in CDSE (open sea) for %d of %d geocells: %s", len(sea), len(tile.geocells),
-                         " ".join(sea))
-            if fetcher is not None:
-                fetcher.add([s for s in states if s.status == plan_mod.PLANNED])
+    text = dataset_filter(settings.collection, settings.resolution, settings.model, settings.delivery)
+    search_all(plan, catalogue, text, fetcher, SEARCH_THREADS)
 
 
 def _exit_status(plan, invalid, left, fatal) -> int:

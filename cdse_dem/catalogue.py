@@ -1,24 +1,32 @@
-"""Finding the DEM products of a tile in the CDSE OData catalogue.
+"""Finding DEM products in the CDSE OData catalogue.
 
-The query is the real one (collection, product type or dataset, Intersects of each
-footprint part), every page is followed, and each product is mapped to its geocell so
-that neighbours which only touch the tile, and the second product of a doubled cell, are
-dropped before anything is downloaded. Catalogue search needs no token.
+The query is the real one (collection, product type or dataset, Intersects of an area),
+ordered so that pages neither repeat nor lose products, every page is followed (on the
+catalogue itself, as far as ``$skip`` allows), and each product is mapped to its geocell so
+that neighbours which only touch the area, and the second product of a doubled cell, are
+dropped before anything is downloaded. Which areas to search: :mod:`cdse_dem.search_areas`.
+Catalogue search needs no token.
 """
 
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
+from cdse_dem.endpoints import origin
 from cdse_dem.errors import ServiceError
-from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, parse_grid_id
+from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, geocell_of_name, parse_grid_id
 from cdse_dem.retry import Backoff, retry_after, wait_for
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 1000
+PAGE_SIZE = 1000  # CDSE's largest $top: fewest round trips per search
+# CDSE refuses $skip above this (422): a search with more matches must be split by area.
+MAX_SKIP = 10000
+# Without $orderby CDSE pages in no stable order (repeating some products, losing others);
+# any documented field will do, CDSE adds Id as the tie-break.
+ORDER_BY = "ContentDate/Start asc"
 # COP-DEM product types and CCM datasets, by (resolution, model).
 _PRODUCT_TYPES = {(30, "DGED"): "DGE_30", (90, "DGED"): "DGE_90", (30, "DTED"): "DTE_30", (90, "DTED"): "DTE_90"}
 
@@ -45,18 +53,33 @@ def dataset_name(resolution: int, model: str) -> str:
     return f"COP-DEM_GLO-{resolution}-{model}"
 
 
-def product_filter(collection: str, resolution: int, model: str, delivery: str, area_wkt: str) -> str:
-    """The ``$filter`` of one search, in the form CDSE documents."""
+def dataset_key(collection: str, resolution: int, model: str, delivery: str) -> tuple[str, str]:
+    """The attribute that picks the DEM within its collection, and its value.
+
+    CCM also holds the EEA-10 DEM and nine deliveries: never filter by collection alone.
+    """
     if collection == "CCM":
-        attribute, value = "dataset", f"{dataset_name(resolution, model)}/{delivery}"
-    else:
-        attribute, value = "productType", _PRODUCT_TYPES[(resolution, model)]
+        return "dataset", f"{dataset_name(resolution, model)}/{delivery}"
+    return "productType", _PRODUCT_TYPES[(resolution, model)]
+
+
+def dataset_filter(collection: str, resolution: int, model: str, delivery: str) -> str:
+    """The part of every search's ``$filter`` that names the dataset (collection and attribute)."""
+    attribute, value = dataset_key(collection, resolution, model, delivery)
     return (
         f"Collection/Name eq '{collection}'"
         f" and Attributes/OData.CSC.StringAttribute/any(att:att/Name eq '{attribute}'"
         f" and att/OData.CSC.StringAttribute/Value eq '{value}')"
-        f" and OData.CSC.Intersects(area=geography'SRID=4326;{area_wkt}')"
     )
+
+
+def intersects(area_wkt: str) -> str:
+    return f"OData.CSC.Intersects(area=geography'SRID=4326;{area_wkt}')"
+
+
+def product_filter(collection: str, resolution: int, model: str, delivery: str, area_wkt: str) -> str:
+    """The ``$filter`` of one search, in the form CDSE documents."""
+    return f"{dataset_filter(collection, resolution, model, delivery)} and {intersects(area_wkt)}"
 
 
 def area_wkt(polygon) -> str:
@@ -66,8 +89,13 @@ def area_wkt(polygon) -> str:
 
 
 def search_url(catalogue_url: str, filter_text: str) -> str:
+    """A search's first page: ordered, so that paging neither repeats nor loses products."""
     return (f"{catalogue_url}/Products?$filter={quote(filter_text, safe='')}"
-            f"&$expand=Attributes&$top={PAGE_SIZE}")
+            f"&$orderby={quote(ORDER_BY, safe='')}&$expand=Attributes&$top={PAGE_SIZE}")
+
+
+class TooManyResults(ServiceError):
+    """A search matches more products than ``$skip`` can page through: split its area."""
 
 
 def parse_product(record: dict) -> Product | None:
@@ -81,6 +109,9 @@ def parse_product(record: dict) -> Product | None:
             geocell = None
     if geocell is None:
         geocell = geocell_of_footprint_wkt(record.get("Footprint") or "")
+    if geocell is None:  # the cell name inside urn:eop:...:Copernicus_DSM_30_S26_00_E112_00:V2957
+        named = geocell_of_name(str(attributes.get("eopIdentifier") or ""))
+        geocell = named[0] if named else None
     if geocell is None:
         log.warning("Product %s names no geocell: skipped", record.get("Name"))
         return None
@@ -141,7 +172,17 @@ class Catalogue:
                 raise ServiceError(f"CDSE catalogue answered a page without a product list ({_short(url)})")
             records.extend(value)
             url = page.get("@odata.nextLink")
+            if url:
+                self._check_next_link(str(url))
         return records
+
+    def _check_next_link(self, url: str) -> None:
+        """Follow a next page only on the catalogue itself, and only as far as ``$skip`` goes."""
+        if origin(url) != origin(self.catalogue_url):
+            raise ServiceError(f"CDSE catalogue pointed its next page elsewhere ({_short(url)}): not followed")
+        skip = parse_qs(urlsplit(url).query).get("$skip", ["0"])[0]
+        if skip.isdigit() and int(skip) > MAX_SKIP:
+            raise TooManyResults(f"more than {MAX_SKIP + PAGE_SIZE} products match one search")
 
     def _get_json(self, url: str) -> dict:
         import requests
@@ -190,3 +231,4 @@ def _detail(reply) -> str:
 
 def _short(url: str) -> str:
     return url.split("?", 1)[0]
+

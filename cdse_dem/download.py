@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from cdse_dem.errors import EXIT_INTERRUPTED, AccessDenied, BudgetExhausted, DemError
 from cdse_dem.fsutil import create_temp_in, raise_if_disk_full, remove_quietly
@@ -34,13 +34,17 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 _MAX_ERROR_BODY = 64 * 1024
 _WATCH_INTERVAL = 0.2  # seconds; how late the stop watcher may notice a stop
+MAX_REDIRECTS = 3  # between CDSE's own download hosts; more is a loop
+# Answers that mean this tool built a wrong request (CDSE's documented download errors).
+OWN_BUG_CODES = {(400, "DAT-ZIP-104"): "malformed OData request path", (422, "DAT-ZIP-111"): "malformed product UUID"}
 # Retry-After is honoured up to this (as the session does): an absurd value must not park a
 # worker past the run's budget; coming back early only costs another 429, and tries are bounded.
 
 CCM_DENIED = (
-    "CDSE refuses this account the CCM data (403 DAT-ZIP-608): enable Copernicus Contributing "
-    "Missions (CCM) access and accept the CCM licence on your CDSE profile "
-    "(https://dataspace.copernicus.eu), or try --collection COP-DEM"
+    "CDSE refuses the download (403 DAT-ZIP-608): this account is not registered for Copernicus "
+    "Contributing Missions (CCM) data. Request CCM access once on your CDSE profile "
+    "(https://dataspace.copernicus.eu: sign in, open your profile, request access to Copernicus "
+    "Contributing Missions data) and run again when it is granted; or try --collection COP-DEM"
 )
 AUDIENCE_DENIED = (
     "CDSE refuses this access token for downloads (401 DAT-ZIP-609, token audience not allowed): "
@@ -75,6 +79,14 @@ class _Retry(Exception):
         self.problem, self.wait = problem, wait
 
 
+class _Redirect(Exception):
+    """A 3xx to another CDSE download host: follow it, token and all."""
+
+    def __init__(self, location: str):
+        super().__init__(location)
+        self.location = location
+
+
 class _TokenRefused(Exception):
     """A 401 other than DAT-ZIP-609: the token may have expired; refresh and try again once."""
 
@@ -101,6 +113,7 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
     requests_made = 0
     tries = 0  # failures counted against the backoff: a 401 refresh is not one
     after_refresh = False
+    redirects = 0
     while True:
         _raise_if_stopped(stop, label)
         if requests_made == 0 and not session.may_start():
@@ -108,7 +121,14 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
         token = session.access_token()
         requests_made += 1
         try:
-            zip_path, size = _attempt(product, url, token, Path(dest_dir), http, on_bytes, stop, timeout, label)
+            zip_path, size = _attempt(product, url, token, Path(dest_dir), http, on_bytes, stop, timeout, label,
+                                      endpoints)
+        except _Redirect as redirect:
+            redirects += 1
+            if redirects > MAX_REDIRECTS:
+                raise DownloadFailed(f"the download hosts redirected {label} more than {MAX_REDIRECTS} times") from None
+            url = redirect.location
+            continue
         except _TokenRefused as refused:
             if after_refresh:
                 raise AccessDenied(
@@ -134,7 +154,8 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
         return DownloadResult(product.id, zip_path, size, requests_made, time.monotonic() - began)
 
 
-def _attempt(product, url, token, dest_dir, http, on_bytes, stop, timeout, label) -> tuple[Path, int]:
+def _attempt(product, url, token, dest_dir, http, on_bytes, stop, timeout, label,
+             endpoints) -> tuple[Path, int]:
     """One GET: the verified zip on 200, else the exception that says what to do next."""
     import requests
 
@@ -150,12 +171,19 @@ def _attempt(product, url, token, dest_dir, http, on_bytes, stop, timeout, label
         status = reply.status_code
         if status == 200:
             return _receive(product, reply, dest_dir, on_bytes, stop, label)
-        code, message = _error_body(reply, stop, label)
+        code, message, trace = _error_body(reply, stop, label)
         detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if 300 <= status < 400:
+            location = urljoin(url, reply.headers.get("Location") or "")
+            if reply.headers.get("Location") and endpoints.may_receive_token(location):
+                raise _Redirect(location)
             where = _origin(reply.headers.get("Location") or "")
             raise DownloadFailed(f"the download host redirected {label} to {where or 'elsewhere'};"
-                                 " not followed, so that the access token stays on the download host")
+                                 " not followed, so that the access token stays on CDSE's download hosts")
+        if (status, code) in OWN_BUG_CODES:
+            raise DownloadFailed(
+                f"CDSE rejected the request for {label} as a {OWN_BUG_CODES[status, code]} ({detail}): a bug of"
+                f" this tool, please report it with the trace id {trace or '(none given)'}")
         if status == 401:
             if code == "DAT-ZIP-609":
                 raise AccessDenied(AUDIENCE_DENIED)
@@ -229,8 +257,8 @@ def _receive(product, reply, dest_dir: Path, on_bytes, stop, label) -> tuple[Pat
                 on_bytes(-reported)
 
 
-def _error_body(reply, stop, label) -> tuple[str | None, str | None]:
-    """The ``code`` and ``message`` of CDSE's JSON error body (read, bounded, never saved)."""
+def _error_body(reply, stop, label) -> tuple[str | None, str | None, str | None]:
+    """The ``code``, ``message`` and ``trace-id`` of CDSE's JSON error body (read, bounded, never saved)."""
     import json
 
     import requests
@@ -239,16 +267,17 @@ def _error_body(reply, stop, label) -> tuple[str | None, str | None]:
         raw = reply.raw.read(_MAX_ERROR_BODY, decode_content=True) or b""
     except (requests.RequestException, OSError, ValueError):
         _raise_if_stopped(stop, label)
-        return None, None
+        return None, None, None
     try:
         body = json.loads(raw.decode("utf-8", "replace"))
     except ValueError:
         text = " ".join(raw.decode("utf-8", "replace").split())[:200]
-        return None, text or None
+        return None, text or None, None
     if not isinstance(body, dict):
-        return None, None
-    code, message = body.get("code"), body.get("message") or body.get("detail")
-    return (str(code) if code else None), (" ".join(str(message).split())[:300] if message else None)
+        return None, None, None
+    code, message, trace = body.get("code"), body.get("message") or body.get("detail"), body.get("trace-id")
+    return ((str(code) if code else None), (" ".join(str(message).split())[:300] if message else None),
+            (str(trace)[:64] if trace else None))
 
 
 class _StopWatcher:

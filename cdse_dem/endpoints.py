@@ -1,8 +1,9 @@
 """The three CDSE service addresses, real by default, overridable by environment.
 
-The download host is the only one that ever receives the access token; the token URL
-receives the credentials. Keeping the hosts in one record lets the download code refuse
-to send the token anywhere else (a redirect to a foreign host must not carry it).
+CDSE's two download hosts (and the configured one, e.g. a local simulator) are the only
+ones that ever receive the access token; the token URL receives the credentials. Keeping
+the hosts in one record lets the download code refuse to send the token anywhere else
+(a redirect to a foreign host must not carry it).
 """
 
 import os
@@ -12,7 +13,10 @@ from urllib.parse import urlsplit
 
 DEFAULT_TOKEN_URL = "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
 DEFAULT_CATALOGUE_URL = "https://catalogue.dataspace.copernicus.eu/odata/v1"
-DEFAULT_DOWNLOAD_URL = "https://zipper.dataspace.copernicus.eu/odata/v1"
+# Where CDSE's documentation and its own browser download, and where the catalogue's 301 points.
+DEFAULT_DOWNLOAD_URL = "https://download.dataspace.copernicus.eu/odata/v1"
+# CDSE's download hosts: the only hosts, with the configured one, the token may go to.
+CDSE_DOWNLOAD_HOSTS = ("https://download.dataspace.copernicus.eu", "https://zipper.dataspace.copernicus.eu")
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,14 @@ class Endpoints:
 
     def is_download_host(self, url: str) -> bool:
         """True when ``url`` points at the configured download host (scheme, host, port)."""
-        return _origin(url) == _origin(self.download_url)
+        return origin(url) == origin(self.download_url)
+
+    def may_receive_token(self, url: str) -> bool:
+        """True for CDSE's two download hosts and the configured one: the token goes nowhere else."""
+        return self.is_download_host(url) or origin(url) in {origin(host) for host in CDSE_DOWNLOAD_HOSTS}
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
+def origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     default_port = {"http": 80, "https": 443}.get(parts.scheme)
     return parts.scheme, (parts.hostname or "").lower(), parts.port or default_port

@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # the configuration module loads only when --config is used
     from cdse_dem.config import ConfigFile
 
 COLLECTIONS = ("CCM", "COP-DEM")
-DELIVERIES = ("2019_1", "2020_1", "2021_1", "2022_1", "2023_1", "2024_1")
+# CCM's nine deliveries, each a full set of cells; the newest is the default.
+DELIVERIES = ("2019_1", "2019_2", "2020_1", "2020_2", "2021_1", "2021_2", "2022_1", "2023_1", "2024_1")
 RESOLUTIONS = (30, 90)
 MODELS = ("DGED", "DTED")
 

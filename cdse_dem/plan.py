@@ -73,21 +73,39 @@ def start_plan(tiles: list[TilePlan], file_name: Callable[[Geocell], str],
 
 
 def tiles_to_search(plan: Plan) -> list[TilePlan]:
-    """Tiles with a geocell not yet on disk: only those need the catalogue."""
+    """Tiles with a geocell not yet on disk: those the catalogue answers for, told tile by tile."""
     return [t for t in plan.tiles if any(plan.cells[c].status != PRESENT for c in t.geocells)]
 
 
-def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product]) -> None:
-    """Attach a tile's catalogue answer: its cells get their product, or become open sea.
+def tile_counts(plan: Plan, tile: TilePlan) -> dict[str, int]:
+    counts = {s: 0 for s in (DOWNLOADED, PRESENT, SEA, FAILED, PLANNED)}
+    for cell in tile.geocells:
+        counts[plan.cells[cell].status] += 1
+    return counts
+
+
+def mark_known_sea(plan: Plan, is_known_sea: Callable[[Geocell], bool]) -> list[Geocell]:
+    """Cells an earlier run's completed search found to be open sea: ``sea`` without a new search."""
+    known = [cell for cell, state in plan.cells.items() if state.status == PLANNED and state.product is None
+             and is_known_sea(cell)]
+    for cell in known:
+        plan.cells[cell].status = SEA
+    return known
+
+
+def cells_to_search(plan: Plan) -> list[Geocell]:
+    """Cells neither complete on disk nor known to be sea: only those need the catalogue."""
+    return sorted(cell for cell, state in plan.cells.items() if state.status == PLANNED and state.product is None)
+
+
+def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Product]) -> None:
+    """Attach a completed search's answer: each cell its area covered gets its product, or is open sea.
 
     A cell that already has its product keeps it, whatever its download has come to: every
-    search whose area touches a cell lists all of that cell's products, so the first answer
-    is already the final choice (and downloads start while other tiles are searched).
+    search whose area covers a cell lists all of that cell's products, so the first answer
+    is already the final choice (and downloads start while other areas are searched).
     """
-    from cdse_dem.catalogue import choose
-
-    chosen = choose(products, tile.geocells)
-    for cell in tile.geocells:
+    for cell in cells:
         state = plan.cells[cell]
         if state.status == PRESENT or state.product is not None:
             continue
@@ -99,17 +117,9 @@ def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product]) -> N
             state.status = SEA
 
 
-def search_failed(plan: Plan, tile: TilePlan, error: str) -> None:
-    """A tile whose search failed: its cells that no other tile found are failed."""
-    tile.error = error
-    for cell in tile.geocells:
+def cells_failed(plan: Plan, cells: Iterable[Geocell], error: str) -> None:
+    """A failed search decides nothing: its cells are failed (never sea)."""
+    for cell in cells:
         state = plan.cells[cell]
         if state.status in (PLANNED, SEA) and state.product is None:
             state.status, state.error = FAILED, error
-
-
-def tile_counts(plan: Plan, tile: TilePlan) -> dict[str, int]:
-    counts = {s: 0 for s in (DOWNLOADED, PRESENT, SEA, FAILED, PLANNED)}
-    for cell in tile.geocells:
-        counts[plan.cells[cell].status] += 1
-    return counts

@@ -91,3 +91,63 @@ def test_choose_drops_touching_neighbours_and_picks_one_per_cell_deterministical
         assert {cell: p.id for cell, p in chosen.items()} == {a: "id-2", b: "id-4"}
     same = [make(a, "id-b"), make(a, "id-a")]
     assert choose(same, [a])[a].id == choose(same[::-1], [a])[a].id == "id-b"
+
+
+class _Reply:
+    status_code = 200
+
+    def __init__(self, body):
+        self.body, self.headers = body, {}
+
+    def json(self):
+        return self.body
+
+
+class _PagedHttp:
+    """Pages of one record each; each page's nextLink is made by ``next_link(n)``."""
+
+    def __init__(self, next_link, pages=3):
+        self.next_link, self.pages, self.urls = next_link, pages, []
+
+    def get(self, url, timeout=None):
+        self.urls.append(url)
+        n = len(self.urls)
+        body = {"value": [record(Id=f"id-{n}")]}
+        if n < self.pages:
+            body["@odata.nextLink"] = self.next_link(n)
+        return _Reply(body)
+
+
+def test_search_is_ordered_and_follows_pages_on_the_catalogue():
+    from cdse_dem.catalogue import Catalogue
+
+    base = "https://catalogue.dataspace.copernicus.eu/odata/v1"
+    http = _PagedHttp(lambda n: f"{base}/Products?%24filter=x&%24orderby=ContentDate%2FStart+asc&%24skip={n * 1000}")
+    assert [r["Id"] for r in Catalogue(base, http).search("x")] == ["id-1", "id-2", "id-3"]
+    assert "&$orderby=ContentDate%2FStart%20asc&" in http.urls[0]
+
+
+def test_a_next_page_on_another_host_is_not_followed():
+    from cdse_dem.catalogue import Catalogue
+    from cdse_dem.errors import ServiceError
+
+    http = _PagedHttp(lambda n: "https://elsewhere.example/odata/v1/Products?$skip=1000")
+    with pytest.raises(ServiceError, match="elsewhere"):
+        Catalogue("https://catalogue.dataspace.copernicus.eu/odata/v1", http).search("x")
+    assert len(http.urls) == 1
+
+
+def test_a_search_past_the_skip_limit_asks_for_a_split():
+    from cdse_dem.catalogue import MAX_SKIP, Catalogue, TooManyResults
+
+    base = "http://127.0.0.1:1/odata/v1"
+    http = _PagedHttp(lambda n: f"{base}/Products?$top=1000&$skip={n * 1000}", pages=100)
+    with pytest.raises(TooManyResults):
+        Catalogue(base, http).search("x")
+    assert len(http.urls) == MAX_SKIP // 1000 + 1  # skip 0 .. 10,000, and no request beyond
+
+
+def test_product_without_grid_id_or_footprint_takes_the_cell_from_eop_identifier():
+    rec = record(Footprint="", Attributes=[
+        {"Name": "eopIdentifier", "Value": "urn:eop:DLR:CDEM90:Copernicus_DSM_30_S26_00_E112_00:V2957"}])
+    assert parse_product(rec).geocell == Geocell(-26, 112)

@@ -197,7 +197,8 @@ def test_no_ccm_access_stops_with_what_to_do(make_sim, dest):
 
     message = str(err.value)
     assert "DAT-ZIP-608" in message and "\n" not in message
-    assert "enable" in message and "CCM" in message and "licence" in message
+    assert "not registered for Copernicus Contributing Missions (CCM) data" in message
+    assert "CDSE profile" in message and "request access" in message
     assert "--collection COP-DEM" in message
     assert [r.status for r in downloads(client.sim)] == [403]  # not retried
     assert leftovers(dest) == []  # the error body was not saved

@@ -181,9 +181,10 @@ def test_no_ccm_access_stops_with_what_to_do_and_cop_dem_works(make_sim, referen
     env = dict(sim.env, CDSE_USERNAME="noccm@example.com", CDSE_PASSWORD="no-ccm-Pass-77")
     run = run_tile(sim, tmp_path, env=env)
     assert run.result.returncode == 1
-    message = ("CDSE refuses this account the CCM data (403 DAT-ZIP-608): enable Copernicus Contributing "
-               "Missions (CCM) access and accept the CCM licence on your CDSE profile "
-               "(https://dataspace.copernicus.eu), or try --collection COP-DEM")
+    message = ("CDSE refuses the download (403 DAT-ZIP-608): this account is not registered for Copernicus "
+               "Contributing Missions (CCM) data. Request CCM access once on your CDSE profile "
+               "(https://dataspace.copernicus.eu: sign in, open your profile, request access to Copernicus "
+               "Contributing Missions data) and run again when it is granted; or try --collection COP-DEM")
     assert error_messages(run.result.stderr) == [message]
     assert all(r.status == 403 for r in run.downloads) and len(run.downloads) <= 4  # stopped at once
     assert dem_files(run.out) == {}

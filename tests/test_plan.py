@@ -1,6 +1,6 @@
 """The plan: each geocell once per run, present files skipped, sea and failures told apart."""
 
-from cdse_dem.catalogue import Product
+from cdse_dem.catalogue import Product, choose
 from cdse_dem.entries import Entry
 from cdse_dem.geocells import Geocell
 from cdse_dem.plan import (
@@ -9,8 +9,10 @@ from cdse_dem.plan import (
     PRESENT,
     SEA,
     TilePlan,
-    apply_products,
-    search_failed,
+    apply_area,
+    cells_failed,
+    cells_to_search,
+    mark_known_sea,
     start_plan,
     tiles_to_search,
 )
@@ -18,6 +20,11 @@ from cdse_dem.plan import (
 
 def tile(name, cells):
     return TilePlan(Entry(name, "command line", None, tile=name), name, "computed", cells)
+
+
+def apply_products(plan, tile, products):
+    """A search whose area is the tile's cells answered ``products``."""
+    apply_area(plan, tile.geocells, choose(products, tile.geocells))
 
 
 def product(cell, pid):
@@ -52,7 +59,7 @@ def test_sea_is_not_failure_and_failed_search_fails_only_unfound_cells():
     t1, t2 = tile("AAAAA", [A, B]), tile("BBBBB", [B, C])
     plan = start_plan([t1, t2], names, lambda n: None)
     apply_products(plan, t1, [product(B, "b")])
-    search_failed(plan, t2, "catalogue down")
+    cells_failed(plan, t2.geocells, "catalogue down")
     assert plan.cells[A].status == SEA
     assert plan.cells[B].status == PLANNED
     assert plan.cells[C].status == FAILED and plan.cells[C].error == "catalogue down"
@@ -65,3 +72,11 @@ def test_a_later_answer_does_not_touch_a_cell_already_decided():
     plan.cells[B].status = "downloaded"  # its download finished while t2 was being searched
     apply_products(plan, t2, [product(B, "b")])
     assert plan.cells[B].status == "downloaded" and plan.cells[B].product_id == "b"
+
+
+def test_known_sea_cells_and_present_ones_are_not_searched():
+    t1, t2 = tile("AAAAA", [A, B]), tile("BBBBB", [C, D])
+    plan = start_plan([t1, t2], names, lambda n: "x" if n == names(A) else None)
+    assert mark_known_sea(plan, lambda cell: cell in (A, C)) == [C]  # A is present: not sea
+    assert plan.cells[C].status == SEA and plan.cells[A].status == PRESENT
+    assert cells_to_search(plan) == [B, D]

@@ -1,0 +1,113 @@
+"""Running area searches for a plan, against a fake catalogue: what each answer decides."""
+
+import logging
+
+from cdse_dem import plan as plan_mod
+from cdse_dem.area_search import search_all
+from cdse_dem.catalogue import TooManyResults, dataset_filter
+from cdse_dem.errors import ServiceError
+from cdse_dem.geocells import Geocell
+
+TEXT = dataset_filter("CCM", 90, "DGED", "2024_1")
+
+
+def rec(cell: Geocell) -> dict:
+    return {"Id": f"id-{cell.grid_id}", "Name": f"{cell.grid_id}.DEM", "ContentLength": 10,
+            "Footprint": "", "Attributes": [{"Name": "gridId", "Value": cell.grid_id},
+                                             {"Name": "dataset", "Value": "COP-DEM_GLO-90-DGED/2024_1"}]}
+
+
+class FakeCatalogue:
+    """Answers products of ``land`` inside any rectangle of the filter (neighbours too, as Intersects does)."""
+
+    catalogue_url = "http://127.0.0.1:9/odata/v1"
+
+    def __init__(self, land, fail_if=lambda text: False, too_many_if=lambda text: False):
+        self.land, self.fail_if, self.too_many_if = set(land), fail_if, too_many_if
+        self.filters = []
+
+    def search(self, text):
+        import re
+
+        self.filters.append(text)
+        if self.fail_if(text):
+            raise ServiceError("CDSE catalogue gave HTTP 503 after 5 tries")
+        if self.too_many_if(text):
+            raise TooManyResults("more than 11000 products match one search")
+        boxes = [tuple(map(int, m)) for m in re.findall(r"POLYGON\(\((-?\d+) (-?\d+),-?\d+ (-?\d+),(-?\d+)", text)]
+        out = []
+        for cell in self.land:
+            for east, south, north, west in boxes:
+                if west - 1 <= cell.lon <= east and south - 1 <= cell.lat <= north:  # touching counts
+                    out.append(rec(cell))
+                    break
+        return out
+
+
+def make_plan(tiles, present=()):
+    tile_plans = [plan_mod.TilePlan(None, name, "computed", cells) for name, cells in tiles.items()]
+    return plan_mod.start_plan(tile_plans, lambda c: f"{c.grid_id}_DEM.tif",
+                               lambda name: "old-id" if name.split("_DEM")[0] in present else None)
+
+
+class Recorder:
+    def __init__(self):
+        self.added = []
+
+    def add(self, cells):
+        self.added.append([c.geocell for c in cells])
+
+
+def cells(*grid):
+    return [Geocell(lat, lon) for lat, lon in grid]
+
+
+def test_land_found_sea_decided_neighbours_dropped_and_downloads_fed():
+    tiles = {"A": cells((10, 10), (10, 11)), "B": cells((10, 11), (11, 11))}
+    land = cells((10, 10), (11, 11), (12, 11), (9, 9))  # (12, 11) and (9, 9) only touch the area
+    plan, fetcher = make_plan(tiles), Recorder()
+    searches = search_all(plan, FakeCatalogue(land), TEXT, fetcher, threads=2)
+    assert searches == 1
+    status = {c.grid_id: (s.status, s.product_id) for c, s in plan.cells.items()}
+    assert status == {"N10_E010": ("planned", "id-N10_E010"), "N10_E011": ("sea", None),
+                      "N11_E011": ("planned", "id-N11_E011")}
+    assert sorted(c for batch in fetcher.added for c in batch) == cells((10, 10), (11, 11))
+
+
+def test_a_failed_search_fails_its_cells_and_never_calls_them_sea(caplog, monkeypatch):
+    tiles = {"A": cells((10, 10)), "B": cells((40, 100))}  # far apart: two rectangles
+    catalogue = FakeCatalogue([], fail_if=lambda text: "POLYGON((11 10" in text)
+    plan = make_plan(tiles)
+    from cdse_dem import search_areas
+
+    one_rect = search_areas.SearchArea((search_areas.Rect(40, 100, 41, 101),)).url(catalogue.catalogue_url, TEXT)
+    monkeypatch.setattr(search_areas, "MAX_URL_LENGTH", len(one_rect) + 5)  # one search per rectangle
+    with caplog.at_level(logging.INFO, logger="cdse_dem"):
+        assert search_all(plan, catalogue, TEXT, None, threads=2) == 2
+    assert plan.cells[Geocell(10, 10)].status == "failed"
+    assert "503" in plan.cells[Geocell(10, 10)].error
+    assert plan.cells[Geocell(40, 100)].status == "sea"
+    assert plan.tiles[0].error and plan.tiles[1].error is None
+    assert "Tile A: CDSE catalogue gave HTTP 503 after 5 tries" in caplog.text
+    assert "No DEM in CDSE (open sea) for 1 of 1 geocells: N40_E100" in caplog.text
+
+
+def test_too_many_results_splits_the_area_and_still_decides_every_cell():
+    wanted = [Geocell(lat, lon) for lat in range(0, 4) for lon in range(0, 4)]
+    land = wanted[::3]
+    catalogue = FakeCatalogue(land, too_many_if=lambda text: "POLYGON((4 0,4 4,0 4,0 0,4 0))" in text)
+    plan = make_plan({"T": wanted})
+    assert search_all(plan, catalogue, TEXT, None, threads=2) == 3
+    assert {c for c, s in plan.cells.items() if s.status == "planned"} == set(land)
+    assert {c for c, s in plan.cells.items() if s.status == "sea"} == set(wanted) - set(land)
+
+
+def test_present_and_known_sea_cells_are_not_searched(caplog):
+    tiles = {"A": cells((10, 10), (10, 11)), "B": cells((20, 20))}
+    plan = make_plan(tiles, present={"N10_E010"})
+    plan_mod.mark_known_sea(plan, lambda c: c in (Geocell(10, 11), Geocell(20, 20)))
+    catalogue = FakeCatalogue([])
+    with caplog.at_level(logging.INFO, logger="cdse_dem"):
+        assert search_all(plan, catalogue, TEXT, None, threads=2) == 0
+    assert catalogue.filters == []
+    assert "No DEM in CDSE (open sea) for 1 of 2 geocells (found by an earlier run): N10_E011" in caplog.text
