@@ -161,3 +161,27 @@ def geocells_of(footprint: "Footprint") -> list[Geocell]:
 def union_of_geocells(footprints: "Iterable[Footprint]") -> list[Geocell]:
     """Every cell any of the tiles needs, once (adjacent tiles share cells), sorted."""
     return sorted({cell for cells in geocells_of_each(fp.parts for fp in footprints) for cell in cells})
+
+
+SEARCH_BOX_INSET = 0.01  # degrees: a search box stays this far inside its cells, so it does not also
+# touch the neighbours along its edges (they would be dropped by geocell anyway, after a longer answer)
+
+
+def row_boxes(cells: "Iterable[Geocell]") -> "list[Polygon]":
+    """Lon/lat boxes for catalogue searches that reach exactly these cells: one per run of cells
+    side by side in a row, each inset by ``SEARCH_BOX_INSET``. For cells a footprint query does
+    not reach (those only Sen2Cor's rectangle holds)."""
+    import shapely
+
+    boxes = []
+    runs: list[list[Geocell]] = []
+    for cell in sorted(set(cells)):
+        if runs and runs[-1][-1].lat == cell.lat and runs[-1][-1].lon + 1 == cell.lon:
+            runs[-1].append(cell)
+        else:
+            runs.append([cell])
+    for run in runs:
+        west, south, east = run[0].lon, run[0].lat, run[-1].lon + 1
+        boxes.append(shapely.box(west + SEARCH_BOX_INSET, south + SEARCH_BOX_INSET,
+                                 east - SEARCH_BOX_INSET, south + 1 - SEARCH_BOX_INSET))
+    return boxes
