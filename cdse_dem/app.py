@@ -199,7 +199,7 @@ def _tile_plans(valid, kml_arg: str | None, coverage: str):
     from cdse_dem.footprint import FootprintFinder, computed_footprints
     from cdse_dem.geocells import geocells_of_each
     from cdse_dem.plan import TilePlan
-    from cdse_dem.sen2cor import Coverage, planned_cells, sen2cor_cells
+    from cdse_dem.sen2cor import cells_with_reasons
 
     kml_path = Path(kml_arg).expanduser() if kml_arg else paths.default_kml_path()
     if kml_arg and not kml_path.is_file():
@@ -212,9 +212,7 @@ def _tile_plans(valid, kml_arg: str | None, coverage: str):
         true_areas = computed_footprints([footprints[i].tile for i in from_kml])
         for i, extra in zip(from_kml, geocells_of_each(f.parts for f in true_areas), strict=True):
             cells[i] = sorted(set(cells[i]) | set(extra))
-    rectangles = (sen2cor_cells([f.tile for f in footprints]) if coverage == Coverage.SEN2COR
-                  else [[] for _ in footprints])
-    reasons = [planned_cells(true, rectangle) for true, rectangle in zip(cells, rectangles, strict=True)]
+    reasons = cells_with_reasons([f.tile for f in footprints], cells, coverage)
     return [TilePlan(entry, entry.tile, footprint.source, list(tile_reasons), footprint, reasons=tile_reasons)
             for entry, footprint, tile_reasons in zip(valid, footprints, reasons, strict=True)]
 

@@ -85,3 +85,12 @@ def planned_cells(true_cells: Iterable[Geocell], rectangle: Iterable[Geocell]) -
     reasons = dict.fromkeys(rectangle, Reason.SEN2COR)
     reasons.update(dict.fromkeys(true_cells, Reason.FOOTPRINT))
     return dict(sorted(reasons.items()))
+
+
+def cells_with_reasons(tile_ids: Sequence[str], true_cells: Iterable[Iterable[Geocell]],
+                       coverage: Coverage | str = Coverage.SEN2COR) -> list[dict[Geocell, Reason]]:
+    """For each tile, its planned cells (sorted) with their reasons, from the cells its true area
+    (or KML polygon) overlaps: with ``Coverage.SEN2COR`` Sen2Cor's rectangle is added."""
+    true_cells = list(true_cells)
+    rectangles = sen2cor_cells(tile_ids) if coverage == Coverage.SEN2COR else [[] for _ in true_cells]
+    return [planned_cells(true, rectangle) for true, rectangle in zip(true_cells, rectangles, strict=True)]
