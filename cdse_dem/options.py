@@ -21,13 +21,13 @@ COLLECTIONS = ("CCM", "COP-DEM")
 DELIVERIES = ("2019_1", "2020_1", "2021_1", "2022_1", "2023_1", "2024_1")
 RESOLUTIONS = (30, 90)
 MODELS = ("DGED", "DTED")
-COVERAGES = tuple(Coverage)  # --coverage: which geocells a tile gets
+COVERAGES = tuple(c.value for c in Coverage)  # --coverage: which geocells a tile gets (plain strings for argparse)
 
 DEFAULT_COLLECTION = "CCM"
 DEFAULT_DELIVERY = "2024_1"
 DEFAULT_RESOLUTION = 90
 DEFAULT_MODEL = "DGED"
-DEFAULT_COVERAGE = Coverage.SEN2COR  # what Sen2Cor asks for: anything less may leave it on flat terrain
+DEFAULT_COVERAGE = Coverage.SEN2COR.value  # what Sen2Cor asks for: anything less may leave it on flat terrain
 
 # The data options that --config overrides (dest names of the argparse namespace).
 DATA_OPTIONS = {"collection": "--collection", "delivery": "--delivery", "resolution": "--r",
