@@ -12,7 +12,7 @@ import json
 import pytest
 
 from cdse_dem.footprint import computed_footprints
-from cdse_dem.geocells import Geocell, geocells_of_each, parse_grid_id
+from cdse_dem.geocells import Geocell, geocells_of_each, parse_grid_id, row_boxes
 from cdse_dem.sen2cor import Coverage, cells_with_reasons, rectangle_cells, sen2cor_cells, sen2cor_floor
 from tests.helpers import check_consistent, cli_env, dem_files, downloads, run_cli
 
@@ -107,6 +107,19 @@ def test_named_rectangles_from_the_quoted_corners(tile):
     assert ids(sen2cor_cells([tile])[0]) == sorted(expected)
 
 
+def test_search_boxes_reach_exactly_the_cells_asked_for():
+    import shapely
+
+    wanted = cells("N64_W176", "N64_W174", "N64_W173", "N62_W176", "N62_W175")
+    boxes = row_boxes(wanted)
+    assert len(boxes) == 3  # N64_W176 | N64_W174..W173 | N62_W176..W175: one per run in a row
+    everything = shapely.union_all(boxes)
+    for lat in range(61, 66):
+        for lon in range(-178, -171):
+            cell = Geocell(lat, lon)
+            assert shapely.intersects(everything, cell.polygon()) == (cell in wanted), cell.grid_id
+
+
 def test_help_names_the_coverage_option():
     result = run_cli("--help")
     assert result.returncode == 0
@@ -125,13 +138,18 @@ def by_tile(summary: dict) -> dict[str, dict[str, dict]]:
     return {t["tile"]: {c["grid_id"]: c for c in t["geocells"]} for t in summary["tiles"]}
 
 
+def dry_run(sim, tmp_path, *args: str):
+    """A ``--dry-run`` of the real command line: its result and its summary JSON."""
+    summary_path = tmp_path / "plan.json"
+    result = run_cli("--dry-run", *args, "--o", tmp_path / "dem", "--summary-json", summary_path, env=sim.env)
+    assert result.returncode == 0, result.output
+    return result, json.loads(summary_path.read_text())
+
+
 def test_dry_run_lists_sen2cor_s_cells_with_their_reason(make_sim, shared_data, tool_home, tmp_path):
     # shared_data: the real cell lists, in which S37_E150 is land and S39_E149 sea
     sim = make_sim(cells_dir=shared_data)
-    summary_path = tmp_path / "plan.json"
-    result = run_cli("--dry-run", "--t", "56HKD", "--t", "56HKE", "--o", tmp_path / "dem",
-                     "--summary-json", summary_path, env=sim.env)
-    assert result.returncode == 0, result.output
+    result, summary = dry_run(sim, tmp_path, "--t", "56HKD", "--t", "56HKE")
     block = result.stdout.split("56HKE (footprint")[0]
     lines = {line.split()[0]: line.split() for line in block.splitlines() if line.startswith("  ")}
     assert lines["S37_E150"][2] == "planned" and lines["S37_E150"][-1] == "sen2cor"
@@ -139,7 +157,6 @@ def test_dry_run_lists_sen2cor_s_cells_with_their_reason(make_sim, shared_data, 
     assert lines["S38_E149"][-1] == "footprint"
     assert "56HKD (footprint: computed): 6 geocells" in result.stdout
 
-    summary = json.loads(summary_path.read_text())
     tiles = by_tile(summary)
     assert {g: c["reason"] for g, c in tiles["56HKD"].items()} == {
         "S39_E149": "sen2cor", "S39_E150": "footprint", "S38_E149": "footprint", "S38_E150": "footprint",
@@ -153,11 +170,8 @@ def test_dry_run_lists_sen2cor_s_cells_with_their_reason(make_sim, shared_data, 
 
 def test_footprint_coverage_keeps_the_reference_tool_s_set(make_sim, shared_data, tool_home, tmp_path):
     sim = make_sim(cells_dir=shared_data)
-    summary_path = tmp_path / "plan.json"
-    result = run_cli("--dry-run", "--coverage", "footprint", "--t", "56HKD", "--o", tmp_path / "dem",
-                     "--summary-json", summary_path, env=sim.env)
-    assert result.returncode == 0, result.output
-    cells_56hkd = by_tile(json.loads(summary_path.read_text()))["56HKD"]
+    result, summary = dry_run(sim, tmp_path, "--coverage", "footprint", "--t", "56HKD")
+    cells_56hkd = by_tile(summary)["56HKD"]
     assert sorted(cells_56hkd) == ["S37_E149", "S38_E149", "S38_E150", "S39_E150"]
     assert {c["reason"] for c in cells_56hkd.values()} == {"footprint"}
     assert "S37_E150" not in result.stdout
