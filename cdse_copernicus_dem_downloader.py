@@ -64,7 +64,7 @@ def _minutes(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cdse_dem.options import COLLECTIONS, DELIVERIES, MODELS, RESOLUTIONS
+    from cdse_dem.options import COLLECTIONS, COVERAGES, DEFAULT_COVERAGE, DELIVERIES, MODELS, RESOLUTIONS
 
     parser = _Parser(
         prog="cdse_copernicus_dem_downloader.py",
@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--yes", action="store_true", help="with --reset: do not ask for confirmation")
     add("--dry-run", action="store_true",
         help="plan only: tiles, geocells and products; downloads nothing and needs no credentials")
+    add("--coverage", type=str.lower, choices=COVERAGES, default=DEFAULT_COVERAGE,
+        help="which geocells a tile gets: sen2cor (default), every cell Sen2Cor asks for (the lat/lon "
+             "rectangle around the tile's corners) and those the tile overlaps; footprint, only those the "
+             "tile overlaps (the reference tool's set, for processors other than Sen2Cor)")
     add("--workers", type=_positive_int, default=4, metavar="N",
         help="parallel downloads (default 4, the CDSE per-account limit)")
     add("--max-minutes", type=_minutes, default=60.0, metavar="M",

@@ -120,7 +120,7 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
 
     started = time.monotonic()
     endpoints = Endpoints.from_env()
-    tile_plans = _tile_plans(valid, args.kml)
+    tile_plans = _tile_plans(valid, args.kml, args.coverage)
     cache = NameIdCache.load(out_dir) if out_dir.is_dir() else None
     if cache is not None and not args.dry_run:
         from cdse_dem.fsutil import remove_stale_temporaries
@@ -204,16 +204,18 @@ def _fetcher(args, credentials, http, endpoints, out_dir, cache):
                    workers=args.workers, progress=open_bar(0, args.quiet))
 
 
-def _tile_plans(valid, kml_arg: str | None):
+def _tile_plans(valid, kml_arg: str | None, coverage: str):
     """Footprints and geocells of every tile, in one batch.
 
     With the KML, a tile's geocells are those of its KML polygon and of its true area (the
     computed footprint) together: the KML's straight lon/lat edges miss a sliver of the true
-    tile in 120 band-C tiles, and Sen2Cor needs the DEM under every pixel.
+    tile in 120 band-C tiles, and Sen2Cor needs the DEM under every pixel. With ``--coverage
+    sen2cor`` (the default) every cell of Sen2Cor's rectangle is added (sen2cor.py).
     """
     from cdse_dem.footprint import FootprintFinder, computed_footprints
     from cdse_dem.geocells import geocells_of_each
     from cdse_dem.plan import TilePlan
+    from cdse_dem.sen2cor import cells_with_reasons
 
     kml_path = Path(kml_arg).expanduser() if kml_arg else paths.default_kml_path()
     if kml_arg and not kml_path.is_file():
@@ -226,8 +228,9 @@ def _tile_plans(valid, kml_arg: str | None):
         true_areas = computed_footprints([footprints[i].tile for i in from_kml])
         for i, extra in zip(from_kml, geocells_of_each(f.parts for f in true_areas), strict=True):
             cells[i] = sorted(set(cells[i]) | set(extra))
-    return [TilePlan(entry, entry.tile, footprint.source, tile_cells, footprint)
-            for entry, footprint, tile_cells in zip(valid, footprints, cells, strict=True)]
+    reasons = cells_with_reasons([f.tile for f in footprints], cells, coverage)
+    return [TilePlan(entry, entry.tile, footprint.source, list(tile_reasons), footprint, reasons=tile_reasons)
+            for entry, footprint, tile_reasons in zip(valid, footprints, reasons, strict=True)]
 
 
 def _search(plan, catalogue, settings, fetcher) -> None:
@@ -279,7 +282,8 @@ def _print_plan(plan) -> None:
               f"{counts['planned']} to download, {counts['present']} present, {counts['sea']} open sea")
         for cell in tile.geocells:
             state = plan.cells[cell]
-            print(f"  {cell.grid_id}  {state.file_name}  {state.status}  {state.product_id or '-'}")
+            print(f"  {cell.grid_id}  {state.file_name}  {state.status}  {state.product_id or '-'}  "
+                  f"{tile.reasons.get(cell, 'footprint')}")
 
 
 def _check_output_dir(out_dir: Path, *, create: bool) -> None:

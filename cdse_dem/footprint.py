@@ -189,6 +189,29 @@ def computed_footprint(tile_id: str) -> Footprint:
     return computed_footprints([tile_id])[0]
 
 
+def corners_lonlat(tile_ids: Sequence[str]) -> "np.ndarray":
+    """Each tile's four UTM corners (UL, UR, LR, LL) in lon/lat, shape (tiles, 4, 2).
+
+    Only the corners, as Sen2Cor projects them: longitudes in [-180, 180], so a tile across
+    ±180° has corners of both signs. One projection call per UTM zone. InputError for an id
+    that is not a Sentinel-2 tile.
+    """
+    import numpy as np
+
+    for tile_id in tile_ids:
+        check_tile(tile_id)
+    utms = [utm_tile(t) for t in tile_ids]
+    result = np.empty((len(utms), 4, 2), dtype=np.float64)
+    rows_of: dict[int, list[int]] = {}
+    for row, utm in enumerate(utms):
+        rows_of.setdefault(utm.epsg, []).append(row)
+    for epsg, rows in rows_of.items():
+        xy = np.array([utms[r].corners() for r in rows], dtype=np.float64)
+        lon, lat = _to_lonlat(epsg).transform(xy[:, :, 0], xy[:, :, 1])
+        result[rows, :, 0], result[rows, :, 1] = lon, lat
+    return result
+
+
 def _split_at_antimeridian(ring: "np.ndarray") -> "tuple[Polygon, ...]":
     """Cut a ring that jumps across ±180° into parts within [-180, 180].
 

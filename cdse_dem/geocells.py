@@ -161,3 +161,4 @@ def geocells_of(footprint: "Footprint") -> list[Geocell]:
 def union_of_geocells(footprints: "Iterable[Footprint]") -> list[Geocell]:
     """Every cell any of the tiles needs, once (adjacent tiles share cells), sorted."""
     return sorted({cell for cells in geocells_of_each(fp.parts for fp in footprints) for cell in cells})
+

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cdse_dem import paths
+from cdse_dem.sen2cor import Coverage
 
 if TYPE_CHECKING:  # the configuration module loads only when --config is used
     from cdse_dem.config import ConfigFile
@@ -21,11 +22,13 @@ COLLECTIONS = ("CCM", "COP-DEM")
 DELIVERIES = ("2019_1", "2019_2", "2020_1", "2020_2", "2021_1", "2021_2", "2022_1", "2023_1", "2024_1")
 RESOLUTIONS = (30, 90)
 MODELS = ("DGED", "DTED")
+COVERAGES = tuple(c.value for c in Coverage)  # --coverage: which geocells a tile gets (plain strings for argparse)
 
 DEFAULT_COLLECTION = "CCM"
 DEFAULT_DELIVERY = "2024_1"
 DEFAULT_RESOLUTION = 90
 DEFAULT_MODEL = "DGED"
+DEFAULT_COVERAGE = Coverage.SEN2COR.value  # what Sen2Cor asks for: anything less may leave it on flat terrain
 
 # The data options that --config overrides (dest names of the argparse namespace).
 DATA_OPTIONS = {"collection": "--collection", "delivery": "--delivery", "resolution": "--r",

@@ -37,6 +37,9 @@ class TilePlan:
     geocells: list[Geocell]
     footprint: object = None  # the Footprint, for the KML report
     error: str | None = None
+    # why each geocell is this tile's (sen2cor.Reason: "footprint" or "sen2cor"); per tile, since a
+    # cell one tile overlaps may be only in another tile's Sen2Cor rectangle
+    reasons: dict[Geocell, str] = field(default_factory=dict)
 
 
 @dataclass

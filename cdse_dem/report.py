@@ -57,6 +57,7 @@ def summary_dict(plan: Plan, invalid: list[Entry], totals: Totals, exit_status: 
                 "status": state.status,
                 "product_id": state.product_id,
                 "file": state.file,
+                "reason": tile.reasons.get(geocell, "footprint"),
                 **({"error": state.error} if state.error else {}),
             })
         tiles.append({"tile": tile.tile, "entry": tile.entry.text, "footprint_source": tile.footprint_source,

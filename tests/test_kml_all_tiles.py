@@ -66,6 +66,17 @@ def computed(kml):
     return dict(zip(kml, computed_footprints(list(kml)), strict=True))
 
 
+@pytest.fixture(scope="module")
+def cells_of_every_tile(kml, computed):
+    """Each tile's geocells by name: of its computed (true) footprint, and of its KML polygons."""
+    import shapely
+
+    names = list(kml)
+    from_computed = geocells_of_each(computed[n].parts for n in names)
+    from_kml = geocells_of_each([shapely.Polygon(r) for r in kml[n].rings] for n in names)
+    return dict(zip(names, from_computed, strict=True)), dict(zip(names, from_kml, strict=True))
+
+
 def _corner_and_cut_vertices(tile: KmlTile):
     """The KML ring vertices without the closing repeat, split into corners and ±180° cuts."""
     vertices = np.concatenate([ring[:-1] for ring in tile.rings])
@@ -191,16 +202,16 @@ def test_antimeridian_parts_match_the_true_tile_and_the_kml_rule(capsys, kml, co
 
 
 def test_geocells_of_every_tile_differ_from_the_kml_only_where_the_kml_leaves_the_true_tile(
-    capsys, kml, computed
+    capsys, kml, cells_of_every_tile
 ):
     import shapely
 
     names = list(kml)
-    from_computed = geocells_of_each(computed[n].parts for n in names)
+    from_computed, from_kml = cells_of_every_tile
     kml_parts = {n: [shapely.Polygon(r) for r in kml[n].rings] for n in names}
-    from_kml = geocells_of_each(kml_parts[n] for n in names)
     numerical, kml_strays, kml_misses, unexplained = [], [], [], []
-    for name, mine, theirs in zip(names, from_computed, from_kml, strict=True):
+    for name in names:
+        mine, theirs = from_computed[name], from_kml[name]
         for cell in set(theirs) - set(mine):
             area = sum(shapely.intersection(p, cell.polygon()).area for p in kml_parts[name])
             if area < NUMERICAL_AREA:
@@ -249,3 +260,104 @@ def test_computed_geocells_are_the_cells_overlapping_the_true_tile_on_a_sample(k
             candidates = [c for c in candidates if c.lon >= 170 or c.lon <= -171]
         truth = sorted(c for c in candidates if _true_overlap_m2(tile, c) > 1.0)
         assert cells == truth, name
+
+
+# sen2cor.md's figures over all 56,686 tiles
+TILES_ASKING_FOR_AN_UNTOUCHED_CELL = 2_830
+TILES_ASKING_FOR_AN_UNTOUCHED_LAND_CELL = 1_092  # with a GLO-90 product
+TILES_WITH_A_TRUE_CELL_OUTSIDE_THE_RECTANGLE = 56  # across ±180°, Sen2Cor's quirk
+
+
+def _floor_as_sen2cor(values: np.ndarray) -> np.ndarray:
+    """sen2cor.md, step 2: ``int(v) if v > 0 else int(v) - 1``, vectorised."""
+    return np.where(values > 0, np.trunc(values), np.trunc(values) - 1).astype(int)
+
+
+def _rectangles_as_sen2cor_md_states_them(kml: dict[str, KmlTile]) -> dict[str, set[tuple[int, int]]]:
+    """sen2cor.md's rule written out again from its text, independently of cdse_dem.sen2cor:
+    the four corners of the KML's own UTM_WKT square projected with pyproj, the extremes floored
+    Sen2Cor's way, every (lat, lon) pair; across ±180° (``lonMax - lonMin >= 180``) the columns
+    ``range(-180, int(lonMin)) + range(int(lonMax), 180)``. Cells outside -90..89 / -180..179
+    (which no DEM has) left out."""
+    from pyproj import Transformer
+
+    names = list(kml)
+    lon, lat = np.empty((len(names), 4)), np.empty((len(names), 4))
+    by_epsg: dict[int, list[int]] = {}
+    for i, name in enumerate(names):
+        by_epsg.setdefault(kml[name].epsg, []).append(i)
+    for epsg, rows in by_epsg.items():
+        x0 = np.array([kml[names[i]].x_min for i in rows])[:, None]
+        y1 = np.array([kml[names[i]].y_max for i in rows])[:, None]
+        x = x0 + np.array([0, SIDE, SIDE, 0])  # UL, UR, LR, LL
+        y = y1 - np.array([0, 0, SIDE, SIDE])
+        lon[rows], lat[rows] = Transformer.from_crs(epsg, 4326, always_xy=True).transform(x, y)
+    lon_min, lon_max = lon.min(axis=1), lon.max(axis=1)
+    west, east = _floor_as_sen2cor(lon_min), _floor_as_sen2cor(lon_max)
+    south, north = _floor_as_sen2cor(lat.min(axis=1)), _floor_as_sen2cor(lat.max(axis=1))
+    rectangles = {}
+    for i, name in enumerate(names):
+        if lon_max[i] - lon_min[i] >= 180:
+            columns = [*range(-180, int(lon_min[i])), *range(int(lon_max[i]), 180)]
+        else:
+            columns = list(range(west[i], east[i] + 1))
+        rectangles[name] = {(a, o) for a in range(south[i], north[i] + 1) for o in columns
+                            if -90 <= a <= 89 and -180 <= o <= 179}
+    return rectangles
+
+
+def _glo90_cells(shared_data) -> set[tuple[int, int]]:
+    cells = set()
+    text = (shared_data / "copdem_glo90_cells.txt").read_text()
+    for ns, lat, ew, lon in re.findall(r"([NS])(\d\d)_([EW])(\d\d\d)", text):
+        cells.add((int(lat) * (1 if ns == "N" else -1), int(lon) * (1 if ew == "E" else -1)))
+    return cells
+
+
+def test_every_tile_plans_every_cell_sen2cor_asks_for_and_every_true_cell(capsys, kml, cells_of_every_tile,
+                                                                           shared_data):
+    """The planned set of each tile (cdse_dem.sen2cor, as the run builds it from the true and KML
+    cells) is exactly Sen2Cor's rectangle, land and sea alike, with the tile's true and KML cells;
+    every cell's reason is "footprint" when the tile (or its KML polygon) overlaps it, else "sen2cor"."""
+    from cdse_dem.sen2cor import cells_with_reasons
+
+    names = list(kml)
+    from_computed, from_kml = cells_of_every_tile
+    overlapped = {n: {(c.lat, c.lon) for c in (*from_computed[n], *from_kml[n])} for n in names}
+    planned = cells_with_reasons(names, [sorted({*from_computed[n], *from_kml[n]}) for n in names])
+    rectangles = _rectangles_as_sen2cor_md_states_them(kml)
+    land = _glo90_cells(shared_data)
+    unexplained, gained, untouched, untouched_land, outside = [], [], [], [], []
+    for name, cells in zip(names, planned, strict=True):
+        got = {(c.lat, c.lon): str(reason) for c, reason in cells.items()}
+        true = {(c.lat, c.lon) for c in from_computed[name]}
+        rectangle = rectangles[name]
+        for cell in sorted((rectangle | true) - got.keys()):
+            unexplained.append((name, cell, "not planned"))
+        for cell, reason in got.items():
+            why = "footprint" if cell in overlapped[name] else "sen2cor" if cell in rectangle else "neither"
+            if reason != why:
+                unexplained.append((name, cell, f"reason {reason}, should be {why}"))
+        if "sen2cor" in got.values():
+            gained.append(name)
+        if rectangle - true:
+            untouched.append(name)
+            if (rectangle - true) & land:
+                untouched_land.append(name)
+        if true - rectangle:
+            outside.append(name)
+    _report(
+        capsys,
+        f"Sen2Cor's rectangle: {len(untouched)} of {len(names)} tiles ask for a cell they never touch, "
+        f"{len(untouched_land)} of them a land cell with a GLO-90 product (e.g. {untouched_land[:4]}); "
+        f"{len(gained)} tiles gain cells over today's set (true ∪ KML); {len(outside)} tiles across ±180° "
+        f"have true cells outside the rectangle, still planned (e.g. {outside[:3]}); unexplained: {len(unexplained)}",
+    )
+    assert unexplained == []
+    assert len(untouched) == TILES_ASKING_FOR_AN_UNTOUCHED_CELL
+    assert len(untouched_land) == TILES_ASKING_FOR_AN_UNTOUCHED_LAND_CELL
+    assert len(outside) == TILES_WITH_A_TRUE_CELL_OUTSIDE_THE_RECTANGLE
+    assert {"56HKD", "34RCP", "38UQE", "47QMA", "01VFL"} <= set(untouched_land)  # sen2cor.md's examples
+    assert "60QYK" in outside
+    # a KML stray cell inside the rectangle is already "footprint": gained ⊆ asking for an untouched cell
+    assert set(gained) <= set(untouched)
