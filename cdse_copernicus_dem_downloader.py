@@ -53,6 +53,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    from cdse_dem.options import MAX_WORKERS
+
+    value = _positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{value} is more than {MAX_WORKERS} (CDSE serves 4 downloads at once)")
+    return value
+
+
 def _minutes(text: str) -> float:
     try:
         value = float(text)
@@ -98,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--yes", action="store_true", help="with --reset: do not ask for confirmation")
     add("--dry-run", action="store_true",
         help="plan only: tiles, geocells and products; downloads nothing and needs no credentials")
-    add("--workers", type=_positive_int, default=4, metavar="N",
-        help="parallel downloads (default 4, the CDSE per-account limit)")
+    add("--workers", type=_workers, default=4, metavar="N",
+        help="parallel downloads (default 4, the CDSE per-account limit; at most 16)")
     add("--max-minutes", type=_minutes, default=60.0, metavar="M",
         help="stop starting downloads after M minutes (default 60, the token refresh window); "
              "0: no limit, log in again when the window closes")

@@ -41,7 +41,7 @@ def run(args) -> int:
     log.info("CDSE Copernicus DEM Downloader: Copernicus DEM retrieval for Sen2Cor")
     log.info("Version: %s Date: %s", __version__, RELEASE_DATE)
     log.info("<----->")
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in _STOP_SIGNALS}
     try:
         if args.reset:
             return _reset(args)
@@ -53,10 +53,24 @@ def run(args) -> int:
         log.error("Interrupted: finished geocells are recorded; a re-run resumes")
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGINT) is _interrupt:  # not interrupted: give the caller its handlers back
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
-def _terminate(signum, frame):
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt(signum, frame):
+    """The first Ctrl-C or SIGTERM stops the run; later ones are ignored while it cleans up.
+
+    Cleaning up is short (workers notice the stop within a fraction of a second, remove their
+    temporaries, verified downloads are recorded): a second signal cutting it short would
+    leave temporary files and a traceback, and save nothing. They stay ignored until the
+    process ends, which waits for the download threads to finish cleaning up.
+    """
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -78,6 +92,11 @@ def _run(args) -> int:
     log.info("Reading Request from %s", settings.origin)
     if settings.ignored:
         log.warning("%s has priority: %s ignored", "--config" if config else "--t", ", ".join(settings.ignored))
+    from cdse_dem.options import CDSE_CONNECTION_LIMIT
+
+    if args.workers > CDSE_CONNECTION_LIMIT:
+        log.warning("--workers %d: CDSE serves %d downloads at once per account; the others wait for 429 answers",
+                    args.workers, CDSE_CONNECTION_LIMIT)
 
     if settings.tile_args:
         entries = entries_mod.from_command_line(list(settings.tile_args))
@@ -217,35 +236,34 @@ def _tile_plans(valid, kml_arg: str | None):
 def _search(plan, catalogue, settings, fetcher) -> None:
     """Catalogue searches for the tiles that need one, a few at a time; each tile's geocells
     go to the fetcher as soon as its answer is in."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
     from cdse_dem import plan as plan_mod
-    from cdse_dem.catalogue import area_wkt, parse_product, product_filter
+    from cdse_dem.background import answers
+    from cdse_dem.catalogue import area_wkt, parse_products, problem_lines, product_filter
 
     def search(tile):
-        products = []
+        records = []
         for part in tile.footprint.query_parts():
             text = product_filter(settings.collection, settings.resolution, settings.model, settings.delivery,
                                   area_wkt(part))
-            products.extend(p for p in map(parse_product, catalogue.search(text)) if p is not None)
-        return products
+            records.extend(catalogue.search(text))
+        return parse_products(records)
 
     tiles = plan_mod.tiles_to_search(plan)
-    with ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="search") as pool:
-        futures = {pool.submit(search, tile): tile for tile in tiles}
-        for future in as_completed(futures):
-            tile = futures[future]
+    try:
+        for tile, answer, error in answers(search, tiles, SEARCH_THREADS, catalogue.stop):
             log.info("Tile_ID: %s", tile.tile)
             source = "tiling KML" if tile.footprint_source == "kml" else "computed"
             log.info("Tile Found (footprint: %s)", source)
-            try:
-                products = future.result()
-            except DemError as exc:
-                log.error("Tile %s: %s", tile.tile, exc)
-                plan_mod.search_failed(plan, tile, str(exc))
+            if error is not None:
+                if not isinstance(error, DemError):
+                    raise error
+                log.error("Tile %s: %s", tile.tile, error)
+                plan_mod.search_failed(plan, tile, str(error))
                 continue
             log.info("DEM_LIST from url retrieved")
-            plan_mod.apply_products(plan, tile, products)
+            for line in problem_lines(answer.problems):
+                log.warning("Tile %s: CDSE catalogue answered %s", tile.tile, line)
+            plan_mod.apply_answer(plan, tile, answer)
             states = [plan.cells[c] for c in tile.geocells]
             sea = [s.geocell.grid_id for s in states if s.status == plan_mod.SEA]
             if sea:
@@ -253,6 +271,8 @@ def _search(plan, catalogue, settings, fetcher) -> None:
                          " ".join(sea))
             if fetcher is not None:
                 fetcher.add([s for s in states if s.status == plan_mod.PLANNED])
+    finally:
+        catalogue.stop.set()  # searches still queued (an error, a Ctrl-C) are never sent
 
 
 def _exit_status(plan, invalid, left, fatal) -> int:

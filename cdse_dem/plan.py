@@ -99,6 +99,27 @@ def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product]) -> N
             state.status = SEA
 
 
+def apply_answer(plan: Plan, tile: TilePlan, answer) -> None:
+    """Attach a tile's catalogue answer (a ``catalogue.Answer``), bad records included.
+
+    A cell named by a bad record fails (its good neighbours in the answer may be an older
+    product: not chosen silently in its place), and when a bad record names no cell at all,
+    every cell left without a product fails instead of being called open sea: the record we
+    could not place may be its product.
+    """
+    bad_cells = {p.geocell for p in answer.problems if p.geocell is not None}
+    apply_products(plan, tile, [p for p in answer.products if p.geocell not in bad_cells])
+    unplaced = any(p.geocell is None for p in answer.problems)
+    for cell in tile.geocells:
+        state = plan.cells[cell]
+        if state.product is not None or state.status not in (PLANNED, SEA):
+            continue
+        if cell in bad_cells:
+            state.status, state.error = FAILED, "the CDSE catalogue answered a record for it that cannot be used"
+        elif unplaced:
+            state.status, state.error = FAILED, "the CDSE catalogue answered products that could not be placed"
+
+
 def search_failed(plan: Plan, tile: TilePlan, error: str) -> None:
     """A tile whose search failed: its cells that no other tile found are failed."""
     tile.error = error
