@@ -32,6 +32,9 @@ SEARCH_THREADS = 8
 
 def run(args) -> int:
     from cdse_dem.logs import setup_logging
+    from cdse_dem.redact import forget_all
+
+    forget_all()  # secrets are registered as this run comes to hold them (redact.py)
 
     try:
         setup_logging(args.verbose, args.quiet, Path(args.log_file) if args.log_file else None)
@@ -286,17 +289,21 @@ def _exit_status(plan, invalid, left, fatal) -> int:
 
 
 def _finish(args, plan, invalid, totals, left, status, settings) -> None:
+    import json
+
+    from cdse_dem.redact import scrub
     from cdse_dem.report import summary_dict, summary_lines
 
     if left:
         log.warning("Time budget spent: %d geocell(s) not started; run again to resume", len(left))
     if not args.quiet:
-        print("\n".join(summary_lines(plan, invalid, totals, left)), flush=True)
+        print(scrub("\n".join(summary_lines(plan, invalid, totals, left))), flush=True)
     if args.summary_json:
         from cdse_dem.fsutil import atomic_write_json
 
         try:
-            atomic_write_json(Path(args.summary_json), summary_dict(plan, invalid, totals, status))
+            summary = json.loads(scrub(json.dumps(summary_dict(plan, invalid, totals, status))))
+            atomic_write_json(Path(args.summary_json), summary)
         except OSError as exc:  # checked at the start; the disk may still fill up meanwhile
             log.error("%s: cannot write the summary JSON (%s)", args.summary_json, exc.strerror or exc)
     if args.kml_report:

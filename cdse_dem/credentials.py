@@ -39,9 +39,10 @@ class Credentials:
     source: str = "prompt"  # "environment" | "credentials.yaml" | "netrc" | "prompt"
 
     def __post_init__(self) -> None:
-        from cdse_dem.redact import remember
+        from cdse_dem.redact import remember, shown
 
         remember(self.password, self.totp)  # whatever a server quotes back, these are never shown
+        shown(self.username)
 
 
 def current_os_user() -> str:

@@ -7,10 +7,12 @@ tokens) in it, in the spellings a server would quote it in: as sent, URL-encoded
 form) and JSON-escaped. Secrets are registered as soon as the tool holds them; the log
 handlers (see logs.py) and the summary pass every line through :func:`scrub` as a backstop,
 and the code that reads server text scrubs it before cutting it short (a token cut in the
-middle would no longer be recognised).
+middle would no longer be recognised). Names we show on purpose (the user name) are kept
+whole even when a short password happens to be part of them (``demo`` in ``demo@example.com``).
 """
 
 import json
+import re
 import threading
 from urllib.parse import quote, quote_plus
 
@@ -19,6 +21,7 @@ MIN_SECRET = 4  # shorter strings would mask ordinary words; no password or toke
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+_public: set[str] = set()
 
 
 def remember(*secrets: str | None) -> None:
@@ -32,10 +35,17 @@ def remember(*secrets: str | None) -> None:
         _secrets.update(spellings)
 
 
+def shown(*names: str | None) -> None:
+    """Register strings shown on purpose (the user name): never masked, whatever secret is inside."""
+    with _lock:
+        _public.update(name for name in names if name)
+
+
 def forget_all() -> None:
     """Drop every registered secret (a new run in the same process starts clean)."""
     with _lock:
         _secrets.clear()
+        _public.clear()
 
 
 def scrub(text: str) -> str:
@@ -44,6 +54,14 @@ def scrub(text: str) -> str:
         return text
     with _lock:
         secrets = sorted(_secrets, key=len, reverse=True)
+        public = sorted((p for p in _public if p not in _secrets), key=len, reverse=True)
+    if public:  # odd pieces are the public names, kept as they are
+        pieces = re.split("(" + "|".join(map(re.escape, public)) + ")", text)
+        return "".join(piece if i % 2 else _mask(piece, secrets) for i, piece in enumerate(pieces))
+    return _mask(text, secrets)
+
+
+def _mask(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)

@@ -427,3 +427,12 @@ def test_no_secret_reaches_any_output_or_the_stranger_in_any_mode(hostile, tool_
     received = hostile.stranger_seen
     assert received == [] or all("Authorization" not in r.headers for r in received)
     assert_no_secret({f"the stranger ({r.method} {r.path})": r.text() for r in received})
+
+
+def test_a_short_password_inside_the_user_name_leaves_the_name_readable():
+    from cdse_dem.redact import remember, scrub, shown
+
+    remember("demo")
+    shown("demo@example.com")
+    assert scrub("login of demo@example.com refused: password demo") == (
+        "login of demo@example.com refused: password [secret]")
