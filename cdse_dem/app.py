@@ -73,8 +73,13 @@ def _interrupt(signum, frame):
     process ends, which waits for the download threads to finish cleaning up.
     """
     for sig in _STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _ignore)
     raise KeyboardInterrupt
+
+
+def _ignore(signum, frame):
+    """Not SIG_IGN: a signal that arrived before the switch would then be reported by Python as
+    "ignored due to race condition", with a traceback."""
 
 
 def _reset(args) -> int:

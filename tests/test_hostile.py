@@ -342,8 +342,10 @@ def test_a_second_signal_during_cleanup_leaves_no_temporary_and_no_traceback(hos
     _wait_for(lambda: out.is_dir() and any(p.name.startswith(".") for p in out.iterdir()), proc,
               "a download under way")
     proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # at once, and then all through the clean-up
+    for signum in [signal.SIGINT, signal.SIGTERM] * 5:
+        time.sleep(0.02)
+        proc.send_signal(signum)  # a no-op once the process has ended
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
