@@ -128,8 +128,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cdse_dem.app import run
+    from cdse_dem.errors import EXIT_INTERRUPTED
 
-    return run(args)
+    status = run(args)
+    if status == EXIT_INTERRUPTED and argv is None:
+        _end_now(status)
+    return status
+
+
+def _end_now(status: int) -> None:
+    """After an interrupt everything is cleaned up and recorded: end the process here.
+
+    Python resets the signal handlers while it winds down, so one more Ctrl-C or SIGTERM in
+    those last milliseconds would kill it with a traceback or another status than 130.
+    """
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":
