@@ -12,8 +12,9 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
+from cdse_dem.endpoints import origin_text, same_origin
 from cdse_dem.errors import ServiceError
 from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, parse_grid_id
 from cdse_dem.retry import Backoff, retry_after, wait_for
@@ -259,8 +260,8 @@ class Catalogue:
         if not isinstance(link, str):
             raise ServiceError(f"CDSE catalogue answered a nextLink that is not a URL ({type(link).__name__});"
                                " search stopped")
-        if _origin(link) != _origin(self.catalogue_url):
-            raise ServiceError(f"CDSE catalogue answered a nextLink to another host ({_origin_text(link)});"
+        if not same_origin(link, self.catalogue_url):
+            raise ServiceError(f"CDSE catalogue answered a nextLink to another host ({origin_text(link)});"
                                " not followed, search stopped")
         if link in seen:
             raise ServiceError(f"CDSE catalogue answered a nextLink to a page already read ({_short(link)});"
@@ -341,17 +342,3 @@ def _detail(reply) -> str:
 
 def _short(url: str) -> str:
     return url.split("?", 1)[0][:200]
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(parts.scheme)
-
-
-def _origin_text(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"[:100] if parts.netloc else url[:100]

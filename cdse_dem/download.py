@@ -29,8 +29,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from cdse_dem.endpoints import origin_text as _origin
 from cdse_dem.errors import EXIT_INTERRUPTED, AccessDenied, BudgetExhausted, DemError
 from cdse_dem.fsutil import create_temp_in, raise_if_disk_full, remove_quietly
 from cdse_dem.redact import scrub
@@ -455,7 +455,3 @@ def _int_or_none(text: str | None) -> int | None:
     except ValueError:
         return None
 
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url

@@ -39,6 +39,20 @@ class Endpoints:
         return _origin(url) == _origin(self.download_url)
 
 
+def same_origin(url: str, other: str) -> bool:
+    """True when both URLs name the same scheme, host and port (a malformed port matches nothing)."""
+    try:
+        return _origin(url) == _origin(other)
+    except ValueError:
+        return False
+
+
+def origin_text(url: str) -> str:
+    """``scheme://host:port`` of ``url``, to name a host in a message (never its path or query)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"[:100] if parts.netloc else url[:100]
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     default_port = {"http": 80, "https": 443}.get(parts.scheme)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from cdse_dem.endpoints import origin_text
 from cdse_dem.errors import AuthRejected, BudgetExhausted, ServiceError
 from cdse_dem.retry import Backoff, retry_after, wait_for
 
@@ -308,7 +309,7 @@ class CdseSession:
             else:
                 status = resp.status_code
                 if 300 <= status < 400:  # the form holds the password: it goes to the token URL only
-                    where = _origin(resp.headers.get("Location") or "")
+                    where = origin_text(resp.headers.get("Location") or "")
                     raise self._service_error(f"redirected the login to {where or 'elsewhere'} (HTTP {status});"
                                               " not followed, so that the password goes nowhere else")
                 if status == 200:
@@ -357,7 +358,3 @@ def _error_of(resp) -> tuple[str, str]:
     return (scrub(error)[:100] if isinstance(error, str) else "",
             scrub(description)[:300] if isinstance(description, str) else "")
 
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url[:100]
