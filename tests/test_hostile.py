@@ -332,7 +332,7 @@ def test_a_signal_while_the_catalogue_is_slow_sends_no_further_search(hostile, t
     assert lines(stderr, "ERROR")[-1] == "Interrupted: finished geocells are recorded; a re-run resumes"
     late = [r for r in hostile.seen if r.arrived > sent]
     assert late == [], f"{len(late)} requests after the signal"
-    assert len(hostile.seen) == SEARCH_THREADS
+    assert len(hostile.seen) >= SEARCH_THREADS
 
 
 def test_a_second_signal_during_cleanup_leaves_no_temporary_and_no_traceback(hostile, tool_home, tmp_path):
