@@ -53,6 +53,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    from cdse_dem.options import MAX_WORKERS
+
+    value = _positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{value} is more than {MAX_WORKERS} (CDSE serves 4 downloads at once)")
+    return value
+
+
 def _minutes(text: str) -> float:
     try:
         value = float(text)
@@ -102,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="which geocells a tile gets: sen2cor (default), every cell Sen2Cor asks for (the lat/lon "
              "rectangle around the tile's corners) and those the tile overlaps; footprint, only those the "
              "tile overlaps (the reference tool's set, for processors other than Sen2Cor)")
-    add("--workers", type=_positive_int, default=4, metavar="N",
-        help="parallel downloads (default 4, the CDSE per-account limit)")
+    add("--workers", type=_workers, default=4, metavar="N",
+        help="parallel downloads (default 4, the CDSE per-account limit; at most 16)")
     add("--max-minutes", type=_minutes, default=60.0, metavar="M",
         help="stop starting downloads after M minutes (default 60, the token refresh window); "
              "0: no limit, log in again when the window closes")
@@ -123,8 +132,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cdse_dem.app import run
+    from cdse_dem.errors import EXIT_INTERRUPTED
 
-    return run(args)
+    status = run(args)
+    if status == EXIT_INTERRUPTED and argv is None:
+        _end_now(status)
+    return status
+
+
+def _end_now(status: int) -> None:
+    """After an interrupt everything is cleaned up and recorded: end the process here.
+
+    Python resets the signal handlers while it winds down, so one more Ctrl-C or SIGTERM in
+    those last milliseconds would kill it with a traceback or another status than 130.
+    """
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ SEARCH_THREADS = 8
 
 def run(args) -> int:
     from cdse_dem.logs import setup_logging
+    from cdse_dem.redact import forget_all
+
+    forget_all()  # secrets are registered as this run comes to hold them (redact.py)
 
     try:
         setup_logging(args.verbose, args.quiet, Path(args.log_file) if args.log_file else None)
@@ -41,7 +44,7 @@ def run(args) -> int:
     log.info("CDSE Copernicus DEM Downloader: Copernicus DEM retrieval for Sen2Cor")
     log.info("Version: %s Date: %s", __version__, RELEASE_DATE)
     log.info("<----->")
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in _STOP_SIGNALS}
     try:
         if args.reset:
             return _reset(args)
@@ -53,11 +56,30 @@ def run(args) -> int:
         log.error("Interrupted: finished geocells are recorded; a re-run resumes")
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGINT) is _interrupt:  # not interrupted: give the caller its handlers back
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
-def _terminate(signum, frame):
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt(signum, frame):
+    """The first Ctrl-C or SIGTERM stops the run; later ones are ignored while it cleans up.
+
+    Cleaning up is short (workers notice the stop within a fraction of a second, remove their
+    temporaries, verified downloads are recorded): a second signal cutting it short would
+    leave temporary files and a traceback, and save nothing. They stay ignored until the
+    process ends, which waits for the download threads to finish cleaning up.
+    """
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _ignore)
     raise KeyboardInterrupt
+
+
+def _ignore(signum, frame):
+    """Not SIG_IGN: a signal that arrived before the switch would then be reported by Python as
+    "ignored due to race condition", with a traceback."""
 
 
 def _reset(args) -> int:
@@ -78,6 +100,11 @@ def _run(args) -> int:
     log.info("Reading Request from %s", settings.origin)
     if settings.ignored:
         log.warning("%s has priority: %s ignored", "--config" if config else "--t", ", ".join(settings.ignored))
+    from cdse_dem.options import CDSE_CONNECTION_LIMIT
+
+    if args.workers > CDSE_CONNECTION_LIMIT:
+        log.warning("--workers %d: CDSE serves %d downloads at once per account; the others wait for 429 answers",
+                    args.workers, CDSE_CONNECTION_LIMIT)
 
     if settings.tile_args:
         entries = entries_mod.from_command_line(list(settings.tile_args))
@@ -253,17 +280,21 @@ def _exit_status(plan, invalid, left, fatal) -> int:
 
 
 def _finish(args, plan, invalid, totals, left, status, settings) -> None:
+    import json
+
+    from cdse_dem.redact import scrub
     from cdse_dem.report import summary_dict, summary_lines
 
     if left:
         log.warning("Time budget spent: %d geocell(s) not started; run again to resume", len(left))
     if not args.quiet:
-        print("\n".join(summary_lines(plan, invalid, totals, left)), flush=True)
+        print(scrub("\n".join(summary_lines(plan, invalid, totals, left))), flush=True)
     if args.summary_json:
         from cdse_dem.fsutil import atomic_write_json
 
         try:
-            atomic_write_json(Path(args.summary_json), summary_dict(plan, invalid, totals, status))
+            summary = json.loads(scrub(json.dumps(summary_dict(plan, invalid, totals, status))))
+            atomic_write_json(Path(args.summary_json), summary)
         except OSError as exc:  # checked at the start; the disk may still fill up meanwhile
             log.error("%s: cannot write the summary JSON (%s)", args.summary_json, exc.strerror or exc)
     if args.kml_report:

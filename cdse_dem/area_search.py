@@ -8,10 +8,10 @@ failed search fails its cells (it decides nothing, so none of them is called sea
 """
 
 import logging
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from cdse_dem import plan as plan_mod
-from cdse_dem.catalogue import TooManyResults, parse_product
+from cdse_dem.background import answers
+from cdse_dem.catalogue import Answer, TooManyResults, parse_products, problem_lines
 from cdse_dem.errors import DemError
 from cdse_dem.geocells import Geocell
 from cdse_dem.search_areas import SearchArea, plan_search_areas, products_of_area
@@ -20,7 +20,11 @@ log = logging.getLogger("cdse_dem.app")
 
 
 def search_all(plan: plan_mod.Plan, catalogue, dataset_text: str, fetcher, threads: int) -> int:
-    """Search the catalogue for every cell of ``plan`` still undecided; the number of searches made."""
+    """Search the catalogue for every cell of ``plan`` still undecided; the number of searches made.
+
+    Searches run on :func:`cdse_dem.background.answers` workers, which a stopped run never
+    waits for; ``catalogue.stop`` is set on the way out, so no search not yet sent is sent.
+    """
     cells = plan_mod.cells_to_search(plan)
     areas = plan_search_areas(cells, catalogue.catalogue_url, dataset_text)
     tiles = _TileLines(plan, cells)
@@ -29,42 +33,44 @@ def search_all(plan: plan_mod.Plan, catalogue, dataset_text: str, fetcher, threa
         return 0
     log.info("Searching the catalogue for %d geocell(s) in %d search(es)", len(cells), len(areas))
     searches = 0
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="search")
+
+    def work(area: SearchArea) -> list[tuple[SearchArea, Answer | None, DemError | None]]:
+        return _search(catalogue, area, dataset_text)
+
     try:
-        pending = {pool.submit(_search, catalogue, area, dataset_text): area for area in areas}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                area = pending.pop(future)
+        for _, results, error in answers(work, areas, threads, catalogue.stop):
+            if error is not None:
+                raise error  # a bug, not a service failure: _search turns those into results
+            for area, answer, failure in results:
                 searches += 1
-                try:
-                    chosen = future.result()
-                except TooManyResults as exc:
-                    try:
-                        halves = area.split()
-                    except ValueError:
-                        _failed(plan, tiles, area, str(exc))
-                        continue
-                    log.info("%s: searching its area in two halves", exc)
-                    pending.update({pool.submit(_search, catalogue, half, dataset_text): half for half in halves})
+                if failure is not None:
+                    _failed(plan, tiles, area, str(failure))
                     continue
-                except DemError as exc:
-                    _failed(plan, tiles, area, str(exc))
-                    continue
-                plan_mod.apply_area(plan, area.cells, chosen)
+                for line in problem_lines(answer.problems):
+                    log.warning("CDSE catalogue answered %s", line)
+                plan_mod.apply_area(plan, area.cells, products_of_area(area, answer.products), answer.problems)
                 if fetcher is not None:
                     fetcher.add([plan.cells[c] for c in sorted(area.cells) if plan.cells[c].status == plan_mod.PLANNED])
                 tiles.decided(area.cells)
-    except BaseException:  # Ctrl-C, or a login refused: no search not yet started starts now
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
+    finally:
+        catalogue.stop.set()  # searches still queued (an error, a Ctrl-C) are never sent
     return searches
 
 
-def _search(catalogue, area: SearchArea, dataset_text: str):
-    records = catalogue.search(area.filter_text(dataset_text))
-    return products_of_area(area, (p for p in map(parse_product, records) if p is not None))
+def _search(catalogue, area: SearchArea, dataset_text: str) -> list[tuple[SearchArea, Answer | None, DemError | None]]:
+    """The area's answer; an area with more matches than ``$skip`` reaches is searched in halves."""
+    try:
+        records = catalogue.search(area.filter_text(dataset_text))
+    except TooManyResults as exc:
+        try:
+            halves = area.split()
+        except ValueError:
+            return [(area, None, exc)]
+        log.info("%s: searching its area in two halves", exc)
+        return [result for half in halves for result in _search(catalogue, half, dataset_text)]
+    except DemError as exc:
+        return [(area, None, exc)]
+    return [(area, parse_products(records), None)]
 
 
 def _failed(plan, tiles: "_TileLines", area: SearchArea, error: str) -> None:

@@ -8,13 +8,15 @@ dropped before anything is downloaded. Which areas to search: :mod:`cdse_dem.sea
 Catalogue search needs no token.
 """
 
+import json
 import logging
-import time
+import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, urlsplit
 
-from cdse_dem.endpoints import origin
+from cdse_dem.endpoints import origin_text, same_origin
 from cdse_dem.errors import ServiceError
 from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, geocell_of_name, parse_grid_id
 from cdse_dem.retry import Backoff, retry_after, wait_for
@@ -27,6 +29,10 @@ MAX_SKIP = 10000
 # Without $orderby CDSE pages in no stable order (repeating some products, losing others);
 # any documented field will do, CDSE adds Id as the tie-break.
 ORDER_BY = "ContentDate/Start asc"
+# A page of PAGE_SIZE CDSE records with their Attributes expanded is about 3 MB (~3 kB a
+# record); 16 MiB leaves five times that, and keeps a hostile or broken page from filling
+# memory (a page is parsed whole).
+MAX_PAGE_BYTES = 16 * 1024 * 1024
 # COP-DEM product types and CCM datasets, by (resolution, model).
 _PRODUCT_TYPES = {(30, "DGED"): "DGE_30", (90, "DGED"): "DGE_90", (30, "DTED"): "DTE_30", (90, "DTED"): "DTE_90"}
 
@@ -98,39 +104,125 @@ class TooManyResults(ServiceError):
     """A search matches more products than ``$skip`` can page through: split its area."""
 
 
-def parse_product(record: dict) -> Product | None:
-    """A catalogue record as a Product; None when it names no geocell we can tell."""
-    attributes = {a.get("Name"): a.get("Value") for a in record.get("Attributes") or []}
+class BadRecord(ValueError):
+    """A catalogue record we cannot use; ``geocell`` is its cell when that much could be told."""
+
+    def __init__(self, reason: str, geocell: Geocell | None = None):
+        super().__init__(reason)
+        self.reason, self.geocell = reason, geocell
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a search answered: the products, and the records that could not be used.
+
+    A record we cannot read or place may be the product of any of the searched cells, so a
+    cell without a product is not open sea when ``problems`` is not empty: it is failed.
+    """
+
+    products: list[Product]
+    problems: list[BadRecord]
+
+
+_ID_RE = re.compile(r"[0-9A-Za-z-]{1,100}")  # CDSE Ids are UUIDs; the Id goes into a URL path
+_CHECKSUM_RE = re.compile(r"[0-9A-Fa-f]{1,128}")
+
+
+def parse_product(record: object) -> Product:
+    """A catalogue record as a Product; BadRecord saying what is wrong when it cannot be used.
+
+    Records come from the network: every field is checked for its type before use, and a
+    record whose geocell cannot be told (no usable ``gridId``, no 1°×1° footprint) is refused
+    rather than guessed.
+    """
+    if not isinstance(record, dict):
+        raise BadRecord(f"a record that is not an object ({type(record).__name__})")
+    pid = record.get("Id")
+    if not isinstance(pid, str) or not _ID_RE.fullmatch(pid):
+        raise BadRecord("a record without a usable Id" if pid is None else f"a record with an unusable Id {pid!r:.60}")
+    attributes = _name_values(record, "Attributes", pid)
+    footprint = record.get("Footprint")
+    footprint = footprint if isinstance(footprint, str) else ""
     geocell = None
-    if attributes.get("gridId"):
+    grid_id = attributes.get("gridId")
+    if grid_id:
         try:
-            geocell = parse_grid_id(str(attributes["gridId"]))
+            geocell = parse_grid_id(str(grid_id))
         except ValueError:
             geocell = None
     if geocell is None:
-        geocell = geocell_of_footprint_wkt(record.get("Footprint") or "")
+        geocell = geocell_of_footprint_wkt(footprint)
     if geocell is None:  # the cell name inside urn:eop:...:Copernicus_DSM_30_S26_00_E112_00:V2957
-        named = geocell_of_name(str(attributes.get("eopIdentifier") or ""))
+        eop = attributes.get("eopIdentifier")
+        named = geocell_of_name(eop) if isinstance(eop, str) else None
         geocell = named[0] if named else None
     if geocell is None:
-        log.warning("Product %s names no geocell: skipped", record.get("Name"))
-        return None
-    checksums = {c.get("Algorithm", "").upper(): c.get("Value") for c in record.get("Checksum") or []}
-    dataset = str(attributes.get("dataset") or "")
+        raise BadRecord(f"product {pid} names no geocell we can tell (no usable gridId or 1°×1° footprint)")
+    checksums = _name_values(record, "Checksum", pid, key="Algorithm", geocell=geocell)
+    for algorithm in ("MD5", "BLAKE3"):
+        value = checksums.get(algorithm)
+        if value is not None and not (isinstance(value, str) and _CHECKSUM_RE.fullmatch(value.strip())):
+            raise BadRecord(f"product {pid} has an unusable {algorithm} checksum {value!r:.60}", geocell)
+    dataset = attributes.get("dataset")
+    dataset = dataset if isinstance(dataset, str) else ""
     length = record.get("ContentLength")
+    name = record.get("Name")
     return Product(
-        id=str(record["Id"]),
-        name=str(record.get("Name", "")),
+        id=pid,
+        name=name if isinstance(name, str) else "",
         geocell=geocell,
-        content_length=int(length) if isinstance(length, int) and length > 0 else None,
+        content_length=length if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None,
         md5=(checksums.get("MD5") or None),
         blake3=(checksums.get("BLAKE3") or None),
         delivery=dataset.split("/", 1)[1] if "/" in dataset else None,
         modification_date=str(record.get("ModificationDate") or ""),
-        footprint_wkt=str(record.get("Footprint") or ""),
+        footprint_wkt=footprint,
         s3_path=str(record.get("S3Path") or ""),
         online=bool(record.get("Online", True)),
     )
+
+
+def _name_values(record: dict, field: str, pid: str, *, key: str = "Name", geocell: Geocell | None = None) -> dict:
+    """``{Name: Value}`` of a list of objects (``Attributes``; ``Checksum`` keyed by Algorithm, upper-cased)."""
+    items = record.get(field)
+    if items is None:
+        return {}
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise BadRecord(f"product {pid} has {field} that are not a list of objects", geocell)
+    names = {}
+    for item in items:
+        name = item.get(key)
+        if isinstance(name, str):
+            names[name.upper() if key == "Algorithm" else name] = item.get("Value")
+    return names
+
+
+def parse_products(records: Iterable[object]) -> Answer:
+    """Every record of a search answer parsed: the products, and what was wrong with the others."""
+    products, problems = [], []
+    for record in records:
+        try:
+            products.append(parse_product(record))
+        except BadRecord as problem:
+            problems.append(problem)
+    return Answer(products, problems)
+
+
+def problem_lines(problems: Iterable[BadRecord], limit: int = 3) -> list[str]:
+    """One line per kind of problem, with its count: a page of 1000 alike records is one line, not 1000."""
+    counts: dict[str, int] = {}
+    for problem in problems:
+        kind = _ID_IN_REASON.sub("product …", problem.reason)
+        counts[kind] = counts.get(kind, 0) + 1
+    kinds = list(counts.items())
+    lines = [f"{count} × {kind}" if count > 1 else kind for kind, count in kinds[:limit]]
+    if len(kinds) > limit:
+        rest = sum(count for _, count in kinds[limit:])
+        lines.append(f"{rest} more bad records, of {len(kinds) - limit} other kinds")
+    return lines
+
+
+_ID_IN_REASON = re.compile(r"product \S+")
 
 
 def preference(product: Product) -> tuple:
@@ -151,84 +243,138 @@ def choose(products: Iterable[Product], wanted: Iterable[Geocell]) -> dict[Geoce
     return chosen
 
 
+class SearchCancelled(Exception):
+    """The run was asked to stop: no further search request is sent."""
+
+
 class Catalogue:
-    """Searches the catalogue over a shared HTTP session, with timeouts and retries."""
+    """Searches the catalogue over a shared HTTP session, with timeouts and retries.
+
+    ``stop`` (set on Ctrl-C) ends a search before its next request and cuts its retry waits
+    short, so an interrupted run sends no further search.
+    """
 
     def __init__(self, catalogue_url: str, http, *, backoff: Backoff | None = None,
-                 timeout: tuple[float, float] = (10.0, 30.0)):
+                 timeout: tuple[float, float] = (10.0, 30.0), stop: threading.Event | None = None,
+                 max_page_bytes: int = MAX_PAGE_BYTES):
         self.catalogue_url = catalogue_url.rstrip("/")
         self.http = http
         self.backoff = backoff or Backoff()
         self.timeout = timeout
+        self.stop = stop or threading.Event()
+        self.max_page_bytes = max_page_bytes
 
     def search(self, filter_text: str) -> list[dict]:
-        """Every record matching ``filter_text``, following ``@odata.nextLink`` to the end."""
+        """Every record matching ``filter_text``, following ``@odata.nextLink`` to the end.
+
+        A next link must be a new URL on the catalogue's own origin: a page that links to
+        itself (or to an earlier page) would be asked for ever, and a link elsewhere would
+        send our requests to a host we never chose. Either ends the search with an error.
+        """
         url: str | None = search_url(self.catalogue_url, filter_text)
+        seen: set[str] = set()
         records: list[dict] = []
         while url:
+            seen.add(url)
             page = self._get_json(url)
             value = page.get("value")
             if not isinstance(value, list):
                 raise ServiceError(f"CDSE catalogue answered a page without a product list ({_short(url)})")
             records.extend(value)
-            url = page.get("@odata.nextLink")
-            if url:
-                self._check_next_link(str(url))
+            url = self._next_link(page, seen)
         return records
 
-    def _check_next_link(self, url: str) -> None:
-        """Follow a next page only on the catalogue itself, and only as far as ``$skip`` goes."""
-        if origin(url) != origin(self.catalogue_url):
-            raise ServiceError(f"CDSE catalogue pointed its next page elsewhere ({_short(url)}): not followed")
-        skip = parse_qs(urlsplit(url).query).get("$skip", ["0"])[0]
+    def _next_link(self, page: dict, seen: set[str]) -> str | None:
+        """Follow a next page only on the catalogue itself, never twice, and only as far as
+        ``$skip`` goes."""
+        link = page.get("@odata.nextLink")
+        if link is None:
+            return None
+        if not isinstance(link, str):
+            raise ServiceError(f"CDSE catalogue answered a nextLink that is not a URL ({type(link).__name__});"
+                               " search stopped")
+        if not same_origin(link, self.catalogue_url):
+            raise ServiceError(f"CDSE catalogue answered a nextLink to another host ({origin_text(link)});"
+                               " not followed, search stopped")
+        if link in seen:
+            raise ServiceError(f"CDSE catalogue answered a nextLink to a page already read ({_short(link)});"
+                               " search stopped")
+        skip = parse_qs(urlsplit(link).query).get("$skip", ["0"])[0]
         if skip.isdigit() and int(skip) > MAX_SKIP:
             raise TooManyResults(f"more than {MAX_SKIP + PAGE_SIZE} products match one search")
+        return link
 
     def _get_json(self, url: str) -> dict:
         import requests
 
         delays = self.backoff.delays()
         while True:
+            if self.stop.is_set():
+                raise SearchCancelled()
             problem, wait = None, None
             try:
-                reply = self.http.get(url, timeout=self.timeout)
+                reply = self.http.get(url, timeout=self.timeout, stream=True)
             except requests.RequestException as exc:
                 problem = f"no answer ({type(exc).__name__})"
             else:
-                if reply.status_code == 200:
-                    try:
-                        page = reply.json()
-                    except ValueError:
-                        problem = "an answer that is not JSON"
+                with reply:
+                    if reply.status_code == 200:
+                        try:
+                            page = json.loads(self._body(reply, url))
+                        except requests.RequestException as exc:
+                            problem = f"no whole answer ({type(exc).__name__})"
+                        except ValueError:
+                            problem = "an answer that is not JSON"
+                        else:
+                            if isinstance(page, dict):
+                                return page
+                            problem = "an answer that is not a JSON object"
+                    elif reply.status_code == 429 or reply.status_code >= 500:
+                        problem, wait = f"HTTP {reply.status_code}", retry_after(reply.headers)
                     else:
-                        if isinstance(page, dict):
-                            return page
-                        problem = "an answer that is not a JSON object"
-                elif reply.status_code == 429 or reply.status_code >= 500:
-                    problem, wait = f"HTTP {reply.status_code}", retry_after(reply.headers)
-                else:
-                    raise ServiceError(f"CDSE catalogue refused the search: HTTP {reply.status_code}"
-                                       f" {_detail(reply)}")
+                        raise ServiceError(f"CDSE catalogue refused the search: HTTP {reply.status_code}"
+                                           f" {_detail(reply)}")
             delay = next(delays, None)
             if delay is None:
                 raise ServiceError(f"CDSE catalogue gave {problem} after {self.backoff.attempts} tries"
                                    f" ({_short(url)})")
             delay = wait_for(delay, wait)
             log.warning("CDSE catalogue gave %s; retrying in %.1f s", problem, delay)
-            time.sleep(delay)
+            if self.stop.wait(delay):
+                raise SearchCancelled()
+
+    def _body(self, reply, url: str) -> bytes:
+        """The page's bytes, read no further than ``max_page_bytes`` (ServiceError past it, not retried)."""
+        too_big = ServiceError(f"CDSE catalogue answered a page larger than {self.max_page_bytes // 2**20} MiB"
+                               f" ({_short(url)}); not read further, search stopped")
+        announced = reply.headers.get("Content-Length", "")
+        if announced.isdigit() and int(announced) > self.max_page_bytes:
+            raise too_big
+        body = bytearray()
+        for chunk in reply.iter_content(1024 * 1024):
+            body += chunk
+            if len(body) > self.max_page_bytes:
+                raise too_big
+            if self.stop.is_set():
+                raise SearchCancelled()
+        return bytes(body)
 
 
 def _detail(reply) -> str:
+    """The ``detail`` of an error answer (bounded, scrubbed of our secrets before it is cut)."""
+    from cdse_dem.redact import scrub
+
+    raw = reply.raw.read(64 * 1024, decode_content=True) or b""
+    text = raw.decode("utf-8", "replace")
     try:
-        body = reply.json()
+        body = json.loads(text)
     except ValueError:
-        return reply.text[:200].strip()
+        return scrub(" ".join(text.split()))[:200]
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, dict):
         detail = detail.get("message") or detail
-    return str(detail or body)[:300]
+    return scrub(str(detail or body))[:300]
 
 
 def _short(url: str) -> str:
-    return url.split("?", 1)[0]
-
+    return url.split("?", 1)[0][:200]

@@ -38,6 +38,12 @@ class Credentials:
     totp: str | None = field(default=None, repr=False)
     source: str = "prompt"  # "environment" | "credentials.yaml" | "netrc" | "prompt"
 
+    def __post_init__(self) -> None:
+        from cdse_dem.redact import remember, shown
+
+        remember(self.password, self.totp)  # whatever a server quotes back, these are never shown
+        shown(self.username)
+
 
 def current_os_user() -> str:
     """The OS account an entry belongs to; the numeric id where the name cannot be found."""
@@ -101,10 +107,11 @@ def from_environment(totp: str | None = None) -> Credentials | None:
 
 
 def from_netrc(host: str, totp: str | None = None) -> Credentials | None:
-    """The ``~/.netrc`` login for ``host`` (or its ``default``), as curl and requests read it.
+    """The ``~/.netrc`` login of ``machine host``, the identity host only.
 
-    A broken or too permissive file is worth a warning, not a failed run: the next source
-    (the prompt) still works.
+    A ``default`` entry is some other service's login: it is never sent to CDSE (and the HTTP
+    session never reads ``.netrc`` itself, see http.py). A broken or too permissive file is
+    worth a warning, not a failed run: the next source (the prompt) still works.
     """
     import netrc
 
@@ -112,10 +119,11 @@ def from_netrc(host: str, totp: str | None = None) -> Credentials | None:
     if not path.is_file():
         return None
     try:
-        entry = netrc.netrc().authenticators(host)  # the default file, with its permission check
+        entries = netrc.netrc().hosts  # the default file, with its permission check
     except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as exc:
         log.warning("Ignoring %s: %s", path, getattr(exc, "msg", None) or exc)
         return None
+    entry = entries.get(host) if host != "default" else None
     if not entry:
         return None
     login, _account, password = entry

@@ -11,8 +11,13 @@ checksum) are retried with the shared :class:`~cdse_dem.retry.Backoff`; those it
 CCM access, a refused token, 404) end at once with one line saying what to do.
 
 A ``stop`` event aborts promptly even in the middle of a stalled body: a small watcher shuts
-the socket down, which wakes the blocked read at once (checking between 1 MiB chunks alone
-would wait for the next chunk, or for the read timeout).
+the socket down, which wakes the blocked read at once (checking between chunks alone
+would wait for the next chunk, or for the read timeout). The same watcher abandons a body
+that trickles (slower than ``STALL_FLOOR`` over ``STALL_WINDOW``) or falls silent for
+``STALL_SILENCE``: a read timeout alone is reset by every byte, so a server sending one
+byte every few seconds would hold a worker for hours. A stalled transfer is retried; a
+product that stalls ``MAX_STALLS`` times fails. Past ``--max-minutes`` the watcher also ends
+transfers still running (the geocell is left for the next run).
 """
 
 import hashlib
@@ -20,18 +25,28 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
+from cdse_dem.endpoints import origin_text as _origin
 from cdse_dem.errors import EXIT_INTERRUPTED, AccessDenied, BudgetExhausted, DemError
 from cdse_dem.fsutil import create_temp_in, raise_if_disk_full, remove_quietly
+from cdse_dem.redact import scrub
 from cdse_dem.retry import Backoff, retry_after, wait_for
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1024 * 1024
+CHUNK = 1024 * 1024  # bytes a read returns at most (each returns what has arrived: see _chunks)
+# A transfer slower than 10 kB/s over 30 s, or silent for 30 s, is abandoned and tried again: the
+# largest product (a 30 m zip, ~100 MB) would take hours at that pace, and a healthy CDSE link
+# gives MB/s; 30 s rides out a congested moment without holding a worker (a quarter of the quota).
+STALL_FLOOR = 10_000  # bytes per second
+STALL_WINDOW = 30.0  # seconds over which the floor is measured
+STALL_SILENCE = 30.0  # seconds without a byte (also the read timeout of the request itself)
+MAX_STALLS = 3  # a product that stalls this often fails: the server is not going to send it
 _MAX_ERROR_BODY = 64 * 1024
 _WATCH_INTERVAL = 0.2  # seconds; how late the stop watcher may notice a stop
 MAX_REDIRECTS = 3  # between CDSE's own download hosts; more is a loop
@@ -71,6 +86,45 @@ class DownloadResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class StallLimits:
+    """When a transfer counts as stalled (the defaults are the named constants above)."""
+
+    floor: float = STALL_FLOOR
+    window: float = STALL_WINDOW
+    silence: float = STALL_SILENCE
+    max_stalls: int = MAX_STALLS
+
+
+class StallMeter:
+    """Bytes over time of one transfer: says when it is too slow or silent (clock given, so testable)."""
+
+    def __init__(self, limits: StallLimits, now: float):
+        self.limits = limits
+        self.start = self.last_byte = now
+        self.total = 0
+        self._samples: deque[tuple[float, int]] = deque([(now, 0)])
+
+    def add(self, count: int, now: float) -> None:
+        self.total += count
+        self.last_byte = now
+        self._samples.append((now, self.total))
+
+    def stalled(self, now: float) -> str | None:
+        """Why this transfer should be abandoned now, or None."""
+        limits = self.limits
+        if now - self.last_byte >= limits.silence:
+            return f"no byte for {limits.silence:g} s"
+        if now - self.start < limits.window:
+            return None
+        horizon = now - limits.window
+        while len(self._samples) > 1 and self._samples[1][0] <= horizon:
+            self._samples.popleft()
+        if self.total - self._samples[0][1] < limits.floor * limits.window:
+            return f"slower than {limits.floor / 1000:g} kB/s over {limits.window:g} s"
+        return None
+
+
 class _Retry(Exception):
     """A failure another try may cure; ``wait`` is the least the server asked us to wait."""
 
@@ -87,14 +141,19 @@ class _Redirect(Exception):
         self.location = location
 
 
+class _Stalled(_Retry):
+    """The transfer trickled or fell silent: retried, but only ``max_stalls`` times in all."""
+
+
 class _TokenRefused(Exception):
     """A 401 other than DAT-ZIP-609: the token may have expired; refresh and try again once."""
 
 
 def download_product(product, dest_dir: Path, session, http, endpoints, *,
                      backoff: Backoff | None = None, on_bytes: Callable[[int], None] | None = None,
-                     stop: threading.Event | None = None,
-                     timeout: tuple[float, float] = (10, 60)) -> DownloadResult:
+                     stop: threading.Event | None = None, stall: StallLimits | None = None,
+                     timeout: tuple[float, float] | None = None,
+                     clock: Callable[[], float] = time.monotonic) -> DownloadResult:
     """Fetch ``product``'s zip into ``dest_dir`` (verified) and say where it is.
 
     ``on_bytes`` is told of every chunk written; when a try fails after some bytes, it gets
@@ -104,6 +163,8 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
     file is removed in every such case.
     """
     backoff = backoff or Backoff()
+    stall = stall or StallLimits()
+    timeout = timeout or (10.0, stall.silence)
     url = endpoints.product_url(product.id)
     if not endpoints.is_download_host(url):  # the token goes to the download host only
         raise DownloadFailed(f"refusing to send the access token to {_origin(url)} (not the download host)")
@@ -112,8 +173,10 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
     delays = backoff.delays()
     requests_made = 0
     tries = 0  # failures counted against the backoff: a 401 refresh is not one
+    stalls = 0
     after_refresh = False
     redirects = 0
+    watch = _Watch(stop, stall, clock, getattr(session, "out_of_time", None))
     while True:
         _raise_if_stopped(stop, label)
         if requests_made == 0 and not session.may_start():
@@ -121,7 +184,7 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
         token = session.access_token()
         requests_made += 1
         try:
-            zip_path, size = _attempt(product, url, token, Path(dest_dir), http, on_bytes, stop, timeout, label,
+            zip_path, size = _attempt(product, url, token, Path(dest_dir), http, on_bytes, watch, timeout, label,
                                       endpoints)
         except _Redirect as redirect:
             redirects += 1
@@ -141,6 +204,11 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
         except _Retry as failure:
             after_refresh = False
             tries += 1
+            if isinstance(failure, _Stalled):
+                stalls += 1
+                if stalls >= stall.max_stalls:
+                    raise DownloadFailed(f"download of {label} stalled {stalls} times ({failure.problem});"
+                                         " given up") from None
             delay = next(delays, None)
             if delay is None:
                 raise DownloadFailed(
@@ -154,7 +222,7 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
         return DownloadResult(product.id, zip_path, size, requests_made, time.monotonic() - began)
 
 
-def _attempt(product, url, token, dest_dir, http, on_bytes, stop, timeout, label,
+def _attempt(product, url, token, dest_dir, http, on_bytes, watch, timeout, label,
              endpoints) -> tuple[Path, int]:
     """One GET: the verified zip on 200, else the exception that says what to do next."""
     import requests
@@ -163,15 +231,17 @@ def _attempt(product, url, token, dest_dir, http, on_bytes, stop, timeout, label
     try:
         reply = http.get(url, headers=headers, stream=True, allow_redirects=False, timeout=timeout)
     except (requests.Timeout, requests.ConnectionError) as exc:
-        _raise_if_stopped(stop, label)
+        _raise_if_stopped(watch.stop, label)
+        if isinstance(exc, requests.ReadTimeout):
+            raise _Stalled(f"no answer for {watch.limits.silence:g} s") from None
         raise _Retry(f"no answer from the download host ({type(exc).__name__})") from None
     except requests.RequestException as exc:
         raise DownloadFailed(f"cannot request {label}: {exc}") from None
     with reply:
         status = reply.status_code
         if status == 200:
-            return _receive(product, reply, dest_dir, on_bytes, stop, label)
-        code, message, trace = _error_body(reply, stop, label)
+            return _receive(product, reply, dest_dir, on_bytes, watch, label)
+        code, message, trace = _error_body(reply, watch.stop, label)
         detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if 300 <= status < 400:
             location = urljoin(url, reply.headers.get("Location") or "")
@@ -195,7 +265,7 @@ def _attempt(product, url, token, dest_dir, http, on_bytes, stop, timeout, label
         raise DownloadFailed(f"CDSE refused {label}: {detail}")
 
 
-def _receive(product, reply, dest_dir: Path, on_bytes, stop, label) -> tuple[Path, int]:
+def _receive(product, reply, dest_dir: Path, on_bytes, watch, label) -> tuple[Path, int]:
     """Stream a 200 body into a temporary file, checking length and checksums as bytes arrive."""
     import requests
 
@@ -211,13 +281,14 @@ def _receive(product, reply, dest_dir: Path, on_bytes, stop, label) -> tuple[Pat
 
     temp, handle = create_temp_in(dest_dir, f"{product.id}.zip")
     received = reported = 0
-    watcher = _StopWatcher(stop, reply) if stop is not None else None
+    stop = watch.stop
+    watcher = _Watcher(watch, reply)
     ok = False
     try:
         with handle:
-            for chunk in reply.iter_content(CHUNK):
-                if stop is not None and stop.is_set():
-                    raise DownloadCancelled(f"download of {label} cancelled")
+            for chunk in _chunks(reply):
+                watcher.meter.add(len(chunk), watch.clock())
+                watcher.raise_if_fired(label)
                 handle.write(chunk)
                 received += len(chunk)
                 if md5 is not None:
@@ -229,8 +300,7 @@ def _receive(product, reply, dest_dir: Path, on_bytes, stop, label) -> tuple[Pat
                     reported += len(chunk)
                 if expected is not None and received > expected:
                     raise _Retry(f"more than the {expected} bytes announced")
-        if watcher is not None and watcher.fired:  # the body was cut short by us, whatever it looks like
-            raise DownloadCancelled(f"download of {label} cancelled")
+        watcher.raise_if_fired(label)  # the body was cut short by us, whatever it looks like
         if expected is not None and received != expected:
             _raise_if_stopped(stop, label)
             raise _Retry(f"connection dropped after {received} of {expected} bytes")
@@ -243,22 +313,48 @@ def _receive(product, reply, dest_dir: Path, on_bytes, stop, label) -> tuple[Pat
     except (requests.RequestException, ConnectionError, TimeoutError) as exc:
         # ChunkedEncodingError and friends: the body ended early (or the watcher cut it).
         _raise_if_stopped(stop, label)
+        watcher.raise_if_fired(label)
+        if _is_read_timeout(exc):
+            raise _Stalled(f"transfer stalled: no byte for {watcher.meter.limits.silence:g} s") from None
         raise _Retry(f"connection dropped during the body ({type(exc).__name__})") from None
     except OSError as exc:  # writing the temporary file
         _raise_if_stopped(stop, label)
         raise_if_disk_full(exc, dest_dir)
         raise DownloadFailed(f"cannot write {temp}: {exc.strerror or exc}") from exc
     finally:
-        if watcher is not None:
-            watcher.close()
+        watcher.close()
         if not ok:
             remove_quietly(temp)
             if reported and on_bytes is not None:
                 on_bytes(-reported)
 
 
+def _chunks(reply):
+    """The body as it arrives: each read returns what the socket has (up to CHUNK), not a full CHUNK.
+
+    ``iter_content`` blocks until a whole chunk is in, so a trickling body would look silent to
+    the stall watcher; ``read1`` lets it count every byte. urllib3's errors are raised as
+    requests' ConnectionError, as ``iter_content`` would.
+    """
+    import requests
+    from urllib3.exceptions import HTTPError
+
+    if not hasattr(reply.raw, "read1"):  # urllib3 < 2.1: whole chunks only
+        yield from reply.iter_content(CHUNK)
+        return
+    while True:
+        try:
+            data = reply.raw.read1(CHUNK, decode_content=True)
+        except HTTPError as exc:
+            raise requests.ConnectionError(exc) from None
+        if not data:
+            return
+        yield data
+
+
 def _error_body(reply, stop, label) -> tuple[str | None, str | None, str | None]:
-    """The ``code``, ``message`` and ``trace-id`` of CDSE's JSON error body (read, bounded, never saved)."""
+    """The ``code``, ``message`` and ``trace-id`` of CDSE's JSON error body (read, bounded, scrubbed of
+    our secrets, never saved)."""
     import json
 
     import requests
@@ -268,37 +364,80 @@ def _error_body(reply, stop, label) -> tuple[str | None, str | None, str | None]
     except (requests.RequestException, OSError, ValueError):
         _raise_if_stopped(stop, label)
         return None, None, None
+    text = scrub(raw.decode("utf-8", "replace"))  # before it is cut: a server may quote our token back
     try:
-        body = json.loads(raw.decode("utf-8", "replace"))
+        body = json.loads(text)
     except ValueError:
-        text = " ".join(raw.decode("utf-8", "replace").split())[:200]
+        text = " ".join(text.split())[:200]
         return None, text or None, None
     if not isinstance(body, dict):
         return None, None, None
     code, message, trace = body.get("code"), body.get("message") or body.get("detail"), body.get("trace-id")
-    return ((str(code) if code else None), (" ".join(str(message).split())[:300] if message else None),
+    return ((str(code)[:100] if code else None), (" ".join(str(message).split())[:300] if message else None),
             (str(trace)[:64] if trace else None))
 
 
-class _StopWatcher:
-    """Shuts the response's socket down when ``stop`` is set, waking a read blocked on a stalled body."""
+@dataclass
+class _Watch:
+    """What a transfer is watched for: a stop, a stall, the end of the time budget."""
 
-    def __init__(self, stop: threading.Event, reply):
-        self._stop, self._reply = stop, reply
+    stop: threading.Event | None
+    limits: StallLimits
+    clock: Callable[[], float]
+    out_of_time: Callable[[], bool] | None
+
+
+class _Watcher:
+    """Shuts the response's socket down when the run stops, the body stalls or the budget ends:
+    this wakes a read blocked on a stalled body at once."""
+
+    def __init__(self, watch: _Watch, reply):
+        self._watch, self._reply = watch, reply
+        self.meter = StallMeter(watch.limits, watch.clock())
         self._done = threading.Event()
         self._lock = threading.Lock()
-        self.fired = False
-        self._thread = threading.Thread(target=self._run, name="download-stop-watch", daemon=True)
+        self.fired: str | None = None  # "stop", "stall" or "budget"
+        self.reason = ""
+        self._interval = min(_WATCH_INTERVAL, watch.limits.silence / 4)
+        self._thread = threading.Thread(target=self._run, name="download-watch", daemon=True)
         self._thread.start()
 
+    def _why(self) -> tuple[str, str] | None:
+        watch = self._watch
+        if watch.stop is not None and watch.stop.is_set():
+            return "stop", "cancelled"
+        reason = self.meter.stalled(watch.clock())
+        if reason is not None:
+            return "stall", reason
+        if watch.out_of_time is not None and watch.out_of_time():
+            return "budget", "the time budget is spent"
+        return None
+
     def _run(self) -> None:
+        stop = self._watch.stop
         while not self._done.is_set():
-            if self._stop.wait(_WATCH_INTERVAL):
+            if stop is not None:
+                stop.wait(self._interval)
+            else:
+                self._done.wait(self._interval)
+            why = self._why()
+            if why is not None:
                 with self._lock:
                     if not self._done.is_set():
-                        self.fired = True
+                        self.fired, self.reason = why
                         _interrupt(self._reply)
                 return
+
+    def raise_if_fired(self, label: str) -> None:
+        """The exception that says why the watcher cut this transfer short, if it did."""
+        if self.fired is None and self._watch.stop is not None and self._watch.stop.is_set():
+            self.fired = "stop"
+        if self.fired == "stop":
+            raise DownloadCancelled(f"download of {label} cancelled")
+        if self.fired == "stall":
+            raise _Stalled(f"transfer stalled: {self.reason}")
+        if self.fired == "budget":
+            raise BudgetExhausted(f"the time budget is spent: {label} abandoned, left for the next run")
 
     def close(self) -> None:
         with self._lock:  # after this, the watcher can no longer touch the (maybe pooled) connection
@@ -314,6 +453,13 @@ def _interrupt(reply) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """requests wraps a read timeout in the middle of a body as a ConnectionError."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    return any(isinstance(e, (ReadTimeoutError, TimeoutError)) for e in (exc, *exc.args))
 
 
 def _raise_if_stopped(stop: threading.Event | None, label: str) -> None:
@@ -340,7 +486,3 @@ def _int_or_none(text: str | None) -> int | None:
     except ValueError:
         return None
 
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url

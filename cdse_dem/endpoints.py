@@ -47,6 +47,20 @@ class Endpoints:
         return self.is_download_host(url) or origin(url) in {origin(host) for host in CDSE_DOWNLOAD_HOSTS}
 
 
+def same_origin(url: str, other: str) -> bool:
+    """True when both URLs name the same scheme, host and port (a malformed port matches nothing)."""
+    try:
+        return origin(url) == origin(other)
+    except ValueError:
+        return False
+
+
+def origin_text(url: str) -> str:
+    """``scheme://host:port`` of ``url``, to name a host in a message (never its path or query)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"[:100] if parts.netloc else url[:100]
+
+
 def origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     default_port = {"http": 80, "https": 443}.get(parts.scheme)

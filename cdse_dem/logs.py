@@ -34,6 +34,19 @@ def progress_writer(writer) -> None:
     _ConsoleHandler.writer = writer
 
 
+class _Scrubbed(logging.Filter):
+    """Every line is scrubbed of the run's secrets before any handler writes it (see redact.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from cdse_dem.redact import scrub
+
+        message = record.getMessage()
+        clean = scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
 class _ColourFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -53,10 +66,12 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
     colour = getattr(sys.stderr, "isatty", lambda: False)()
     stream.setFormatter((_ColourFormatter if colour else logging.Formatter)(LINE_FORMAT, DATE_FORMAT))
     stream.setLevel(level)
+    stream.addFilter(_Scrubbed())
     root.addHandler(stream)
 
     if log_file is not None:
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setFormatter(logging.Formatter(LINE_FORMAT, DATE_FORMAT))
         handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+        handler.addFilter(_Scrubbed())
         root.addHandler(handler)

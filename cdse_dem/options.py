@@ -30,6 +30,12 @@ DEFAULT_RESOLUTION = 90
 DEFAULT_MODEL = "DGED"
 DEFAULT_COVERAGE = Coverage.SEN2COR.value  # what Sen2Cor asks for: anything less may leave it on flat terrain
 
+# CDSE lets an account download over 4 connections at once; more workers only get 429s back.
+CDSE_CONNECTION_LIMIT = 4
+# Above this --workers is refused: each worker holds a thread, a pooled connection and a 1 MiB
+# buffer, and 16 is already four times what CDSE serves at once (room for a raised quota).
+MAX_WORKERS = 16
+
 # The data options that --config overrides (dest names of the argparse namespace).
 DATA_OPTIONS = {"collection": "--collection", "delivery": "--delivery", "resolution": "--r",
                 "model": "--m", "output": "--o", "input": "--i", "tile": "--t"}

@@ -101,21 +101,34 @@ def cells_to_search(plan: Plan) -> list[Geocell]:
     return sorted(cell for cell, state in plan.cells.items() if state.status == PLANNED and state.product is None)
 
 
-def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Product]) -> None:
+def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Product],
+               problems: Iterable = ()) -> None:
     """Attach a completed search's answer: each cell its area covered gets its product, or is open sea.
 
     A cell that already has its product keeps it, whatever its download has come to: every
     search whose area covers a cell lists all of that cell's products, so the first answer
     is already the final choice (and downloads start while other areas are searched).
+
+    ``problems`` are the answer's records that could not be used (``catalogue.BadRecord``). A
+    cell named by one fails (its other product may be an older one: not chosen silently in
+    its place); when one names no cell at all, every cell left without a product fails
+    instead of being called open sea: the record we could not place may be its product.
     """
+    problems = list(problems)
+    bad_cells = {p.geocell for p in problems if p.geocell is not None}
+    unplaced = any(p.geocell is None for p in problems)
     for cell in cells:
         state = plan.cells[cell]
         if state.status == PRESENT or state.product is not None:
             continue
         product = chosen.get(cell)
-        if product is not None:
+        if cell in bad_cells:
+            state.status, state.error = FAILED, "the CDSE catalogue answered a record for it that cannot be used"
+        elif product is not None:
             state.product, state.product_id = product, product.id
             state.status, state.error = PLANNED, None
+        elif unplaced:
+            state.status, state.error = FAILED, "the CDSE catalogue answered products that could not be placed"
         elif state.status != FAILED:
             state.status = SEA
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from cdse_dem.endpoints import origin_text
 from cdse_dem.errors import AuthRejected, BudgetExhausted, ServiceError
 from cdse_dem.retry import Backoff, retry_after, wait_for
 
@@ -110,9 +111,9 @@ class CdseSession:
         if max_minutes < 0:
             raise ValueError("max_minutes must be >= 0")
         if http is None:
-            import requests
+            from cdse_dem.http import new_http_session
 
-            http = requests.Session()
+            http = new_http_session()
             self._owns_http = True
         else:
             self._owns_http = False
@@ -189,6 +190,12 @@ class CdseSession:
             log.info("No new download starts: %s", reason)
         self._stop_reason = reason
         return False
+
+    def out_of_time(self) -> bool:
+        """True once ``max_minutes`` have passed since the login: transfers still running stop too."""
+        if self.max_minutes <= 0 or self._started is None:
+            return False
+        return self._clock() - self._started > self.max_minutes * 60
 
     @property
     def stop_reason(self) -> str | None:
@@ -294,13 +301,17 @@ class CdseSession:
             wait: float | None = None
             try:
                 resp = self._http.post(self._token_url, data=form, timeout=self._timeout,
-                                       headers={"Accept": "application/json"})
+                                       headers={"Accept": "application/json"}, allow_redirects=False)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 problem = "timed out" if isinstance(exc, requests.Timeout) else "cannot connect"
             except requests.RequestException as exc:
                 raise self._service_error(f"cannot be asked for a token ({type(exc).__name__})") from None
             else:
                 status = resp.status_code
+                if 300 <= status < 400:  # the form holds the password: it goes to the token URL only
+                    where = origin_text(resp.headers.get("Location") or "")
+                    raise self._service_error(f"redirected the login to {where or 'elsewhere'} (HTTP {status});"
+                                              " not followed, so that the password goes nowhere else")
                 if status == 200:
                     try:
                         return resp.json()
@@ -319,17 +330,24 @@ class CdseSession:
             self._sleep(delay)
 
     def _parse(self, reply: Any, sent_at: float) -> Tokens:
+        from cdse_dem.redact import remember
+
         try:
-            return tokens_from_reply(reply, sent_at)
+            tokens = tokens_from_reply(reply, sent_at)
         except ValueError as exc:
             raise self._service_error(f"answered something unusable: {exc}") from None
+        remember(tokens.access, tokens.refresh)
+        return tokens
 
     def _service_error(self, what: str) -> ServiceError:
         return ServiceError(f"The CDSE identity service at {self._host} {what}")
 
 
 def _error_of(resp) -> tuple[str, str]:
-    """Keycloak's ``error`` and ``error_description`` of a refusal, when the body has them."""
+    """Keycloak's ``error`` and ``error_description`` of a refusal, when the body has them
+    (scrubbed of our secrets: a server may quote the login form back)."""
+    from cdse_dem.redact import scrub
+
     try:
         body = resp.json()
     except (ValueError, json.JSONDecodeError):
@@ -337,4 +355,6 @@ def _error_of(resp) -> tuple[str, str]:
     if not isinstance(body, dict):
         return "", ""
     error, description = body.get("error"), body.get("error_description")
-    return (error if isinstance(error, str) else "", description if isinstance(description, str) else "")
+    return (scrub(error)[:100] if isinstance(error, str) else "",
+            scrub(description)[:300] if isinstance(description, str) else "")
+

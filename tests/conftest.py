@@ -91,3 +91,29 @@ def _no_real_cdse(monkeypatch):
             monkeypatch.setenv(var, "http://127.0.0.1:9/closed")
     for var in ("CDSE_USERNAME", "CDSE_PASSWORD", "CDSE_TOTP", "CDSE_KEY_PASSPHRASE"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def hostile() -> Iterator:
+    """A hostile CDSE on 127.0.0.1 and a stranger on 127.0.0.2 (tests/hostile.py); ``.mode`` picks the fault."""
+    from tests.hostile import Hostile
+
+    server = Hostile()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def netrc_home(tmp_path, monkeypatch) -> Path:
+    """A HOME whose ``.netrc`` has a ``default`` line for some other service (issue 11, row 1)."""
+    home = tmp_path / "user-home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text(f"default login someone@other.example password {NETRC_PASSWORD}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("NETRC", raising=False)
+    return home
+
+
+NETRC_PASSWORD = "netrc-Other-Service-Pw-4Kd9"

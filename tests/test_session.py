@@ -318,7 +318,8 @@ class FakeHttp:
     def __init__(self, *replies):
         self.replies, self.calls = list(replies), []
 
-    def post(self, url, data, timeout, headers):
+    def post(self, url, data, timeout, headers, allow_redirects=True):
+        assert allow_redirects is False  # the form holds the password: never sent on to a redirect
         self.calls.append((url, dict(data), timeout))
         return self.replies.pop(0)
 

@@ -1,0 +1,68 @@
+"""Keeping the secrets we hold out of everything we show or store.
+
+A server may quote back what it was sent: an error page echoing the ``Authorization``
+header, a login form repeated in an ``error_description``. Such text is only ever shown
+after :func:`scrub` has replaced every secret of this run (password, access and refresh
+tokens) in it, in the spellings a server would quote it in: as sent, URL-encoded (the login
+form) and JSON-escaped. Secrets are registered as soon as the tool holds them; the log
+handlers (see logs.py) and the summary pass every line through :func:`scrub` as a backstop,
+and the code that reads server text scrubs it before cutting it short (a token cut in the
+middle would no longer be recognised). Names we show on purpose (the user name) are kept
+whole even when a short password happens to be part of them (``demo`` in ``demo@example.com``).
+"""
+
+import json
+import re
+import threading
+from urllib.parse import quote, quote_plus
+
+MASK = "[secret]"
+MIN_SECRET = 4  # shorter strings would mask ordinary words; no password or token of CDSE is this short
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_public: set[str] = set()
+
+
+def remember(*secrets: str | None) -> None:
+    """Register secrets held by this run (empty or None values are ignored)."""
+    spellings = set()
+    for secret in secrets:
+        if not secret or len(secret) < MIN_SECRET:
+            continue
+        spellings.update({secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1]})
+    with _lock:
+        _secrets.update(spellings)
+
+
+def shown(*names: str | None) -> None:
+    """Register strings shown on purpose (the user name): never masked, whatever secret is inside."""
+    with _lock:
+        _public.update(name for name in names if name)
+
+
+def forget_all() -> None:
+    """Drop every registered secret (a new run in the same process starts clean)."""
+    with _lock:
+        _secrets.clear()
+        _public.clear()
+
+
+def scrub(text: str) -> str:
+    """``text`` with every registered secret replaced by ``[secret]``, longest first."""
+    if not text:
+        return text
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+        public = sorted((p for p in _public if p not in _secrets), key=len, reverse=True)
+    if public:  # odd pieces are the public names, kept as they are
+        pieces = re.split("(" + "|".join(map(re.escape, public)) + ")", text)
+        return "".join(piece if i % 2 else _mask(piece, secrets) for i, piece in enumerate(pieces))
+    return _mask(text, secrets)
+
+
+def _mask(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
