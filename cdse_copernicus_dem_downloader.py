@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--yes", action="store_true", help="with --reset: do not ask for confirmation")
     add("--dry-run", action="store_true",
         help="plan only: tiles, geocells and products; downloads nothing and needs no credentials")
+    add("--keep-existing", action="store_true",
+        help="keep DEM files already present even when they came from another product than this run "
+             "chooses (another delivery or collection); their tiles are then not searched")
     add("--workers", type=_positive_int, default=4, metavar="N",
         help="parallel downloads (default 4, the CDSE per-account limit)")
     add("--max-minutes", type=_minutes, default=60.0, metavar="M",

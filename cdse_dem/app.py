@@ -73,7 +73,8 @@ def _run(args) -> int:
 
     config = None
     if args.config is not None:
-        config = load_config(Path(args.config).expanduser() if args.config else paths.default_configuration_file())
+        config = load_config(paths.expand_user(args.config, "configuration file") if args.config
+                             else paths.default_configuration_file())
     settings = decide(args, config)
     log.info("Reading Request from %s", settings.origin)
     if settings.ignored:
@@ -95,7 +96,7 @@ def _run(args) -> int:
     _check_output_dir(out_dir, create=not args.dry_run)
     for path, what in ((args.summary_json, "summary JSON"), (args.kml_report, "KML report")):
         if path:
-            _check_report_path(Path(path), what)
+            _check_report_path(Path(path), what, out_dir)
     credentials = None
     if not args.dry_run:
         from cdse_dem.credentials import obtain_credentials
@@ -132,7 +133,15 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
         return cell.dem_file_name(settings.resolution, settings.model)
 
     def recorded_id(name):
-        return cache.product_id(name) if cache is not None and cache.is_complete(name) else None
+        if cache is None or not cache.is_complete(name):
+            return None
+        from cdse_dem.integrity import dem_problem
+
+        problem = dem_problem(out_dir / name)  # headers only (and DTED checksums): cheap per file
+        if problem is not None:
+            log.warning("%s is recorded but is not a whole DEM (%s): downloading it again", name, problem)
+            return None
+        return cache.product_id(name)
 
     plan = plan_mod.start_plan(tile_plans, file_name, recorded_id)
     http = new_http_session(args.workers + SEARCH_THREADS)
@@ -143,7 +152,7 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
     fatal: DemError | None = None
     status = EXIT_OK
     try:
-        _search(plan, catalogue, settings, fetcher)
+        _search(plan, catalogue, settings, fetcher, getattr(args, "keep_existing", False))
         if fetcher is None:
             log.info("There are %d DEM files expected", len(plan.to_fetch()))
             _print_plan(plan)
@@ -199,7 +208,7 @@ def _tile_plans(valid, kml_arg: str | None):
     from cdse_dem.geocells import geocells_of_each
     from cdse_dem.plan import TilePlan
 
-    kml_path = Path(kml_arg).expanduser() if kml_arg else paths.default_kml_path()
+    kml_path = paths.expand_user(kml_arg, "tiling KML") if kml_arg else paths.default_kml_path()
     if kml_arg and not kml_path.is_file():
         raise UsageError(f"{kml_path}: tiling KML not found")
     finder = FootprintFinder(kml_path if kml_path.is_file() else None)
@@ -214,9 +223,10 @@ def _tile_plans(valid, kml_arg: str | None):
             for entry, footprint, tile_cells in zip(valid, footprints, cells, strict=True)]
 
 
-def _search(plan, catalogue, settings, fetcher) -> None:
+def _search(plan, catalogue, settings, fetcher, keep_existing: bool = False) -> None:
     """Catalogue searches for the tiles that need one, a few at a time; each tile's geocells
-    go to the fetcher as soon as its answer is in."""
+    go to the fetcher as soon as its answer is in. Without ``--keep-existing`` tiles whose
+    geocells are all present are searched too, to compare the products they came from."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from cdse_dem import plan as plan_mod
@@ -230,7 +240,8 @@ def _search(plan, catalogue, settings, fetcher) -> None:
             products.extend(p for p in map(parse_product, catalogue.search(text)) if p is not None)
         return products
 
-    tiles = plan_mod.tiles_to_search(plan)
+    tiles = plan_mod.tiles_to_search(plan, compare_present=not keep_existing)
+    kept_other = 0
     with ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="search") as pool:
         futures = {pool.submit(search, tile): tile for tile in tiles}
         for future in as_completed(futures):
@@ -245,7 +256,12 @@ def _search(plan, catalogue, settings, fetcher) -> None:
                 plan_mod.search_failed(plan, tile, str(exc))
                 continue
             log.info("DEM_LIST from url retrieved")
-            plan_mod.apply_products(plan, tile, products)
+            for other in plan_mod.apply_products(plan, tile, products, keep_existing):
+                if other.decision == plan_mod.REFETCH:
+                    log.info("%s came from product %s; this run chose %s: downloading it again",
+                             other.state.file_name, other.recorded_id, other.state.product_id)
+                else:
+                    kept_other += 1
             states = [plan.cells[c] for c in tile.geocells]
             sea = [s.geocell.grid_id for s in states if s.status == plan_mod.SEA]
             if sea:
@@ -253,6 +269,10 @@ def _search(plan, catalogue, settings, fetcher) -> None:
                          " ".join(sea))
             if fetcher is not None:
                 fetcher.add([s for s in states if s.status == plan_mod.PLANNED])
+    present = plan.count(plan_mod.PRESENT)
+    if keep_existing and present:
+        log.info("--keep-existing: %d geocell(s) already present kept as they are%s", present,
+                 f", {kept_other} of them from another product than this run chose" if kept_other else "")
 
 
 def _exit_status(plan, invalid, left, fatal) -> int:
@@ -273,12 +293,16 @@ def _finish(args, plan, invalid, totals, left, status, settings) -> None:
     if not args.quiet:
         print("\n".join(summary_lines(plan, invalid, totals, left)), flush=True)
     if args.summary_json:
-        from cdse_dem.fsutil import atomic_write_json
+        import json
 
-        try:
-            atomic_write_json(Path(args.summary_json), summary_dict(plan, invalid, totals, status))
-        except OSError as exc:  # checked at the start; the disk may still fill up meanwhile
-            log.error("%s: cannot write the summary JSON (%s)", args.summary_json, exc.strerror or exc)
+        from cdse_dem.fsutil import write_report
+
+        text = json.dumps(summary_dict(plan, invalid, totals, status), indent=2, sort_keys=True, ensure_ascii=False)
+        try:  # paths as the filesystem gave them, even when they are not UTF-8
+            write_report(Path(args.summary_json), (text + "\n").encode("utf-8", "surrogateescape"))
+        except (OSError, ValueError) as exc:  # checked at the start; the disk may still fill up meanwhile
+            log.error("%s: cannot write the summary JSON (%s)", args.summary_json,
+                      getattr(exc, "strerror", None) or exc)
     if args.kml_report:
         from cdse_dem.kml_report import write_kml_report
 
@@ -308,22 +332,32 @@ def _check_output_dir(out_dir: Path, *, create: bool) -> None:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
-    probe = out_dir / f".write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
+    if not create:
+        return  # a dry run writes nothing, not even a probe
+    import tempfile
+
+    try:  # a fresh name created exclusively: never a file (or a symlink to one) already there
+        with tempfile.TemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
     except OSError as exc:
-        if create:
-            raise UsageError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from None
+        raise UsageError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from None
 
 
-def _check_report_path(path: Path, what: str) -> None:
-    """A report written at the end must be writable from the start: no work is lost to a typo."""
-    import errno
+def _check_report_path(path: Path, what: str, out_dir: Path) -> None:
+    """A report written at the end must be writable from the start: no work is lost to a typo,
+    and it may not land on the output folder's record."""
+    from cdse_dem.fsutil import report_target
+    from cdse_dem.paths import JSON_NAME
 
-    problem = errno.EISDIR if path.is_dir() else None if path.parent.is_dir() else errno.ENOENT
-    if problem is not None:
-        raise UsageError(f"{path}: cannot write the {what} ({os.strerror(problem)})")
+    try:
+        report_target(path)
+    except ValueError as exc:
+        raise UsageError(f"{path}: cannot write the {what} ({exc})") from None
+    record = out_dir / JSON_NAME
+    same = (os.path.samefile(path, record) if path.exists() and record.exists()
+            else os.path.realpath(path) == os.path.realpath(record))
+    if same:
+        raise UsageError(f"{path}: cannot write the {what} there: it is the output folder's record {JSON_NAME}")
 
 
 def _host(url: str) -> str:

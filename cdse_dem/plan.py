@@ -72,23 +72,66 @@ def start_plan(tiles: list[TilePlan], file_name: Callable[[Geocell], str],
     return plan
 
 
-def tiles_to_search(plan: Plan) -> list[TilePlan]:
-    """Tiles with a geocell not yet on disk: only those need the catalogue."""
+def tiles_to_search(plan: Plan, *, compare_present: bool = False) -> list[TilePlan]:
+    """Tiles with a geocell not yet on disk: only those need the catalogue.
+
+    With ``compare_present``, every tile: the product a present file came from is compared with
+    the one this run chooses (another delivery or collection than the earlier run's).
+    """
+    if compare_present:
+        return list(plan.tiles)
     return [t for t in plan.tiles if any(plan.cells[c].status != PRESENT for c in t.geocells)]
 
 
-def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product]) -> None:
+KEEP, REFETCH = "keep", "refetch"
+
+
+def present_decision(recorded_id: str, chosen_id: str | None, keep_existing: bool) -> str:
+    """A file already present, recorded as coming from ``recorded_id``, against this run's choice.
+
+    Refetched when the catalogue chose another product (an earlier run asked for another
+    delivery or collection), unless ``--keep-existing``; kept when the catalogue has nothing
+    for the cell (it stays what the user already has).
+    """
+    if chosen_id is None or chosen_id == recorded_id or keep_existing:
+        return KEEP
+    return REFETCH
+
+
+@dataclass(frozen=True)
+class OtherProduct:
+    """A present file whose recorded product is not the one this run chose."""
+
+    state: CellState
+    recorded_id: str
+    decision: str  # KEEP (--keep-existing) or REFETCH
+
+
+def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product],
+                   keep_existing: bool = False) -> list[OtherProduct]:
     """Attach a tile's catalogue answer: its cells get their product, or become open sea.
 
     A cell that already has its product keeps it, whatever its download has come to: every
     search whose area touches a cell lists all of that cell's products, so the first answer
     is already the final choice (and downloads start while other tiles are searched).
+    A present cell is planned again when the chosen product is not the one recorded for it
+    (see :func:`present_decision`); those that differ are returned, for the log.
     """
     from cdse_dem.catalogue import choose
 
     chosen = choose(products, tile.geocells)
+    others: list[OtherProduct] = []
     for cell in tile.geocells:
         state = plan.cells[cell]
+        if state.status == PRESENT and state.product is None and state.product_id is not None:
+            product = chosen.get(cell)
+            if product is not None and product.id != state.product_id:
+                decision = present_decision(state.product_id, product.id, keep_existing)
+                others.append(OtherProduct(state, state.product_id, decision))
+                if decision == REFETCH:
+                    state.product, state.product_id, state.status = product, product.id, PLANNED
+            state.product = state.product or product  # compared once, even when several tiles share it
+            continue
         if state.status == PRESENT or state.product is not None:
             continue
         product = chosen.get(cell)
@@ -97,6 +140,7 @@ def apply_products(plan: Plan, tile: TilePlan, products: Iterable[Product]) -> N
             state.status, state.error = PLANNED, None
         elif state.status != FAILED:
             state.status = SEA
+    return others
 
 
 def search_failed(plan: Plan, tile: TilePlan, error: str) -> None:
