@@ -38,6 +38,9 @@ def run(args) -> int:
     except OSError as exc:
         print(f"{args.log_file}: cannot write the log file ({exc.strerror})", file=sys.stderr)
         return EXIT_USAGE
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower()
+    if hasattr(sys.stdout, "reconfigure") and encoding in ("utf-8", "utf8"):
+        sys.stdout.reconfigure(errors="surrogateescape")  # a path that is not UTF-8 printed as it is named
     log.info("CDSE Copernicus DEM Downloader: Copernicus DEM retrieval for Sen2Cor")
     log.info("Version: %s Date: %s", __version__, RELEASE_DATE)
     log.info("<----->")
