@@ -123,14 +123,19 @@ def run_as_pid(args: list, env: dict, plant) -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def write_test_link(target: Path, out: Path) -> str:
+    """The ``plant`` of :func:`run_as_pid` that puts a symlink to ``target`` where the output folder's
+    write test used to be created (``.write-test-<pid>``)."""
+    return f"def plant(pid):\n    os.symlink({str(target)!r}, os.path.join({str(out)!r}, f'.write-test-{{pid}}'))\n"
+
+
 # --- row 3: nothing the tool creates follows a symlink ------------------------------------------
 
 @pytest.mark.parametrize("mode", [["--dry-run"], []], ids=["dry-run", "run"])
 def test_a_symlink_named_like_the_write_test_file_leaves_its_target_whole(world, mode):
     victim = world.root / "victim.txt"
     victim.write_bytes(b"the user's precious file\n")
-    plant = (f"def plant(pid):\n"
-             f"    os.symlink({str(victim)!r}, os.path.join({str(world.out)!r}, f'.write-test-{{pid}}'))\n")
+    plant = write_test_link(victim, world.out)
     result = run_as_pid(["--t", TILE, *mode], world.env(), plant)
     assert result.returncode == 0, result.output
     assert victim.read_bytes() == b"the user's precious file\n"
@@ -565,8 +570,7 @@ def test_nothing_outside_the_output_credentials_and_named_paths_is_touched(world
         assert_clean(result)
         assert _tree(root, allowed) == before, args
     # and the write test of the output folder, with a symlink waiting under the name it once had
-    plant = (f"def plant(pid):\n"
-             f"    os.symlink({str(decoy / 'victim.txt')!r}, os.path.join({str(world.out)!r}, f'.write-test-{{pid}}'))\n")
+    plant = write_test_link(decoy / "victim.txt", world.out)
     for args in (["--t", TILE, "--dry-run"], ["--t", TILE]):
         result = run_as_pid(args, world.env(HOME=str(root / "no-home")), plant)
         assert result.returncode == 0, (args, result.output)
