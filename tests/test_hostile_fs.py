@@ -157,8 +157,18 @@ def test_a_summary_path_that_is_a_symlink_to_a_file_is_refused_and_both_stay(wor
 
 # --- row 4: a report into a device or a FIFO is written into, not replaced ---------------------
 
+@pytest.fixture
+def dev_stdout_guard():
+    """Run as root, a tool that replaces /dev/stdout breaks it for the whole machine: put it back, then fail."""
+    yield
+    if not os.path.islink("/dev/stdout") and os.geteuid() == 0:
+        os.unlink("/dev/stdout")
+        os.symlink("/proc/self/fd/1", "/dev/stdout")
+        pytest.fail("/dev/stdout was replaced by a regular file (restored)")
+
+
 @pytest.mark.parametrize("option", ["--summary-json", "--kml-report"])
-def test_a_report_to_dev_stdout_goes_to_stdout_and_the_device_link_stays(world, option):
+def test_a_report_to_dev_stdout_goes_to_stdout_and_the_device_link_stays(world, option, dev_stdout_guard):
     result = world.run("--t", TILE, "-q", option, "/dev/stdout")
     assert result.returncode == 0, result.output
     if option == "--summary-json":
@@ -517,7 +527,7 @@ def _tree(root: Path, allowed: list[Path]) -> dict:
     return seen
 
 
-def test_nothing_outside_the_output_credentials_and_named_paths_is_touched(world):
+def test_nothing_outside_the_output_credentials_and_named_paths_is_touched(world, dev_stdout_guard):
     root = world.root
     decoy = root / "decoy"
     decoy.mkdir()
