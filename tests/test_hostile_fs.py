@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from simulator import SimulatorConfig, User, start_simulator
-from tests.helpers import ENTRY, Result, check_consistent, dem_files, run_cli
+from tests.helpers import ENTRY, Result, check_consistent, dem_files, filled_tool_home, log_messages, run_cli
 
 USER = "hostile.fs@example.com"
 SECRET = "Kd4-hostile-fs-Pa55word-71qv"
@@ -46,17 +46,8 @@ def _env(sim, home: Path, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def template(hsim, tmp_path_factory) -> Path:
-    from cdse_dem.credentials import current_os_user
-    from cdse_dem.keystore import KeyStore
-
     home = tmp_path_factory.mktemp("hostile") / "home"
-    for sub in ("configuration", "auxiliary", "credentials", "output_dir"):
-        (home / sub).mkdir(parents=True)
-    KeyStore(home / "credentials").save(current_os_user(), USER, SECRET)
-    result = run_cli("--t", TILE, env=_env(hsim, home))
-    assert result.returncode == 0, result.output
-    assert len(check_consistent(home / "output_dir")) == 6
-    return home
+    return filled_tool_home(home, _env(hsim, home), USER, SECRET)
 
 
 @dataclass
@@ -91,15 +82,15 @@ def world(template, hsim, tmp_path) -> World:
 
 
 def errors(text: str) -> list[str]:
-    return [line.split("| ERROR ", 1)[1] for line in text.splitlines() if "| ERROR " in line]
+    return log_messages(text, "ERROR")
 
 
 def warnings(text: str) -> list[str]:
-    return [line.split("| WARNING ", 1)[1] for line in text.splitlines() if "| WARNING " in line]
+    return log_messages(text, "WARNING")
 
 
 def infos(text: str) -> list[str]:
-    return [line.split("| INFO ", 1)[1] for line in text.splitlines() if "| INFO " in line]
+    return log_messages(text, "INFO")
 
 
 def assert_clean(result: Result) -> None:
