@@ -228,6 +228,8 @@ class Handler(BaseHTTPRequestHandler):
             fault = services.faults.catalogue()
             if fault is not None and self._catalogue_fault(fault):
                 return
+            if services.config.catalogue_latency > 0:
+                services.stopping.wait(services.config.catalogue_latency)
             reply = services.catalogue.search(self.query_pairs, services.catalogue_url)
             self._json(reply.status, reply.body)
             return
