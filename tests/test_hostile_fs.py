@@ -297,9 +297,10 @@ def test_files_of_another_delivery_are_fetched_again_and_the_log_says_so(world):
     since = len(world.sim.request_log())
     result = world.run("--t", TILE, "-d", "2021_1")
     assert result.returncode == 0, result.output
+    fetched = downloaded(world.sim, since)  # before check_consistent fetches the reference bytes
     after = check_consistent(world.out, world.sim)
     assert set(after) == set(before) and all(after[name] != before[name] for name in before)
-    assert sorted(downloaded(world.sim, since)) == sorted(after.values())
+    assert sorted(fetched) == sorted(after.values())
     lines = [line for line in infos(result.stderr) if "this run chose" in line]
     assert sorted(lines) == sorted(f"{name} came from product {before[name]}; this run chose {after[name]}: "
                                    "downloading it again" for name in before)
@@ -431,11 +432,16 @@ def test_an_output_path_that_is_not_utf8_is_written_as_the_filesystem_names_it(w
 # --- row 20: ~ with no home ------------------------------------------------------------------
 
 def test_a_tilde_with_an_empty_home_is_an_error_and_nothing_is_written_to_the_root(world):
-    result = world.run("--t", TILE, "-o", "~/x", HOME="")
-    assert result.returncode == 2
-    assert errors(result.stderr) == ["~/x: cannot use it as the output folder (HOME is empty, so '~' names no folder)"]
-    assert not os.path.exists("/x")
-    assert_clean(result)
+    name = f"cdse-dem-test-{os.getpid()}-{os.urandom(4).hex()}"  # where '~/<name>' used to land: /<name>
+    try:
+        result = world.run("--t", TILE, "-o", f"~/{name}", HOME="")
+        assert result.returncode == 2
+        assert errors(result.stderr) == [
+            f"~/{name}: cannot use it as the output folder (HOME is empty, so '~' names no folder)"]
+        assert not os.path.exists(f"/{name}")
+        assert_clean(result)
+    finally:
+        shutil.rmtree(f"/{name}", ignore_errors=True)  # a regression must not leave DEMs at the root
 
 
 # --- row 21: a record that is not a regular file; a summary over the record ----------------------
@@ -551,6 +557,7 @@ def test_nothing_outside_the_output_credentials_and_named_paths_is_touched(world
     before = _tree(root, allowed)
     assert before[decoy / "a.fifo"][0] == stat.S_IFIFO
 
+    tilde = f"~/cdse-dem-decoy-{os.getpid()}-{os.urandom(4).hex()}"
     reports_args = ["--summary-json", summary, "--kml-report", kml, "--log-file", log_file]
     modes = [
         ["--t", TILE, "--dry-run", *reports_args],
@@ -562,11 +569,13 @@ def test_nothing_outside_the_output_credentials_and_named_paths_is_touched(world
         ["--t", TILE, "--summary-json", world.out / JSON_NAME],  # refused
         ["--t", TILE, "--summary-json", root / "victim-link"],  # refused
         ["--t", TILE, "--kml-report", decoy / "out-link"],  # a folder: refused
-        ["--t", TILE, "-o", "~/x"],  # HOME empty below: refused
-        ["--reset", "--yes"],
+        ["--t", TILE, "-o", tilde],  # HOME empty below: refused (it was /<name>)
     ]
     for args in modes:
-        result = world.run(*args, HOME="" if "~/x" in args else str(root / "no-home"))
+        result = world.run(*args, HOME="" if tilde in args else str(root / "no-home"))
+        at_root = os.path.exists(tilde[1:])
+        shutil.rmtree(tilde[1:], ignore_errors=True)  # where a regression writes: removed, then failed
+        assert not at_root, args
         assert result.returncode in (0, 1, 2), (args, result.output)
         assert_clean(result)
         assert _tree(root, allowed) == before, args
@@ -576,5 +585,7 @@ def test_nothing_outside_the_output_credentials_and_named_paths_is_touched(world
         result = run_as_pid(args, world.env(HOME=str(root / "no-home")), plant)
         assert result.returncode == 0, (args, result.output)
         assert _tree(root, allowed) == before, args
+    result = world.run("--reset", "--yes", HOME=str(root / "no-home"))
+    assert result.returncode == 0, result.output
+    assert _tree(root, allowed) == before
     assert (decoy / "victim.txt").read_bytes() == b"precious\n"
-    assert not os.path.exists("/x")
