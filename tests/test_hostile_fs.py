@@ -589,3 +589,32 @@ def test_nothing_outside_the_output_credentials_and_named_paths_is_touched(world
     assert result.returncode == 0, result.output
     assert _tree(root, allowed) == before
     assert (decoy / "victim.txt").read_bytes() == b"precious\n"
+
+
+def test_the_plan_hook_replans_a_present_cell_once_and_reports_it():
+    """apply_products: a present cell is compared once (several tiles may share it), then planned again
+    or, with keep_existing, kept and reported; a cell the catalogue has nothing for stays present."""
+    from cdse_dem.catalogue import Product
+    from cdse_dem.entries import Entry
+    from cdse_dem.geocells import Geocell
+    from cdse_dem.plan import KEEP, PLANNED, PRESENT, REFETCH, TilePlan, apply_products, start_plan, tiles_to_search
+
+    a, b, c = Geocell(49, 7), Geocell(49, 8), Geocell(50, 7)
+    tiles = [TilePlan(Entry(t, "command line", None, tile=t), t, "computed", cells)
+             for t, cells in (("AAAAA", [a, b]), ("BBBBB", [b, c]))]
+
+    def product(cell, pid):
+        return Product(pid, "n", cell, 10, None, None, "2021_1", "", "", "", True)
+
+    for keep in (False, True):
+        plan = start_plan(tiles, lambda cell: cell.grid_id, lambda name: f"old-{name}")
+        assert tiles_to_search(plan) == [] and tiles_to_search(plan, compare_present=True) == tiles
+        first = apply_products(plan, tiles[0], [product(a, "new-a"), product(b, f"old-{b.grid_id}")], keep)
+        second = apply_products(plan, tiles[1], [product(b, "never-compared-twice")], keep)
+        assert [(o.state.geocell, o.recorded_id, o.decision) for o in first] == [
+            (a, f"old-{a.grid_id}", KEEP if keep else REFETCH)]
+        assert second == []
+        assert plan.cells[a].status == (PRESENT if keep else PLANNED)
+        assert plan.cells[a].product_id == (f"old-{a.grid_id}" if keep else "new-a")
+        assert plan.cells[b].status == PRESENT and plan.cells[b].product_id == f"old-{b.grid_id}"
+        assert plan.cells[c].status == PRESENT  # nothing chosen for it: what is there stays
