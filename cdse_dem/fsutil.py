@@ -304,7 +304,12 @@ def write_report(path: Path, data: bytes) -> None:
         _write_all(fd, data)
         return
     # a FIFO with no reader answers ENXIO at once instead of blocking the run forever
-    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise ValueError("a FIFO that no process reads") from None
+        raise
     try:
         os.set_blocking(fd, True)
         _write_all(fd, data)

@@ -208,7 +208,7 @@ def test_a_fifo_nobody_reads_does_not_hang_the_run(world):
     fifo = world.root / "report.fifo"
     os.mkfifo(fifo)
     result = world.run("--t", TILE, "--summary-json", fifo)
-    assert errors(result.stderr) == [f"{fifo}: cannot write the summary JSON (No such device or address)"]
+    assert errors(result.stderr) == [f"{fifo}: cannot write the summary JSON (a FIFO that no process reads)"]
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert len(dem_files(world.out)) == 6
     assert_clean(result)
@@ -379,8 +379,10 @@ def test_a_credentials_file_readable_by_others_is_named_and_made_private(world, 
 
 def test_a_credentials_file_of_another_account_is_only_reported(world):
     path = world.creds / "private_key.pem"
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another account needs root")
     path.chmod(0o644)
-    os.chown(path, 54321, -1)  # the tests run as root in CI containers; as another user, skip
+    os.chown(path, 54321, -1)
     result = world.run("--t", TILE)
     assert result.returncode == 0, result.output
     assert warnings(result.stderr) == [f"{path} is readable by others (mode 0644) and belongs to another account: "
