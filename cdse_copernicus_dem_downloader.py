@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="which geocells a tile gets: sen2cor (default), every cell Sen2Cor asks for (the lat/lon "
              "rectangle around the tile's corners) and those the tile overlaps; footprint, only those the "
              "tile overlaps (the reference tool's set, for processors other than Sen2Cor)")
+    add("--keep-existing", action="store_true",
+        help="keep DEM files already present even when they came from another delivery or collection "
+             "than this run's (they are then not compared with the catalogue)")
     add("--workers", type=_workers, default=4, metavar="N",
         help="parallel downloads (default 4, the CDSE per-account limit; at most 16)")
     add("--max-minutes", type=_minutes, default=60.0, metavar="M",

@@ -41,6 +41,9 @@ def run(args) -> int:
     except OSError as exc:
         print(f"{args.log_file}: cannot write the log file ({exc.strerror})", file=sys.stderr)
         return EXIT_USAGE
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower()
+    if hasattr(sys.stdout, "reconfigure") and encoding in ("utf-8", "utf8"):
+        sys.stdout.reconfigure(errors="surrogateescape")  # a path that is not UTF-8 printed as it is named
     log.info("CDSE Copernicus DEM Downloader: Copernicus DEM retrieval for Sen2Cor")
     log.info("Version: %s Date: %s", __version__, RELEASE_DATE)
     log.info("<----->")
@@ -95,7 +98,8 @@ def _run(args) -> int:
 
     config = None
     if args.config is not None:
-        config = load_config(Path(args.config).expanduser() if args.config else paths.default_configuration_file())
+        config = load_config(paths.expand_user(args.config, "configuration file") if args.config
+                             else paths.default_configuration_file())
     settings = decide(args, config)
     log.info("Reading Request from %s", settings.origin)
     if settings.ignored:
@@ -122,7 +126,7 @@ def _run(args) -> int:
     _check_output_dir(out_dir, create=not args.dry_run)
     for path, what in ((args.summary_json, "summary JSON"), (args.kml_report, "KML report")):
         if path:
-            _check_report_path(Path(path), what)
+            _check_report_path(Path(path), what, out_dir)
     credentials = None
     if not args.dry_run:
         from cdse_dem.credentials import obtain_credentials
@@ -159,12 +163,27 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
         return cell.dem_file_name(settings.resolution, settings.model)
 
     def recorded_id(name):
-        return cache.product_id(name) if cache is not None and cache.is_complete(name) else None
+        if cache is None or not cache.is_complete(name):
+            return None
+        from cdse_dem.integrity import dem_problem
+
+        problem = dem_problem(out_dir / name)  # headers only (and DTED checksums): cheap per file
+        if problem is not None:
+            log.warning("%s is recorded but is not a whole DEM (%s): downloading it again", name, problem)
+            return None
+        return cache.product_id(name)
 
     plan = plan_mod.start_plan(tile_plans, file_name, recorded_id)
-    sea_record = _sea_record(out_dir, settings)
+    sea_record, sources = _folder_records(out_dir, settings)
     if sea_record is not None:
         plan_mod.mark_known_sea(plan, sea_record.is_sea)
+    if sources is not None:
+        if getattr(args, "keep_existing", False):
+            if plan.count(plan_mod.PRESENT):
+                log.info("--keep-existing: %d geocell(s) already present kept as they are",
+                         plan.count(plan_mod.PRESENT))
+        else:
+            plan_mod.mark_to_compare(plan, lambda name: sources.came_from(name, sea_record.key))
     http = new_http_session(args.workers + SEARCH_THREADS)
     catalogue = Catalogue(endpoints.catalogue_url, http)
     fetcher = None if args.dry_run else _fetcher(args, credentials, http, endpoints, out_dir, cache)
@@ -174,8 +193,6 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
     status = EXIT_OK
     try:
         _search(plan, catalogue, settings, fetcher)
-        if sea_record is not None and not args.dry_run:
-            sea_record.save(c.geocell for c in plan.cells.values() if c.status == plan_mod.SEA)
         if fetcher is None:
             log.info("There are %d DEM files expected", len(plan.to_fetch()))
             _print_plan(plan)
@@ -198,6 +215,8 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
         totals.seconds = time.monotonic() - started
         if status == EXIT_OK:
             status = _exit_status(plan, invalid, left, fatal)
+        if not args.dry_run:
+            _record_what_the_catalogue_said(plan, sea_record, sources)
         _finish(args, plan, invalid, totals, left, status, settings)
     if fatal is not None:
         log.error("%s", fatal)
@@ -205,15 +224,28 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
     return status
 
 
-def _sea_record(out_dir: Path, settings):
-    """The output folder's record of cells known to be open sea for this dataset (None: no folder yet)."""
+def _folder_records(out_dir: Path, settings):
+    """What earlier runs learnt from the catalogue for this dataset: the open-sea cells, and which
+    dataset each present file came from (both None when there is no folder yet)."""
     from cdse_dem.catalogue import dataset_key
-    from cdse_dem.sea_record import SeaRecord
+    from cdse_dem.sea_record import FileSources, SeaRecord
 
     if not out_dir.is_dir():
-        return None
+        return None, None
     _, value = dataset_key(settings.collection, settings.resolution, settings.model, settings.delivery)
-    return SeaRecord.load(out_dir, f"{settings.collection} {value}")
+    return SeaRecord.load(out_dir, f"{settings.collection} {value}"), FileSources.load(out_dir)
+
+
+def _record_what_the_catalogue_said(plan, sea_record, sources) -> None:
+    """Open-sea cells and the files this run fetched or confirmed, for the next run's plan."""
+    from cdse_dem import plan as plan_mod
+
+    if sea_record is None:
+        return
+    sea_record.save(c.geocell for c in plan.cells.values() if c.status == plan_mod.SEA)
+    sources.save((c.file_name for c in plan.cells.values() if c.confirmed or c.status == plan_mod.DOWNLOADED),
+                 sea_record.key)
+
 
 
 def _fetcher(args, credentials, http, endpoints, out_dir, cache):
@@ -244,7 +276,7 @@ def _tile_plans(valid, kml_arg: str | None, coverage: str):
     from cdse_dem.plan import TilePlan
     from cdse_dem.sen2cor import cells_with_reasons
 
-    kml_path = Path(kml_arg).expanduser() if kml_arg else paths.default_kml_path()
+    kml_path = paths.expand_user(kml_arg, "tiling KML") if kml_arg else paths.default_kml_path()
     if kml_arg and not kml_path.is_file():
         raise UsageError(f"{kml_path}: tiling KML not found")
     finder = FootprintFinder(kml_path if kml_path.is_file() else None)
@@ -290,13 +322,15 @@ def _finish(args, plan, invalid, totals, left, status, settings) -> None:
     if not args.quiet:
         print(scrub("\n".join(summary_lines(plan, invalid, totals, left))), flush=True)
     if args.summary_json:
-        from cdse_dem.fsutil import atomic_write_json
+        from cdse_dem.fsutil import write_report
 
-        try:
-            summary = json.loads(scrub(json.dumps(summary_dict(plan, invalid, totals, status))))
-            atomic_write_json(Path(args.summary_json), summary)
-        except OSError as exc:  # checked at the start; the disk may still fill up meanwhile
-            log.error("%s: cannot write the summary JSON (%s)", args.summary_json, exc.strerror or exc)
+        text = scrub(json.dumps(summary_dict(plan, invalid, totals, status), indent=2, sort_keys=True,
+                                ensure_ascii=False))
+        try:  # paths as the filesystem gave them, even when they are not UTF-8
+            write_report(Path(args.summary_json), (text + "\n").encode("utf-8", "surrogateescape"))
+        except (OSError, ValueError) as exc:  # checked at the start; the disk may still fill up meanwhile
+            log.error("%s: cannot write the summary JSON (%s)", args.summary_json,
+                      getattr(exc, "strerror", None) or exc)
     if args.kml_report:
         from cdse_dem.kml_report import write_kml_report
 
@@ -327,22 +361,32 @@ def _check_output_dir(out_dir: Path, *, create: bool) -> None:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
-    probe = out_dir / f".write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
+    if not create:
+        return  # a dry run writes nothing, not even a probe
+    import tempfile
+
+    try:  # a fresh name created exclusively: never a file (or a symlink to one) already there
+        with tempfile.TemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
     except OSError as exc:
-        if create:
-            raise UsageError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from None
+        raise UsageError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from None
 
 
-def _check_report_path(path: Path, what: str) -> None:
-    """A report written at the end must be writable from the start: no work is lost to a typo."""
-    import errno
+def _check_report_path(path: Path, what: str, out_dir: Path) -> None:
+    """A report written at the end must be writable from the start: no work is lost to a typo,
+    and it may not land on the output folder's record."""
+    from cdse_dem.fsutil import report_target
+    from cdse_dem.paths import JSON_NAME
 
-    problem = errno.EISDIR if path.is_dir() else None if path.parent.is_dir() else errno.ENOENT
-    if problem is not None:
-        raise UsageError(f"{path}: cannot write the {what} ({os.strerror(problem)})")
+    try:
+        report_target(path)
+    except ValueError as exc:
+        raise UsageError(f"{path}: cannot write the {what} ({exc})") from None
+    record = out_dir / JSON_NAME
+    same = (os.path.samefile(path, record) if path.exists() and record.exists()
+            else os.path.realpath(path) == os.path.realpath(record))
+    if same:
+        raise UsageError(f"{path}: cannot write the {what} there: it is the output folder's record {JSON_NAME}")
 
 
 def _host(url: str) -> str:

@@ -48,7 +48,11 @@ def search_all(plan: plan_mod.Plan, catalogue, dataset_text: str, fetcher, threa
                     continue
                 for line in problem_lines(answer.problems):
                     log.warning("CDSE catalogue answered %s", line)
-                plan_mod.apply_area(plan, area.cells, products_of_area(area, answer.products), answer.problems)
+                others = plan_mod.apply_area(plan, area.cells, products_of_area(area, answer.products),
+                                             answer.problems)
+                for other in others:
+                    log.info("%s came from product %s; this run chose %s: downloading it again",
+                             other.state.file_name, other.recorded_id, other.state.product_id)
                 if fetcher is not None:
                     fetcher.add([plan.cells[c] for c in sorted(area.cells) if plan.cells[c].status == plan_mod.PLANNED])
                 tiles.decided(area.cells)

@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from cdse_dem.errors import DemError
-from cdse_dem.fsutil import atomic_write_json
+from cdse_dem.errors import DemError, UsageError
+from cdse_dem.fsutil import NotRegular, atomic_write_json, read_regular
 from cdse_dem.paths import JSON_NAME
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ class NameIdCache:
         out_dir = Path(out_dir)
         path = out_dir / JSON_NAME
         try:
-            raw = path.read_bytes()
+            raw = read_regular(path)  # a FIFO here would hang the run; a symlink would lead elsewhere
+        except NotRegular as exc:
+            raise UsageError(f"{exc}; this name is the output folder's record: move it away and run again") from None
         except FileNotFoundError:
             return cls(out_dir)
         except OSError as exc:

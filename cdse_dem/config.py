@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cdse_dem.errors import ConfigError
 from cdse_dem.fsutil import read_input
+from cdse_dem.paths import expand_user
 
 SCHEMA_NAME = "configuration.xsd"
 _ELEMENTS = ("Collection", "Delivery_Id", "Resolution", "Elevation_Model", "Tiles_Input_File",
@@ -48,8 +49,18 @@ def load_config(path: Path) -> ConfigFile:
         message = exc.msg.split(", line ")[0] if exc.msg else "malformed XML"
         raise ConfigError(f"{path}:{line}: malformed XML: {message}") from None
 
+    if root.getroottree().docinfo.doctype:
+        # Not needed by any configuration, and lxml's schema validator cannot handle the entity
+        # references it allows (an internal error, not a message): refused before validation.
+        line = data[: data.find(b"<!DOCTYPE")].count(b"\n") + 1 if b"<!DOCTYPE" in data else 1
+        raise ConfigError(f"{path}:{line}: a DOCTYPE (DTD, entity declarations) is not allowed in a configuration file")
+
     schema = etree.XMLSchema(etree.parse(str(_schema_path())))
-    if not schema.validate(root):
+    try:
+        valid = schema.validate(root)
+    except etree.XMLSchemaValidateError as exc:
+        raise ConfigError(f"{path}:1: cannot be checked against {SCHEMA_NAME} ({exc})") from None
+    if not valid:
         error = schema.error_log.filter_from_errors()[0]
         raise ConfigError(f"{path}:{error.line}: {_plain(error.message)}")
 
@@ -62,8 +73,8 @@ def load_config(path: Path) -> ConfigFile:
         delivery=values["Delivery_Id"],
         resolution=int(values["Resolution"]) if values["Resolution"] else None,
         model=values["Elevation_Model"],
-        tiles_file=_relative_to(base, values["Tiles_Input_File"]),
-        output_dir=_relative_to(base, values["DEM_Output_Directory"]),
+        tiles_file=_relative_to(base, values["Tiles_Input_File"], path, "Tiles_Input_File"),
+        output_dir=_relative_to(base, values["DEM_Output_Directory"], path, "DEM_Output_Directory"),
     )
 
 
@@ -75,10 +86,10 @@ def _text(option, name: str) -> str | None:
     return None if value == "DEFAULT" else value
 
 
-def _relative_to(base: Path, value: str | None) -> Path | None:
+def _relative_to(base: Path, value: str | None, path: Path, element: str) -> Path | None:
     if value is None:
         return None
-    candidate = Path(value).expanduser()
+    candidate = expand_user(value, f"{element} of {path}", ConfigError)
     return candidate if candidate.is_absolute() else base / candidate
 
 

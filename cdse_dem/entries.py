@@ -15,6 +15,11 @@ from cdse_dem.fsutil import read_input
 
 COMMAND_LINE = "command line"
 
+# Characters of an entry quoted in a message: enough for any SAFE name (65) and a path before
+# it; a whole 10 MB line would drown the log and the terminal.
+MAX_SHOWN = 120
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
 # Compact L1C/L2A product names (since December 2016): S2x_MSIL1C_..._T<tile>_... The tile is
 # the one _T<tile>_ field, wherever it stands, so a future extra field does not break the
 # lookup; a name with two tile fields is ambiguous and refused.
@@ -48,9 +53,35 @@ def tile_of(text: str) -> str:
     candidate = text.strip().upper()
     tile = tiles.normalize_tile_id(candidate) or _tile_of_safe_name(candidate)
     if tile is None:
-        raise InputError(f"'{text.strip()}' is not a Sentinel-2 tile id or SAFE name")
+        raise InputError(f"'{shown(text)}' is not a Sentinel-2 tile id or SAFE name")
     tiles.check_tile(tile)
     return tile
+
+
+def shown(text: str) -> str:
+    """An entry as a message may print it: stripped, every unprintable character escaped (a
+    terminal escape sequence is shown, not obeyed; a byte that is not UTF-8 as ``\\xff``), and cut
+    past MAX_SHOWN characters with the full length said."""
+    text = text.strip()
+
+    def escape(char: str) -> str:
+        if char.isprintable():
+            return char
+        if 0xDC80 <= ord(char) <= 0xDCFF:  # an undecodable byte, as Python hands over argv
+            return f"\\x{ord(char) - 0xDC00:02x}"
+        return char.encode("unicode_escape").decode("ascii")
+
+    escaped = "".join(map(escape, text[:MAX_SHOWN]))
+    return escaped if len(text) <= MAX_SHOWN else f"{escaped}… ({len(text):,} characters)"
+
+
+def _is_utf16(raw: bytes) -> bool:
+    """UTF-16 text (what Windows editors call "Unicode"): a byte-order mark, or every other byte NUL."""
+    if raw.startswith(_UTF16_BOMS):
+        return True
+    head = raw[:4096]
+    return len(head) >= 4 and any(not any(half) and all(other)
+                                  for half, other in ((head[1::2], head[0::2]), (head[0::2], head[1::2])))
 
 
 def _tile_of_safe_name(name: str) -> str | None:
@@ -85,6 +116,9 @@ def read_tile_list(path: Path) -> list[Entry]:
     InputError; a bad line is an invalid Entry, reported with the rest.
     """
     raw = read_input(path, "tile list file", InputError)
+    if _is_utf16(raw):
+        raise InputError(f"{path}: a UTF-16 text file, not UTF-8: convert it, e.g. "
+                         f"iconv -f UTF-16 -t UTF-8 '{path}' > tiles.txt (or save it as UTF-8)")
     if b"\0" in raw:
         line = raw[: raw.index(b"\0")].count(b"\n") + 1
         raise InputError(f"{path}:{line}: not a text file (binary content)")
@@ -95,7 +129,7 @@ def read_tile_list(path: Path) -> list[Entry]:
         raise InputError(f"{path}:{line}: not a text file (not UTF-8)") from None
 
     entries = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # as editors and grep number lines: \n only
         content = line.split("#", 1)[0].strip()
         if content:
             entries.append(resolve(content, str(path), number))

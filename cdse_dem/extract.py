@@ -12,17 +12,26 @@ then renamed into place: a file under its final name is always whole.
 
 import logging
 import os
+import stat
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from cdse_dem.errors import DemError
-from cdse_dem.fsutil import create_temp_in, raise_if_disk_full, remove_quietly, replace_into_place
+from cdse_dem.fsutil import create_temp_in, kind_of, raise_if_disk_full, remove_quietly, replace_into_place
+from cdse_dem.geocells import geocell_of_name
 
 log = logging.getLogger(__name__)
 
 DEM_SUFFIXES = ("_DEM.tif", "_DEM.dt1", "_DEM.dt2")
 _CHUNK = 1024 * 1024
+
+# The largest a DEM layer can be, by resolution. The widest cell (at the equator) is 3601 × 3601
+# samples at 30 m and 1201 × 1201 at 90 m; stored uncompressed as float32 that is 51.9 MB and
+# 5.8 MB (DTED, 16-bit with record overhead, is about half), plus a few kB of tags. A member
+# declaring more is not a DEM (a zip bomb, or a wrong product) and is refused before a byte of
+# it is written: about 15 % headroom over the largest real raster.
+MAX_DEM_BYTES = {30: 60_000_000, 90: 7_000_000}
 
 
 class ExtractError(DemError):
@@ -69,6 +78,20 @@ def find_dem_member(zf: zipfile.ZipFile, zip_path: Path) -> zipfile.ZipInfo:
     return info
 
 
+def _check_member(info: zipfile.ZipInfo, base_name: str, zip_path: Path) -> None:
+    """Refuse a DEM member that is not a regular file (a symlink entry would become a file
+    holding the link's target path) or that inflates past what a DEM of its resolution can be."""
+    mode = info.external_attr >> 16  # the Unix st_mode, when the zip was made on Unix
+    if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+        raise ExtractError(f"refusing {info.filename} in {zip_path}: {kind_of(mode)}, not a regular file")
+    named = geocell_of_name(base_name)
+    limit = MAX_DEM_BYTES[named[1]] if named is not None else max(MAX_DEM_BYTES.values())
+    if info.file_size > limit:
+        resolution = f"at {named[1]} m " if named is not None else ""
+        raise ExtractError(f"refusing {info.filename} in {zip_path}: it inflates to {info.file_size:,} bytes, "
+                           f"more than a DEM {resolution}can be ({limit:,})")
+
+
 def extract_dem(zip_path: Path, out_dir: Path, expected_name: str | None = None) -> Path:
     """Write the DEM layer of ``zip_path`` into ``out_dir`` under its base name; return that path.
 
@@ -87,6 +110,7 @@ def extract_dem(zip_path: Path, out_dir: Path, expected_name: str | None = None)
         base_name = _parts(info.filename)[-1]
         if expected_name is not None and base_name != expected_name:
             raise ExtractError(f"{zip_path} holds {base_name}, not the expected {expected_name}")
+        _check_member(info, base_name, zip_path)
         final = out_dir / base_name
         try:
             temp, handle = create_temp_in(out_dir, base_name)

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -206,3 +207,117 @@ def read_input(path: Path, what: str, error: type[DemError]) -> bytes:
         raise error(f"{path}: {what} not found") from None
     except OSError as exc:
         raise error(f"{path}: cannot read the {what} ({exc.strerror})") from None
+
+
+# --- what is at a path, before the tool writes or reads it ------------------------------------
+
+_KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
+          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def kind_of(mode: int) -> str:
+    """``st_mode`` in words, for one-line messages: 'a FIFO (named pipe)', 'a symbolic link', ..."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+class NotRegular(DemError):
+    """A file the tool reads or rewrites is a FIFO, device, socket or symbolic link: refused, not used."""
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file, read without following a symbolic link.
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO under the name never makes
+    the run hang and no swap between the check and the read is possible. FileNotFoundError and
+    IsADirectoryError pass through; any other kind is :class:`NotRegular` naming what it is.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP):  # a symlink; a socket
+            raise NotRegular(f"{path}: {kind_of(os.lstat(path).st_mode)}, not a regular file") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise NotRegular(f"{path}: {kind_of(mode)}, not a regular file")
+        return handle.read()
+
+
+# A report (--summary-json, --kml-report) goes where the user points it. A regular file (or a
+# new name) is replaced atomically, as every file the tool writes. Our own stdout/stderr
+# (/dev/stdout, /proc/self/fd/1, whatever it leads to), a character device or a FIFO is
+# written INTO, never replaced by a regular file. A symbolic link to anything else is refused:
+# replacing it would drop the user's link, writing through it would follow it.
+REPLACE, STREAM = "replace", "stream"
+
+
+def report_target(path: Path) -> tuple[str, int | None]:
+    """How a report reaches ``path``: (REPLACE, None), or (STREAM, our fd 1/2 it is, else None).
+
+    ValueError (the reason, in a few words) when it cannot be written there at all.
+    """
+    try:
+        link = os.lstat(path)
+    except FileNotFoundError:
+        if not Path(path).parent.is_dir():
+            raise ValueError(os.strerror(errno.ENOENT)) from None
+        return REPLACE, None
+    if stat.S_ISREG(link.st_mode):
+        return REPLACE, None
+    if stat.S_ISDIR(link.st_mode):
+        raise ValueError(os.strerror(errno.EISDIR))
+    try:
+        target = os.stat(path)
+    except OSError:
+        raise ValueError(f"{kind_of(link.st_mode)} leading nowhere") from None
+    for fd in (1, 2):
+        try:
+            ours = os.fstat(fd)
+        except OSError:
+            continue
+        if (ours.st_dev, ours.st_ino) == (target.st_dev, target.st_ino):
+            return STREAM, fd
+    if stat.S_ISCHR(target.st_mode) or stat.S_ISFIFO(target.st_mode):
+        return STREAM, None
+    if stat.S_ISLNK(link.st_mode):
+        raise ValueError(f"a symbolic link to {kind_of(target.st_mode)}: name the file itself")
+    raise ValueError(f"{kind_of(target.st_mode)}, not a file")
+
+
+def write_report(path: Path, data: bytes) -> None:
+    """Write a report to ``path`` as :func:`report_target` decides; OSError (or ValueError) if it cannot."""
+    how, fd = report_target(path)
+    if how == REPLACE:
+        atomic_write_bytes(path, data)
+        return
+    if fd is not None:
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()  # the report comes after what was printed, not over it
+        _write_all(fd, data)
+        return
+    # a FIFO with no reader answers ENXIO at once instead of blocking the run forever
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise ValueError("a FIFO that no process reads") from None
+        raise
+    try:
+        os.set_blocking(fd, True)
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -196,9 +196,39 @@ def load_private_key(pem: bytes, passphrase: str | None, source: str, min_bits: 
 # --- I/O --------------------------------------------------------------------------------
 
 
+PRIVATE_MODE = 0o600  # owner read/write only: the password's ciphertext and the key that opens it
+
+
+def check_private_mode(path: Path) -> None:
+    """Warn when ``path`` is readable or writable by others, and make it 0600 when it is ours.
+
+    Left so by a copy, an unpack or a hand edit, the key (or a credentials.yaml beside it)
+    lets any local account decrypt the password: the user must hear of it, and the fix is safe
+    to make for them. A file of another account is only reported.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # missing or unreadable: the read that follows says so
+    mode = st.st_mode & 0o777
+    if not mode & 0o077:
+        return
+    if hasattr(os, "geteuid") and st.st_uid == os.geteuid():
+        try:
+            os.chmod(path, PRIVATE_MODE)
+        except OSError as exc:
+            log.warning("%s is readable by others (mode %04o) and could not be made private: %s",
+                        path, mode, _reason(exc))
+            return
+        log.warning("%s was readable by others (mode %04o): now %04o", path, mode, PRIVATE_MODE)
+    else:
+        log.warning("%s is readable by others (mode %04o) and belongs to another account: "
+                    "ask its owner to make it %04o", path, mode, PRIVATE_MODE)
+
+
 def write_private_file(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically with a file that is 0600 from its first byte on."""
-    atomic_write_bytes(path, data, mode=0o600)
+    atomic_write_bytes(path, data, mode=PRIVATE_MODE)
 
 
 class KeyStore:
@@ -219,6 +249,7 @@ class KeyStore:
 
     def entries(self) -> dict[str, StoredEntry]:
         """Every stored entry (none when there is no file); CredentialError if unreadable."""
+        check_private_mode(self.yaml_path)
         try:
             text = self.yaml_path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -307,6 +338,7 @@ class KeyStore:
         return aside
 
     def _read_key(self):
+        check_private_mode(self.key_path)
         try:
             pem = self.key_path.read_bytes()
         except OSError as exc:

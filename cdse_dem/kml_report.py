@@ -5,13 +5,14 @@ failed" at a glance, and shows where the tiles lie. Written with fastkml (1.x AP
 constructors, pygeoif geometries); a ``.kmz`` path gives a zipped KMZ.
 """
 
-import os
-import tempfile
+import io
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cdse_dem.errors import UsageError
+from cdse_dem.fsutil import write_report
 
 if TYPE_CHECKING:
     from cdse_dem.footprint import Footprint
@@ -34,8 +35,8 @@ def write_kml_report(
 ) -> None:
     """Write the tiles' footprints and the geocells styled by status to ``path`` (.kml or .kmz).
 
-    ``geocell_status`` maps each cell to one of STATUS_COLOURS' keys. Written to a temporary
-    file and renamed, so a reader never sees half a file; UsageError when it cannot be written.
+    ``geocell_status`` maps each cell to one of STATUS_COLOURS' keys. A file is written to a temporary
+    and renamed (a device or FIFO is written into); UsageError when it cannot be written.
     """
     import pygeoif
     import shapely
@@ -79,17 +80,15 @@ def write_kml_report(
         name=f"Copernicus DEM {resolution} m geocells for {len(footprints)} Sentinel-2 tiles",
         styles=styles, features=folders,
     )
-    path = Path(path)
+    xml = KML(features=[document]).to_string(precision=7)
+    if Path(path).suffix.lower() == ".kmz":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as kmz:
+            kmz.writestr("doc.kml", xml)
+        data = buffer.getvalue()
+    else:
+        data = xml.encode("utf-8")
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write the KML report ({exc.strerror or exc})") from exc
-    os.close(fd)
-    try:
-        KML(features=[document]).write(Path(tmp_name), precision=7)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write the KML report ({exc.strerror or exc})") from exc
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        write_report(Path(path), data)  # a regular file replaced atomically; a device or FIFO written into
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot write the KML report ({getattr(exc, 'strerror', None) or exc})") from exc

@@ -70,7 +70,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
     root.addHandler(stream)
 
     if log_file is not None:
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        # paths that are not UTF-8 are logged as the filesystem gave them, not a "Logging error"
+        handler = logging.FileHandler(log_file, encoding="utf-8", errors="surrogateescape")
         handler.setFormatter(logging.Formatter(LINE_FORMAT, DATE_FORMAT))
         handler.setLevel(logging.DEBUG if verbose else logging.INFO)
         handler.addFilter(_Scrubbed())

@@ -78,9 +78,9 @@ def decide(args, config: "ConfigFile | None") -> Settings:
         delivery=args.delivery or DEFAULT_DELIVERY,
         resolution=args.resolution or DEFAULT_RESOLUTION,
         model=args.model or DEFAULT_MODEL,
-        output_dir=Path(args.output).expanduser() if args.output else paths.default_output_dir(),
+        output_dir=paths.expand_user(args.output, "output folder") if args.output else paths.default_output_dir(),
         tile_args=tile_args,
-        tiles_file=None if tile_args else (Path(args.input).expanduser() if args.input
+        tiles_file=None if tile_args else (paths.expand_user(args.input, "tile list file") if args.input
                                            else paths.default_tiles_file()),
         ignored=("--i",) if tile_args and args.input else (),
     )

@@ -47,3 +47,28 @@ def credentials_dir() -> Path:
 
 def default_output_dir() -> Path:
     return tool_home() / "output_dir"
+
+
+def expand_user(text: str | Path, what: str, error: type[Exception] | None = None) -> Path:
+    """``~`` and ``~user`` expanded, or ``error`` (UsageError by default) when there is no such home.
+
+    ``os.path.expanduser`` turns ``~/x`` into ``/x`` when HOME is set but empty, and leaves
+    ``~nobody/x`` as a relative folder named ``~nobody``: both would write somewhere the user
+    never meant.
+    """
+    text = os.fspath(text)
+    if not text.startswith("~"):
+        return Path(text)
+    user = text[1:].split("/", 1)[0]
+    if not user and "HOME" in os.environ and not os.environ["HOME"].strip():
+        problem = "HOME is empty, so '~' names no folder"
+    else:
+        expanded = os.path.expanduser(text)
+        if not expanded.startswith("~"):
+            return Path(expanded)
+        problem = f"no user {user!r} is known, so '~{user}' names no folder" if user else "no home folder is known"
+    if error is None:
+        from cdse_dem.errors import UsageError
+
+        error = UsageError
+    raise error(f"{text}: cannot use it as the {what} ({problem})")

@@ -27,6 +27,7 @@ class CellState:
     file: str | None = None
     bytes: int = 0
     error: str | None = None
+    confirmed: bool = False  # a present file the catalogue just confirmed as this run's product
 
 
 @dataclass
@@ -46,6 +47,8 @@ class TilePlan:
 class Plan:
     tiles: list[TilePlan]
     cells: dict[Geocell, CellState] = field(default_factory=dict)
+    # present cells whose recorded product is to be compared with this run's choice (see mark_to_compare)
+    compare: set[Geocell] = field(default_factory=set)
 
     def to_fetch(self) -> list[CellState]:
         return [c for c in self.cells.values() if c.status == PLANNED and c.product is not None]
@@ -80,6 +83,40 @@ def tiles_to_search(plan: Plan) -> list[TilePlan]:
     return [t for t in plan.tiles if any(plan.cells[c].status != PRESENT for c in t.geocells)]
 
 
+KEEP, REFETCH = "keep", "refetch"
+
+
+def present_decision(recorded_id: str, chosen_id: str | None, keep_existing: bool) -> str:
+    """A file already present, recorded as coming from ``recorded_id``, against this run's choice.
+
+    Refetched when the catalogue chose another product (an earlier run asked for another
+    delivery or collection), unless ``--keep-existing``; kept when the catalogue has nothing
+    for the cell (it stays what the user already has).
+    """
+    if chosen_id is None or chosen_id == recorded_id or keep_existing:
+        return KEEP
+    return REFETCH
+
+
+@dataclass(frozen=True)
+class OtherProduct:
+    """A present file whose recorded product is not the one this run chose."""
+
+    state: CellState
+    recorded_id: str
+    decision: str  # KEEP (--keep-existing) or REFETCH
+
+
+def _compare_present(state: CellState, product: Product | None) -> OtherProduct | None:
+    """A present file against this run's choice: confirmed, kept, or planned again."""
+    if product is None or product.id == state.product_id:
+        state.confirmed = product is not None
+        return None
+    other = OtherProduct(state, state.product_id, present_decision(state.product_id, product.id, False))
+    state.product, state.product_id, state.status = product, product.id, PLANNED
+    return other
+
+
 def tile_counts(plan: Plan, tile: TilePlan) -> dict[str, int]:
     counts = {s: 0 for s in (DOWNLOADED, PRESENT, SEA, FAILED, PLANNED)}
     for cell in tile.geocells:
@@ -96,13 +133,23 @@ def mark_known_sea(plan: Plan, is_known_sea: Callable[[Geocell], bool]) -> list[
     return known
 
 
+def mark_to_compare(plan: Plan, confirmed: Callable[[str], bool]) -> int:
+    """Present cells whose file is not known to come from this run's dataset are searched too, so
+    that a file of another delivery or collection is noticed (``confirmed(file_name)``: known)."""
+    plan.compare = {cell for cell, state in plan.cells.items()
+                    if state.status == PRESENT and state.product_id is not None and not confirmed(state.file_name)}
+    return len(plan.compare)
+
+
 def cells_to_search(plan: Plan) -> list[Geocell]:
-    """Cells neither complete on disk nor known to be sea: only those need the catalogue."""
-    return sorted(cell for cell, state in plan.cells.items() if state.status == PLANNED and state.product is None)
+    """Cells neither complete on disk nor known to be sea (and present ones to compare): only
+    those need the catalogue."""
+    return sorted(cell for cell, state in plan.cells.items()
+                  if (state.status == PLANNED and state.product is None) or cell in plan.compare)
 
 
 def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Product],
-               problems: Iterable = ()) -> None:
+               problems: Iterable = ()) -> list["OtherProduct"]:
     """Attach a completed search's answer: each cell its area covered gets its product, or is open sea.
 
     A cell that already has its product keeps it, whatever its download has come to: every
@@ -113,12 +160,22 @@ def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Produ
     cell named by one fails (its other product may be an older one: not chosen silently in
     its place); when one names no cell at all, every cell left without a product fails
     instead of being called open sea: the record we could not place may be its product.
+
+    Present cells to compare (``plan.compare``) are planned again when the chosen product is
+    not the one recorded for them (see :func:`present_decision`); those are returned, for the log.
     """
     problems = list(problems)
     bad_cells = {p.geocell for p in problems if p.geocell is not None}
     unplaced = any(p.geocell is None for p in problems)
+    others: list[OtherProduct] = []
     for cell in cells:
         state = plan.cells[cell]
+        if cell in plan.compare:
+            plan.compare.discard(cell)  # compared once, even when several areas reach it
+            other = _compare_present(state, chosen.get(cell))
+            if other is not None:
+                others.append(other)
+            continue
         if state.status == PRESENT or state.product is not None:
             continue
         product = chosen.get(cell)
@@ -131,6 +188,8 @@ def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Produ
             state.status, state.error = FAILED, "the CDSE catalogue answered products that could not be placed"
         elif state.status != FAILED:
             state.status = SEA
+    return others
+
 
 
 def cells_failed(plan: Plan, cells: Iterable[Geocell], error: str) -> None:

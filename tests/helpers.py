@@ -114,7 +114,8 @@ def check_consistent(out: Path, sim=None) -> dict:
     record = json.loads((out / "dict_filename_dem_id.json").read_text())
     files = dem_files(out)
     assert set(record) == set(files)
-    records = ("dict_filename_dem_id.json", "open_sea_geocells.json")  # the sea record: cells found empty
+    # the name-id record, the sea record (cells found empty) and where each file came from
+    records = ("dict_filename_dem_id.json", "open_sea_geocells.json", "dict_filename_dem_dataset.json")
     leftovers = [p.name for p in out.iterdir() if p.name not in files and p.name not in records
                  and not p.name.endswith(".kml")]
     assert leftovers == []
@@ -124,3 +125,24 @@ def check_consistent(out: Path, sim=None) -> dict:
             assert served_name == name
             assert files[name] == data, f"{name} differs from the DEM inside the served zip"
     return record
+
+
+def filled_tool_home(home: Path, env: dict, username: str, password: str, tile: str = "32UMA") -> Path:
+    """A tool home with ``username``'s credentials stored for this OS user and ``tile``'s DEMs downloaded
+    by a real run (``env``: the simulator's, with the environment's credentials blanked)."""
+    from cdse_dem.credentials import current_os_user
+    from cdse_dem.keystore import KeyStore
+
+    for sub in ("configuration", "auxiliary", "credentials", "output_dir"):
+        (home / sub).mkdir(parents=True)
+    KeyStore(home / "credentials").save(current_os_user(), username, password)
+    result = run_cli("--t", tile, env=env)
+    assert result.returncode == 0, result.output
+    assert len(check_consistent(home / "output_dir")) == 6
+    return home
+
+
+def log_messages(text: str, level: str) -> list[str]:
+    """The messages of the ``level`` lines (``ERROR``, ``WARNING``, ``INFO``) of a log."""
+    marker = f"| {level} "
+    return [line.split(marker, 1)[1] for line in text.splitlines() if marker in line]

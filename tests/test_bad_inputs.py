@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from simulator import Faults, SimulatorConfig, User, start_simulator
-from tests.helpers import ENTRY, Result, check_consistent, dem_files, run_cli
+from tests.helpers import ENTRY, Result, check_consistent, dem_files, filled_tool_home, run_cli
 
 USER = "matrix.user@example.com"
 SECRET = "Qx7-distinctive-Pa55word-93zk"  # appears nowhere but in the simulator's account and the store
@@ -56,17 +56,8 @@ def _env(sim, home: Path) -> dict:
 @pytest.fixture(scope="module")
 def template(matrix_sim, tmp_path_factory) -> Path:
     """A tool home with stored credentials and 32UMA's six DEMs downloaded by a real run."""
-    from cdse_dem.credentials import current_os_user
-    from cdse_dem.keystore import KeyStore
-
     home = tmp_path_factory.mktemp("matrix") / "home"
-    for sub in ("configuration", "auxiliary", "credentials", "output_dir"):
-        (home / sub).mkdir(parents=True)
-    KeyStore(home / "credentials").save(current_os_user(), USER, SECRET)
-    result = run_cli("--t", "32UMA", env=_env(matrix_sim, home))
-    assert result.returncode == 0, result.output
-    assert len(check_consistent(home / "output_dir")) == 6
-    return home
+    return filled_tool_home(home, _env(matrix_sim, home), USER, SECRET)
 
 
 @dataclass
