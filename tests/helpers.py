@@ -146,3 +146,20 @@ def log_messages(text: str, level: str) -> list[str]:
     """The messages of the ``level`` lines (``ERROR``, ``WARNING``, ``INFO``) of a log."""
     marker = f"| {level} "
     return [line.split(marker, 1)[1] for line in text.splitlines() if marker in line]
+
+
+def whole_dem_bytes(file_name: str) -> bytes:
+    """A GeoTIFF that passes the DEM integrity check for the cell and resolution ``file_name`` names
+    (real dimensions, one height, compressed to a few kB): a folder "filled" without downloading."""
+    import numpy as np
+
+    from cdse_dem.geocells import geocell_of_name
+    from simulator.geotiff import geotiff_parts
+    from simulator.terrain import BlockRaster, raster_shape
+
+    cell, resolution = geocell_of_name(file_name)
+    rows, cols = raster_shape(cell.lat, resolution)
+    raster = BlockRaster(np.full((1, 1), 250.0, dtype=np.float32), np.zeros(rows, dtype=np.intp),
+                         np.zeros(cols, dtype=np.intp))
+    header, data = geotiff_parts(raster, cell.lon, cell.lat + 1, 1 / (cols - 1), 1 / (rows - 1))
+    return header + (data if isinstance(data, bytes) else data.tobytes())

@@ -23,8 +23,11 @@ class FakeCatalogue:
     catalogue_url = "http://127.0.0.1:9/odata/v1"
 
     def __init__(self, land, fail_if=lambda text: False, too_many_if=lambda text: False):
+        import threading
+
         self.land, self.fail_if, self.too_many_if = set(land), fail_if, too_many_if
         self.filters = []
+        self.stop = threading.Event()  # set by the search when it ends, as on the real Catalogue
 
     def search(self, text):
         import re

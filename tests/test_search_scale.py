@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from cdse_dem.tiles import all_tile_ids
-from tests.helpers import ROOT, cli_env, run_cli
+from tests.helpers import ROOT, cli_env, run_cli, whole_dem_bytes
 
 CACHE = ROOT / ".cache" / "simulator"
 DATASET = ("CCM", "2024_1", 90, "DGED")
@@ -99,7 +99,7 @@ def test_300_tiles_take_few_searches_and_a_rerun_with_nothing_to_do_fewer(big_si
     out.mkdir()
     land = {c["name"] + "_DEM.tif": c["product_id"] for c in cells_of(plan).values() if c["status"] == "planned"}
     for name in land:
-        (out / name).write_bytes(b"a DEM")
+        (out / name).write_bytes(whole_dem_bytes(name))
     (out / "dict_filename_dem_id.json").write_text(json.dumps(land))
 
     def rerun():
@@ -111,7 +111,7 @@ def test_300_tiles_take_few_searches_and_a_rerun_with_nothing_to_do_fewer(big_si
         assert [r for r in new if r.server == "download" or r.grant_type] == []  # no login, no download
         return searches(new), json.loads((tmp_path / "again.json").read_text())["totals"]
 
-    first, totals = rerun()  # the sea cells were never recorded: one batch of searches for them alone
+    first, totals = rerun()  # neither the sea cells nor the files' dataset recorded: one batch of searches
     assert 1 <= len(first) <= 3
     assert totals["present"] == len(land) and totals["sea"] == plan["totals"]["sea"] > 0
     second, totals = rerun()  # now known to be sea: nothing to ask
