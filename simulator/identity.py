@@ -120,6 +120,26 @@ class IdentityService:
                 return 400, _error("invalid_grant", "Token is not active"), user
             return 200, self._issue(session, now), session.user.name
 
+    def logout(self, form: Mapping[str, str]) -> tuple[int, dict | None, str | None]:
+        """(status, JSON body or None, user name) for a POST to the logout URL: Keycloak ends the
+        session of the refresh token (204), which then no longer counts against the cap."""
+        if form.get("client_id") != CLIENT_ID:
+            return 401, _error("invalid_client", "Invalid client or Invalid client credentials"), None
+        token = form.get("refresh_token", "")
+        if not token:
+            return 400, _error("invalid_request", "No refresh token"), None
+        now = self.clock()
+        with self._lock:
+            self._expire(now)
+            entry = self._refresh.get(token)
+            session = self._sessions.get(entry[0]) if entry else None
+            if session is None:
+                return 400, _error("invalid_grant", "Invalid refresh token"), None
+            del self._sessions[session.id]
+            self._refresh = {j: e for j, e in self._refresh.items() if e[0] != session.id}
+            self._access = {j: e for j, e in self._access.items() if e[0] != session.id}
+            return 204, None, session.user.name
+
     # --- tokens -----------------------------------------------------------------------------
     def _issue(self, session: Session, now: float) -> dict:
         refresh_exp = session.refresh_deadline
