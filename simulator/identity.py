@@ -69,6 +69,7 @@ class IdentityService:
         self._sessions: dict[str, Session] = {}
         self._access: dict[str, tuple[str, float]] = {}  # token -> (session id, expiry)
         self._refresh: dict[str, tuple[str, float]] = {}  # token -> (session id, expiry)
+        self._used_codes: set[tuple[str, str]] = set()  # (user, two-factor code) already used
 
     # --- the endpoint ----------------------------------------------------------------------
     def token(self, form: Mapping[str, str]) -> tuple[int, dict, str | None]:
@@ -93,7 +94,10 @@ class IdentityService:
             code = form.get("totp", "")
             now = time.time()
             valid = {totp(user.totp_secret, now + d * TOTP_STEP) for d in (-1, 0, 1)}
-            if code not in valid:
+            with self._lock:  # Keycloak's default OTP policy: a code is good for one login only
+                reused = (user.name, code) in self._used_codes
+                self._used_codes.add((user.name, code))
+            if code not in valid or reused:
                 return 401, _error("invalid_grant", "Invalid user credentials"), user.name
         now = self.clock()
         with self._lock:

@@ -55,11 +55,17 @@ def tile_args(tiles) -> list[str]:
     return [arg for tile in tiles for arg in ("--t", tile)]
 
 
-def expected_names(sim, tiles, tmp_path) -> set[str]:
-    """What a single run would need for ``tiles``, from its --dry-run plan."""
-    dry = run_cli("--dry-run", *tile_args(tiles), "--o", tmp_path / "plan-only", env=cli_env(sim))
-    assert dry.returncode == 0, dry.output
-    return {line.split()[1] for line in dry.stdout.splitlines() if line.startswith("  ") and "_DEM." in line}
+def expected_names(sim, tiles, tmp_path, capsys, monkeypatch) -> set[str]:
+    """What a single run would need for ``tiles``, from its --dry-run plan (in-process: cheaper)."""
+    import cdse_copernicus_dem_downloader as cli
+
+    with monkeypatch.context() as env:
+        for key, value in cli_env(sim).items():
+            env.setenv(key, value)
+        capsys.readouterr()
+        assert cli.main(["--dry-run", *tile_args(tiles), "--o", str(tmp_path / "plan-only"), "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return {line.split()[1] for line in lines if line.startswith("  ") and "_DEM." in line}
 
 
 def hold(path: Path) -> subprocess.Popen:
@@ -114,14 +120,14 @@ def test_json_updates_of_many_processes_interleaved_lose_nothing(tmp_path):
     script = ("import sys; from pathlib import Path; from cdse_dem.cache import NameIdCache\n"
               "out, k = Path(sys.argv[1]), sys.argv[2]\n"
               "cache = NameIdCache.load(out)\n"  # every writer starts from a stale copy
-              "for i in range(6):\n"
+              "for i in range(10):\n"
               "    name = f'f{k}_{i}_DEM.tif'\n"
               "    (out / name).write_bytes(b'x')\n"
               "    cache.record(name, f'id-{k}-{i}')\n")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(out), str(k)], cwd=ROOT) for k in range(8)]
-    assert [p.wait() for p in procs] == [0] * 8
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(out), str(k)], cwd=ROOT) for k in range(4)]
+    assert [p.wait() for p in procs] == [0] * 4
     record = json.loads((out / "dict_filename_dem_id.json").read_text())
-    assert record == {f"f{k}_{i}_DEM.tif": f"id-{k}-{i}" for k in range(8) for i in range(6)}
+    assert record == {f"f{k}_{i}_DEM.tif": f"id-{k}-{i}" for k in range(4) for i in range(10)}
     assert NameIdCache.load(out).entries() == record
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
@@ -130,11 +136,11 @@ def test_json_updates_of_many_processes_interleaved_lose_nothing(tmp_path):
 
 @pytest.mark.parametrize("runs", [3, 8])
 def test_concurrent_runs_into_one_folder_fetch_each_geocell_once_within_the_account(
-        make_sim, tool_home, tmp_path, runs):
+        make_sim, tool_home, tmp_path, runs, capsys, monkeypatch):
     sim = make_sim(bandwidth=SLOW)
     tile_sets = [[TILES[i % len(TILES)], TILES[(i + 1) % len(TILES)]] for i in range(runs)]
     used = sorted({t for pair in tile_sets for t in pair})
-    wanted = expected_names(sim, used, tmp_path)
+    wanted = expected_names(sim, used, tmp_path, capsys, monkeypatch)
     out = tmp_path / "dem"
     results = [None] * runs
 
@@ -207,7 +213,7 @@ def _killed_run(sim, out: Path, seed: int) -> tuple[int, set[str]]:
 
 
 def test_sigkill_at_random_points_then_a_rerun_is_complete_and_takes_locks_over_at_once(
-        make_sim, tool_home, tmp_path):
+        make_sim, tool_home, tmp_path, capsys, monkeypatch):
     sim = make_sim(bandwidth=SLOW)
     seeds = range(5)
     outs = {seed: tmp_path / f"dem-{seed}" for seed in seeds}
@@ -239,7 +245,7 @@ def test_sigkill_at_random_points_then_a_rerun_is_complete_and_takes_locks_over_
     for t in threads:
         t.join()
 
-    wanted = expected_names(sim, ["32UMA", "32UNA"], tmp_path)
+    wanted = expected_names(sim, ["32UMA", "32UNA"], tmp_path, capsys, monkeypatch)
     for seed in seeds:
         result, (pid, left_locks) = results[seed], killed[seed]
         assert result.returncode == 0, result.output
@@ -248,3 +254,27 @@ def test_sigkill_at_random_points_then_a_rerun_is_complete_and_takes_locks_over_
             assert f"Took over the lock {name} left by process {pid} " in result.output, (seed, result.output)
         assert "waiting for it" not in result.output
     assert any(left for _, left in killed.values()), "no kill landed while a geocell was locked"
+
+
+# --- every end logs out ---------------------------------------------------------------------------
+
+def test_a_failed_run_and_an_interrupted_run_log_out_too(make_sim, tool_home, tmp_path):
+    from simulator import User
+
+    sim = make_sim(users=[User("noccm@example.com", "pw", ccm=False), User(DEMO_USER, "demo")], bandwidth=SLOW)
+    failed = run_cli("--t", "32UMA", "--o", tmp_path / "a", env=cli_env(sim, CDSE_USERNAME="noccm@example.com",
+                                                                        CDSE_PASSWORD="pw"))
+    assert failed.returncode == 1 and "DAT-ZIP-608" in failed.output
+    assert [(r.user, r.status) for r in logouts(sim)] == [("noccm@example.com", 204)]
+
+    env = dict(os.environ, **cli_env(sim))
+    proc = subprocess.Popen([sys.executable, str(ENTRY), "--t", "32UMA", "--o", str(tmp_path / "b")], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "Processing file" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait() == 130, rest
+    assert [(r.user, r.status) for r in logouts(sim)][1:] == [(DEMO_USER, 204)]
+    assert sim.active_sessions(DEMO_USER) == sim.active_sessions("noccm@example.com") == 0
