@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cdse_dem import locks
 from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError
-from cdse_dem.fsutil import DiskFull, remove_quietly
+from cdse_dem.fsutil import DiskFull, raise_if_disk_full, remove_quietly
 from cdse_dem.plan import DOWNLOADED, FAILED, PRESENT, CellState
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,18 @@ class Fetcher:
         if self.stop.is_set():
             return
         cell_lock = locks.LockFile(locks.lock_path_for(self._out_dir, state.file_name))
-        if not cell_lock.acquire(stop=self.stop, on_wait=lambda: log.info(
-                "%s is being fetched by another run: waiting for it", state.file_name)):
+        try:
+            if not cell_lock.acquire(stop=self.stop, on_wait=lambda: log.info(
+                    "%s is being fetched by another run: waiting for it", state.file_name)):
+                return
+        except OSError as exc:
+            try:
+                raise_if_disk_full(exc, self._out_dir)
+            except DiskFull as full:
+                self._stop_all(state, full)
+                return
+            state.status, state.error = FAILED, f"cannot lock it in {self._out_dir} ({exc.strerror or exc})"
+            log.error("%s: %s", state.file_name, state.error)
             return
         if cell_lock.took_over:
             log.info("Took over the lock of %s left by %s: that run is gone", state.file_name, cell_lock.took_over)
