@@ -221,8 +221,8 @@ def _remove_if_unlocked(path: Path) -> bool:
     except OSError:
         return False
     try:
-        if not locks.try_lock_fd(fd):
-            return False  # its writer is alive
+        if not locks.try_lock_fd(fd) or not locks.locks_work():
+            return False  # its writer is alive (or, without locks, nobody can tell)
         try:
             if not locks.same_file(fd, path):
                 return False

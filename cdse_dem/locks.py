@@ -21,6 +21,7 @@ Three kinds are built on it:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -37,6 +38,22 @@ log = logging.getLogger(__name__)
 LOCK_SUFFIX = ".cdse-lock"
 POLL_SECONDS = 0.05  # how often a waiting run tries a held lock again: prompt, and cheap for a few runs
 SLOTS_DIR_ENV = "CDSE_DEM_SLOTS_DIR"  # where the per-account slot folders live (default: the system temp dir)
+
+_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
+_warned = threading.Event()
+
+
+def _warn_unsupported(exc: OSError) -> None:
+    if not _warned.is_set():
+        _warned.set()
+        log.warning("This file system does not support file locks (%s): runs sharing a folder or an "
+                    "account at the same time are not protected from each other", exc.strerror or exc)
+
+
+def locks_work() -> bool:
+    """False once a file system refused a lock: nothing can then be judged dead by its lock."""
+    return not _warned.is_set()
+
 
 if os.name == "nt":  # pragma: no cover - exercised on Windows only
     import msvcrt
@@ -67,10 +84,19 @@ else:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        except OSError as exc:
+            if exc.errno not in _UNSUPPORTED:
+                raise
+            _warn_unsupported(exc)
+            return True  # no locks on this file system: a run alone in its folder still works
         return True
 
     def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            if exc.errno not in _UNSUPPORTED:
+                raise
 
 
 def try_lock_fd(fd: int) -> bool:

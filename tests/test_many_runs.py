@@ -134,6 +134,27 @@ def test_slots_bound_the_account_across_processes_and_come_back_when_a_holder_di
     second.release()
 
 
+def test_a_file_system_without_locks_still_serves_one_run_and_sweeps_nothing(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from cdse_dem import fsutil
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(locks, "_warned", threading.Event())
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    left = tmp_path / ".x_DEM.tif.123-0badcafe.cdse-tmp"
+    left.write_bytes(b"another run's, maybe alive")
+    fsutil.atomic_write_bytes(tmp_path / "a.json", b"{}")
+    with locks.LockFile(locks.lock_path_for(tmp_path, "cell")):
+        pass
+    assert fsutil.remove_stale_temporaries(tmp_path) == []  # cannot tell: removes nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == [left.name, "a.json"]
+    assert [r.levelname for r in caplog.records if "does not support file locks" in r.getMessage()] == ["WARNING"]
+
+
 def test_json_updates_of_many_processes_interleaved_lose_nothing(tmp_path):
     out = tmp_path / "dem"
     out.mkdir()
