@@ -175,11 +175,15 @@ def test_json_updates_of_many_processes_interleaved_lose_nothing(tmp_path):
 
 # --- real runs at once ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("runs", [3, 8])
+ISSUE_RUNS = [["32UMA", "32UNA"], ["32UNA", "32UPA"], ["32UPA", "32UMA"]]  # the three runs of issue 14
+EIGHT_RUNS = [[TILES[i % len(TILES)], TILES[(i + 1) % len(TILES)]] for i in range(8)]
+
+
+@pytest.mark.parametrize("tile_sets", [ISSUE_RUNS, EIGHT_RUNS], ids=["3-runs", "8-runs"])
 def test_concurrent_runs_into_one_folder_fetch_each_geocell_once_within_the_account(
-        make_sim, tool_home, tmp_path, runs, capsys, monkeypatch):
+        make_sim, tool_home, tmp_path, tile_sets, capsys, monkeypatch):
     sim = make_sim(bandwidth=SLOW)
-    tile_sets = [[TILES[i % len(TILES)], TILES[(i + 1) % len(TILES)]] for i in range(runs)]
+    runs = len(tile_sets)
     used = sorted({t for pair in tile_sets for t in pair})
     wanted = expected_names(sim, used, tmp_path, capsys, monkeypatch)
     out = tmp_path / "dem"
