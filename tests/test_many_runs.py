@@ -50,6 +50,18 @@ def logouts(sim) -> list:
     return [r for r in sim.request_log() if r.path.endswith("/openid-connect/logout")]
 
 
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """Runs made in-process configure the ``cdse_dem`` loggers (no propagation): undo it after."""
+    import logging
+
+    logger = logging.getLogger("cdse_dem")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.propagate, logger.level = saved[1], saved[2]
+
+
 def tile_args(tiles) -> list[str]:
     return [arg for tile in tiles for arg in ("--t", tile)]
 
