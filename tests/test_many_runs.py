@@ -252,11 +252,16 @@ def test_150_runs_in_a_row_log_out_and_stay_under_a_100_session_cap(make_sim, to
 
 # --- SIGKILL at random points, then a re-run -----------------------------------------------------
 
+def seed_env(sim, seed: int) -> dict:
+    """One account per seed: the five folders' runs do not queue for one account's 4 slots."""
+    return cli_env(sim, CDSE_USERNAME=f"seed{seed}@example.com", CDSE_PASSWORD="pw")
+
+
 def _killed_run(sim, out: Path, seed: int) -> tuple[int, set[str]]:
     """Start a run and SIGKILL it at a seeded random point of its log; (its pid, locks it left)."""
     rng = random.Random(seed)
     kill_after = rng.randrange(10, 30)  # a log line: from the search to the last extractions
-    env = dict(os.environ, **cli_env(sim))
+    env = dict(os.environ, **seed_env(sim, seed))
     proc = subprocess.Popen([sys.executable, str(ENTRY), "--t", "32UMA", "--t", "32UNA", "--o", str(out)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for _ in range(kill_after):
@@ -271,8 +276,10 @@ def _killed_run(sim, out: Path, seed: int) -> tuple[int, set[str]]:
 
 def test_sigkill_at_random_points_then_a_rerun_is_complete_and_takes_locks_over_at_once(
         make_sim, tool_home, tmp_path, capsys, monkeypatch):
-    sim = make_sim(bandwidth=SLOW)
+    from simulator import User
+
     seeds = range(5)
+    sim = make_sim(bandwidth=2 * SLOW, users=[User(f"seed{seed}@example.com", "pw") for seed in seeds])
     outs = {seed: tmp_path / f"dem-{seed}" for seed in seeds}
     killed = {}
 
@@ -294,7 +301,7 @@ def test_sigkill_at_random_points_then_a_rerun_is_complete_and_takes_locks_over_
     results = {}
 
     def rerun(seed):
-        results[seed] = run_cli("--t", "32UMA", "--t", "32UNA", "--o", outs[seed], env=cli_env(sim))
+        results[seed] = run_cli("--t", "32UMA", "--t", "32UNA", "--o", outs[seed], env=seed_env(sim, seed))
 
     threads = [threading.Thread(target=rerun, args=(s,)) for s in seeds]
     for t in threads:
