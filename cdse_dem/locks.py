@@ -167,7 +167,7 @@ class LockFile:
         assert self._fd is None, "LockFile is not re-entrant"
         self.took_over, self.waited = None, False
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+            fd = _open_lock_file(self.path)
             try:
                 if not _try_lock(fd):
                     if not wait:
@@ -205,7 +205,10 @@ class LockFile:
                 except OSError:
                     pass  # Windows: still open elsewhere; the next holder reuses it
             else:
-                os.ftruncate(fd, 0)
+                try:
+                    os.ftruncate(fd, 0)
+                except OSError:
+                    pass  # opened read-only (another OS user's file): the holder line stays
             _unlock(fd)
         finally:
             os.close(fd)
@@ -216,6 +219,15 @@ class LockFile:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (creating it) a lock file; another OS user's is opened read-only: a lock needs no more."""
+    binary = getattr(os, "O_BINARY", 0)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | binary, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | binary)
 
 
 def holder_of(fd: int) -> str | None:
