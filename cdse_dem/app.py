@@ -251,16 +251,21 @@ def _record_what_the_catalogue_said(plan, sea_record, sources) -> None:
 def _fetcher(args, credentials, http, endpoints, out_dir, cache):
     """Downloads start as soon as the catalogue names a first product: login then, not before."""
     from cdse_dem.fetch import Fetcher
+    from cdse_dem.locks import SlotPool
     from cdse_dem.progress import open_bar
+    from cdse_dem.prompt import read_totp
     from cdse_dem.session import CdseSession
 
+    ask_totp = read_totp if credentials.totp and sys.stdin.isatty() else None
+
     def open_session():
-        session = CdseSession(credentials, endpoints, http=http, max_minutes=args.max_minutes)
+        session = CdseSession(credentials, endpoints, http=http, max_minutes=args.max_minutes, ask_totp=ask_totp)
         session.login()
         return session
 
+    slots = SlotPool.for_account(endpoints.token_url, credentials.username, args.workers)
     return Fetcher(open_session=open_session, http=http, endpoints=endpoints, out_dir=out_dir, cache=cache,
-                   workers=args.workers, progress=open_bar(0, args.quiet))
+                   workers=args.workers, progress=open_bar(0, args.quiet), slots=slots)
 
 
 def _tile_plans(valid, kml_arg: str | None, coverage: str):

@@ -8,6 +8,10 @@ renamed aside with a warning rather than silently replaced by an empty one.
 
 A geocell counts as complete only when it is recorded AND its file is present: extraction
 renames a file into place only when whole, and the record is written after that rename.
+
+Several runs may fill one folder at once: every change is a read-merge-write of the file on
+disk under an exclusive OS lock (``.dict_filename_dem_id.json.cdse-lock``), adding or dropping
+only the entries this change is about, so no run's entries are lost whatever the interleaving.
 """
 
 import json
@@ -18,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from cdse_dem import locks
 from cdse_dem.errors import DemError, UsageError
 from cdse_dem.fsutil import NotRegular, atomic_write_json, read_regular
 from cdse_dem.paths import JSON_NAME
@@ -45,25 +50,22 @@ class NameIdCache:
     @classmethod
     def load(cls, out_dir: Path) -> "NameIdCache":
         """Read the folder's JSON; a missing one is an empty record, an unusable one is set aside."""
-        out_dir = Path(out_dir)
-        path = out_dir / JSON_NAME
-        try:
-            raw = read_regular(path)  # a FIFO here would hang the run; a symlink would lead elsewhere
-        except NotRegular as exc:
-            raise UsageError(f"{exc}; this name is the output folder's record: move it away and run again") from None
-        except FileNotFoundError:
-            return cls(out_dir)
-        except OSError as exc:
-            return cls(out_dir, _set_aside(path, f"it cannot be read ({exc.strerror or exc})"))
-        try:
-            data = json.loads(raw.decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return cls(out_dir, _set_aside(path, f"it is not valid JSON ({exc})"))
-        if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-        ):
-            return cls(out_dir, _set_aside(path, "it is not a flat {file name: product Id} object"))
-        return cls(out_dir, data)
+        out_dir = Path(out_dir)  # no lock needed to read: every writer replaces the file whole
+        return cls(out_dir, _read(out_dir / JSON_NAME))
+
+    def refresh(self) -> None:
+        """Take in what other runs recorded since we read the file (the file on disk wins)."""
+        data = _read(self.path, set_aside=False)
+        with self._lock:
+            self._entries = data
+
+    def _change(self, change) -> None:
+        """Apply ``change(entries)`` to the file on disk under the folder's lock (read-merge-write)."""
+        with self._lock, locks.LockFile(locks.lock_path_for(self.out_dir, JSON_NAME)):
+            entries = _read(self.path)
+            if change(entries) or not self.path.exists():
+                atomic_write_json(self.path, entries)
+            self._entries = entries
 
     def __len__(self) -> int:
         with self._lock:
@@ -96,26 +98,56 @@ class NameIdCache:
     def record(self, file_name: str, product_id: str) -> None:
         """Remember that ``file_name`` came from ``product_id`` and rewrite the JSON at once.
 
-        The lock covers the write too, so the file on disk always ends with the newest record.
+        Entries other runs wrote meanwhile are kept: the file is read again under the lock.
         """
-        with self._lock:
-            if self._entries.get(file_name) == product_id and self.path.exists():
-                return
-            self._entries[file_name] = product_id
-            atomic_write_json(self.path, self._entries)
+        def add(entries: dict[str, str]) -> bool:
+            if entries.get(file_name) == product_id:
+                return False
+            entries[file_name] = product_id
+            return True
+
+        self._change(add)
 
     def forget_missing(self) -> list[str]:
         """Drop entries whose file is gone (deleted by the user, never finished): they are fetched again."""
-        with self._lock:
-            gone = sorted(name for name in self._entries if not self._file_present(name))
-            if gone:
-                for name in gone:
-                    del self._entries[name]
-                atomic_write_json(self.path, self._entries)
+        gone: list[str] = []
+
+        def drop(entries: dict[str, str]) -> bool:
+            gone.extend(sorted(name for name in entries if not self._file_present(name)))
+            for name in gone:
+                del entries[name]
+            return bool(gone)
+
+        if not self.path.exists():
+            return gone
+        self._change(drop)
         if gone:
             log.info("%d file(s) recorded in %s are missing and will be downloaded again",
                      len(gone), self.path)
         return gone
+
+
+def _read(path: Path, *, set_aside: bool = True) -> dict[str, str]:
+    """The record in ``path``: empty when missing; an unusable one is set aside (or, without
+    ``set_aside``, read as empty: a reader that holds no lock must not move the file)."""
+    try:
+        raw = read_regular(path)  # a FIFO here would hang the run; a symlink would lead elsewhere
+    except NotRegular as exc:
+        raise UsageError(f"{exc}; this name is the output folder's record: move it away and run again") from None
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        why = f"it cannot be read ({exc.strerror or exc})"
+    else:
+        try:
+            data = json.loads(raw.decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            why = f"it is not valid JSON ({exc})"
+        else:
+            if isinstance(data, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+                return data
+            why = "it is not a flat {file name: product Id} object"
+    return _set_aside(path, why) if set_aside else {}
 
 
 def _set_aside(path: Path, why: str) -> dict[str, str]:

@@ -6,6 +6,11 @@ DEM layer is extracted into place and recorded in the JSON beside it, so a worke
 connection is never idle while a file is unpacked. At any moment, a crash or Ctrl-C leaves
 only whole files under final names, each recorded. Past the time budget no new geocell
 starts; those left are reported for the next run.
+
+Other runs may fill the same folder with the same account at once (``cdse_dem.locks``): a
+geocell is fetched under its lock file in the output folder, and is looked up in the JSON
+again once that lock is ours, so a geocell another run fetched meanwhile is taken as present;
+each download holds one of the account's connection slots on this machine.
 """
 
 import logging
@@ -15,9 +20,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cdse_dem import locks
 from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError
-from cdse_dem.fsutil import DiskFull
-from cdse_dem.plan import DOWNLOADED, FAILED, CellState
+from cdse_dem.fsutil import DiskFull, raise_if_disk_full, remove_quietly
+from cdse_dem.plan import DOWNLOADED, FAILED, PRESENT, CellState
 
 log = logging.getLogger(__name__)
 EXTRACT_THREADS = 2
@@ -39,11 +45,12 @@ class Fetcher:
     """
 
     def __init__(self, *, open_session: Callable[[], object], http, endpoints, out_dir: Path, cache,
-                 workers: int, progress=None):
+                 workers: int, progress=None, slots: locks.SlotPool | None = None):
         self._open_session = open_session
         self._http, self._endpoints, self._out_dir, self._cache = http, endpoints, out_dir, cache
         self._workers = workers
         self.progress = progress
+        self._slots = slots  # the account's connections on this machine, shared with other runs
         self.session = None
         self.stop = threading.Event()
         self.outcome = FetchOutcome()
@@ -106,6 +113,7 @@ class Fetcher:
             if pool is not None:
                 pool.shutdown(wait=True)
         if self.session is not None:
+            self.session.logout()
             self.session.close()
 
     def _track(self, future: Future) -> None:
@@ -124,13 +132,71 @@ class Fetcher:
             self.outcome.left.append(state.file_name)
 
     def _download(self, state: CellState) -> None:
-        from cdse_dem.download import download_product
-
+        """Fetch one geocell under its lock; the lock passes to the extraction, which releases it."""
         if self.stop.is_set():
             return
+        cell_lock = locks.LockFile(locks.lock_path_for(self._out_dir, state.file_name))
+        try:
+            if not cell_lock.acquire(stop=self.stop, on_wait=lambda: log.info(
+                    "%s is being fetched by another run: waiting for it", state.file_name)):
+                return
+        except OSError as exc:
+            try:
+                raise_if_disk_full(exc, self._out_dir)
+            except DiskFull as full:
+                self._stop_all(state, full)
+                return
+            state.status, state.error = FAILED, f"cannot lock it in {self._out_dir} ({exc.strerror or exc})"
+            log.error("%s: %s", state.file_name, state.error)
+            return
+        if cell_lock.took_over:
+            log.info("Took over the lock of %s left by %s: that run is gone", state.file_name, cell_lock.took_over)
+        handed_over = False
+        try:
+            handed_over = self._download_locked(state, cell_lock)
+        finally:
+            if not handed_over:
+                cell_lock.release()
+
+    def _fetched_meanwhile(self, state: CellState) -> bool:
+        """Whether another run completed this geocell since the plan was made (read under its lock)."""
+        self._cache.refresh()
+        if not self._cache.is_complete(state.file_name):
+            return False
+        state.status, state.product_id = PRESENT, self._cache.product_id(state.file_name)
+        log.info("%s was fetched by another run meanwhile: present", state.file_name)
+        if self.progress is not None and state.product.content_length:
+            self.progress.total = max(0, (self.progress.total or 0) - state.product.content_length)
+            self.progress.refresh()
+        return True
+
+    def _download_locked(self, state: CellState, cell_lock: locks.LockFile) -> bool:
+        """True when the extraction was queued (it then owns ``cell_lock``)."""
+        from cdse_dem.download import download_product
+
+        if self._fetched_meanwhile(state):
+            return False
         if not self.session.may_start():
             self._left(state)
-            return
+            return False
+        slot = None
+        if self._slots is not None:
+            slot = self._slots.acquire(stop=self.stop, on_wait=lambda: log.debug(
+                "Every download connection of the account is in use: %s waits", state.file_name))
+            if slot is None:
+                return False
+        try:
+            result = self._fetch(state, download_product)
+        finally:
+            if slot is not None:
+                slot.release()
+        if result is None:
+            return False
+        # the extraction pool closes after the download pool, so this submit always lands
+        self._track(self._extracts.submit(self._extract, state, result, cell_lock))
+        return True
+
+    def _fetch(self, state: CellState, download_product):
         with self._lock:
             self._started += 1
             number = self._started
@@ -140,20 +206,25 @@ class Fetcher:
                                       on_bytes=self.progress.update if self.progress else None, stop=self.stop)
         except BudgetExhausted:
             self._left(state)
-            return
+            return None
         except (AccessDenied, DiskFull) as exc:
             self._stop_all(state, exc)
-            return
+            return None
         except DemError as exc:
             if not self.stop.is_set():
                 state.status, state.error = FAILED, str(exc)
                 log.error("%s: %s", state.file_name, exc)
-            return
+            return None
         log.info("File %s downloaded", state.product.id)
-        # the extraction pool closes after the download pool, so this submit always lands
-        self._track(self._extracts.submit(self._extract, state, result))
+        return result
 
-    def _extract(self, state: CellState, result) -> None:
+    def _extract(self, state: CellState, result, cell_lock: locks.LockFile) -> None:
+        try:
+            self._extract_locked(state, result)
+        finally:
+            cell_lock.release()
+
+    def _extract_locked(self, state: CellState, result) -> None:
         from cdse_dem.extract import extract_dem
 
         try:
@@ -167,7 +238,7 @@ class Fetcher:
             log.error("%s: %s", state.file_name, exc)
             return
         finally:
-            result.zip_path.unlink(missing_ok=True)
+            remove_quietly(result.zip_path)
         state.status, state.file, state.bytes = DOWNLOADED, str(path), result.bytes
         with self._lock:
             self.outcome.bytes += result.bytes

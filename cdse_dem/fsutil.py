@@ -6,8 +6,11 @@ the final name with ``os.replace``: a rename within one filesystem is atomic, so
 a Ctrl-C or a full disk leaves either the old file or the new one, never half of one.
 
 Temporary names are hidden (leading dot), end in ``.cdse-tmp`` (so no ``*_DEM.tif`` glob,
-Sen2Cor's included, can pick one up) and carry the writer's process id, which lets a later
-run remove the leftovers of a killed run without touching those of a run still going on.
+Sen2Cor's included, can pick one up). Each one is held under an OS lock (``cdse_dem.locks``)
+by its writer from its creation until it is renamed into place or removed, which lets a later
+run remove the leftovers of a killed run without touching those of a run still going on,
+even one in another PID namespace or on another host sharing the folder: a temporary is
+judged by its lock, never by the process id in its name, nor by its age.
 """
 
 import errno
@@ -17,20 +20,21 @@ import os
 import re
 import secrets
 import stat
-import time
-from collections.abc import Callable
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from cdse_dem import locks
 from cdse_dem.errors import DemError
 
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".cdse-tmp"
-STALE_AFTER = 6 * 3600.0  # seconds without a write after which a temporary is dead whoever owns it
 _MAX_STEM = 150  # keeps "<dot><stem>.<pid>-<hex><suffix>" well under the 255-byte name limit
 _TEMP_RE = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})" + re.escape(TEMP_SUFFIX) + "$")
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_held: dict[str, int] = {}  # temporary path -> the open descriptor holding its lock
+_held_lock = threading.Lock()
 
 
 class DiskFull(DemError):
@@ -70,6 +74,9 @@ def create_temp_in(folder: Path, final_name: str, mode: int | None = None) -> tu
             raise_if_disk_full(exc, folder)
             raise
         try:
+            if not _hold(path):
+                os.close(fd)  # a sweeping run took it for a leftover in the instant before the lock
+                continue
             if mode is not None and hasattr(os, "fchmod"):
                 os.fchmod(fd, mode)  # exact, whatever the umask
             return path, os.fdopen(fd, "wb")
@@ -78,6 +85,33 @@ def create_temp_in(folder: Path, final_name: str, mode: int | None = None) -> tu
             remove_quietly(path)
             raise
     raise FileExistsError(f"could not create a temporary file in {folder}")
+
+
+def _hold(path: Path) -> bool:
+    """Lock a new temporary for as long as we own it; False if it was removed before we could."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        locks.lock_fd(fd)  # held by a sweeper at most for the instant it takes to check it
+        if not locks.same_file(fd, path):
+            os.close(fd)
+            return False
+    except BaseException:
+        os.close(fd)
+        raise
+    with _held_lock:
+        _held[str(path)] = fd
+    return True
+
+
+def _let_go(path: Path) -> None:
+    """Release the lock of a temporary that is renamed into place or removed."""
+    with _held_lock:
+        fd = _held.pop(str(path), None)
+    if fd is not None:
+        try:
+            locks.unlock_fd(fd)
+        finally:
+            os.close(fd)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -95,8 +129,17 @@ def fsync_dir(folder: Path) -> None:
 
 
 def replace_into_place(temp: Path, final: Path) -> None:
-    """Rename a finished, fsynced temporary over ``final`` (atomic) and make the rename durable."""
-    os.replace(temp, final)
+    """Rename a finished, fsynced temporary over ``final`` (atomic) and make the rename durable.
+
+    The temporary's lock is let go after the rename (before it on Windows, which cannot rename
+    an open file), so no sweeping run ever sees it unlocked under its temporary name.
+    """
+    if os.name == "nt":  # pragma: no cover
+        _let_go(temp)
+    try:
+        os.replace(temp, final)
+    finally:
+        _let_go(temp)
     fsync_dir(Path(final).parent)
 
 
@@ -104,12 +147,16 @@ def remove_quietly(path: Path | None) -> None:
     """Delete a file if it is there; cleaning up must never hide the error being reported."""
     if path is None:
         return
+    if os.name == "nt":  # pragma: no cover - an open file cannot be removed there
+        _let_go(path)
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as exc:
         log.debug("could not remove %s: %s", path, exc)
+    finally:
+        _let_go(path)
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
@@ -146,28 +193,12 @@ def atomic_write_json(path: Path, obj: Any, mode: int | None = None, *, indent: 
     atomic_write_text(path, text, mode)
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    if os.name != "posix":
-        return True  # os.kill(pid, 0) would TERMINATE the process on Windows: rely on age only
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    except OSError:
-        return True
-    return True
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporaries and lock files in ``folder`` left by runs that died; returns what was removed.
 
-
-def remove_stale_temporaries(folder: Path, *, max_age: float = STALE_AFTER,
-                             now: Callable[[], float] = time.time) -> list[Path]:
-    """Delete temporaries in ``folder`` left by runs that died; returns what was removed.
-
-    A temporary is stale when its writer process is gone, or when nobody has written to it
-    for ``max_age`` seconds (process ids get reused). Files not named by us are never touched.
+    A temporary is a leftover when nobody holds its lock: its writer ended without renaming
+    or removing it (killed, powered off). A live writer always holds it, whatever its process
+    id namespace or host. Files not named by us are never touched.
     """
     removed: list[Path] = []
     try:
@@ -175,26 +206,39 @@ def remove_stale_temporaries(folder: Path, *, max_age: float = STALE_AFTER,
     except FileNotFoundError:
         return removed
     for entry in entries:
-        match = _TEMP_RE.match(entry.name)
-        if match is None or not entry.is_file(follow_symlinks=False):
+        ours = _TEMP_RE.match(entry.name) or (entry.name.startswith(".") and entry.name.endswith(locks.LOCK_SUFFIX))
+        if not ours or not entry.is_file(follow_symlinks=False):
             continue
-        try:
-            age = now() - entry.stat(follow_symlinks=False).st_mtime
-        except FileNotFoundError:
-            continue
-        if _pid_alive(int(match["pid"])) and age < max_age:
-            continue
-        try:
-            os.unlink(entry.path)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.warning("Could not remove the leftover temporary file %s: %s", entry.path, exc)
-            continue
-        removed.append(Path(entry.path))
+        if _remove_if_unlocked(Path(entry.path)):
+            removed.append(Path(entry.path))
     if removed:
         log.info("Removed %d leftover temporary file(s) from %s", len(removed), folder)
     return removed
+
+
+def _remove_if_unlocked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return False
+    try:
+        if not locks.try_lock_fd(fd) or not locks.locks_work():
+            return False  # its writer is alive (or, without locks, nobody can tell)
+        try:
+            if not locks.same_file(fd, path):
+                return False
+            if path.name.endswith(locks.LOCK_SUFFIX):
+                log.info("Took over the lock %s left by %s: that run is gone", path.name,
+                         locks.holder_of(fd) or "a run")
+            os.unlink(path)
+            return True
+        except OSError as exc:
+            log.warning("Could not remove the leftover temporary file %s: %s", path, exc)
+            return False
+        finally:
+            locks.unlock_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def read_input(path: Path, what: str, error: type[DemError]) -> bytes:

@@ -17,6 +17,7 @@ from cdse_dem.errors import CredentialError
 USERNAME_PROMPT = "Enter your username: "
 PASSWORD_PROMPT = "Enter your password: "
 PASSWORD_AGAIN_PROMPT = "Re-enter your password: "
+TOTP_PROMPT = "The CDSE session needs a new login: enter a fresh two-factor code: "
 MAX_ATTEMPTS = 5
 
 
@@ -91,3 +92,8 @@ def ask_password(ask: Callable[[str], str] | None = None, say: Callable[[str], N
 def confirm(question: str, ask: Callable[[str], str] | None = None) -> bool:
     """True only for an explicit yes: the default of a destructive question is no."""
     return (ask or read_line)(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def read_totp() -> str:
+    """A fresh two-factor code typed by the user (a run longer than the refresh window)."""
+    return read_secret(TOTP_PROMPT)

@@ -7,6 +7,11 @@ The guide promises "at most 60 minutes of work", which the refresh window enforc
 itself; ``--max-minutes`` bounds the work too, and ``--max-minutes 0`` lifts both limits by
 logging in again (with the same credentials) each time the refresh window closes.
 
+Every run that logged in logs out at its end (Keycloak's logout end point with the refresh
+token), whatever the end, so a chain of short runs never piles up the account's sessions.
+With two-factor login (``CDSE_TOTP``) a code is sent once only: a second login in the same
+run asks for a fresh code on the terminal, or stops the run (budget) when there is none.
+
 Thread safety: the current tokens live in one immutable record that is replaced, never
 mutated, so a worker with a valid token reads it without a lock. Renewing takes the lock;
 workers arriving meanwhile wait on it and reuse the new token, so one request to the
@@ -34,6 +39,14 @@ CLIENT_ID = "cdse-public"
 REJECTED_MESSAGE = "CDSE rejected the user name or password"
 DEFAULT_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds for every identity request
 STILL_VALID_MESSAGE = "Token is still valid, within its 10 minutes period"
+LOGOUT_TIMEOUT = (5.0, 5.0)  # a logout is a courtesy to the account: it must never hold a run's end up long
+TOTP_NEEDED = ("a new login needs a fresh two-factor code, and the one in CDSE_TOTP was used already "
+               "(no terminal to ask for another)")
+
+
+def logout_url(token_url: str) -> str:
+    """Keycloak's logout end point beside its token end point."""
+    return token_url.rsplit("/token", 1)[0] + "/logout"
 
 
 @dataclass(frozen=True)
@@ -107,7 +120,8 @@ class CdseSession:
     def __init__(self, credentials, endpoints, *, http=None, max_minutes: float = 60,
                  clock: Callable[[], float] = time.monotonic, backoff: Backoff | None = None,
                  timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep,
+                 ask_totp: Callable[[], str] | None = None):
         if max_minutes < 0:
             raise ValueError("max_minutes must be >= 0")
         if http is None:
@@ -126,6 +140,8 @@ class CdseSession:
         self._backoff = backoff or Backoff()
         self._timeout = timeout
         self._sleep = sleep
+        self._ask_totp = ask_totp  # a fresh two-factor code from the user; None: nobody to ask
+        self._totp_used: set[str] = set()
         self._lock = threading.Lock()
         self._tokens: Tokens | None = None
         self._started: float | None = None
@@ -134,6 +150,7 @@ class CdseSession:
         self._stop_logged = False
         self.logins = 0
         self.refreshes = 0
+        self.logouts = 0
 
     # --- the contract -------------------------------------------------------------------
 
@@ -202,6 +219,24 @@ class CdseSession:
         """Why ``may_start()`` last said False (for the run's final message), else None."""
         return self._stop_reason
 
+    def logout(self) -> None:
+        """End the CDSE session (frees one of the account's 100); a failure is only a debug line."""
+        with self._lock:
+            tokens, self._tokens = self._tokens, None
+        if tokens is None or not tokens.refresh:
+            return
+        form = {"client_id": CLIENT_ID, "refresh_token": tokens.refresh}
+        try:
+            resp = self._http.post(logout_url(self._token_url), data=form, timeout=LOGOUT_TIMEOUT)
+        except Exception as exc:  # whatever happens here, the run's outcome stands
+            log.debug("Logout from %s failed (%s)", self._host, type(exc).__name__)
+            return
+        if resp.status_code in (200, 204):
+            self.logouts += 1
+            log.debug("Logged out from %s", self._host)
+        else:
+            log.debug("Logout from %s answered HTTP %s", self._host, resp.status_code)
+
     def close(self) -> None:
         if self._owns_http:
             self._http.close()
@@ -223,7 +258,7 @@ class CdseSession:
         form = {"client_id": CLIENT_ID, "grant_type": "password",
                 "username": creds.username, "password": creds.password}
         if creds.totp:
-            form["totp"] = creds.totp
+            form["totp"] = self._fresh_totp(creds.totp)
         log.info("Getting access token")
         sent_at = self._clock()
         try:
@@ -240,6 +275,18 @@ class CdseSession:
         self.logins += 1
         if self._started is None:
             self._started = sent_at
+
+    def _fresh_totp(self, code: str) -> str:
+        """A two-factor code never sent before in this run: the configured one, then typed ones."""
+        while code in self._totp_used:
+            if self._ask_totp is None:
+                if self._stop_reason is None:
+                    log.warning("No new download starts: %s", TOTP_NEEDED)
+                    self._stop_reason, self._stop_logged = TOTP_NEEDED, True
+                raise BudgetExhausted(f"{TOTP_NEEDED}; a new run with a fresh code resumes the work")
+            code = self._ask_totp().strip()
+        self._totp_used.add(code)
+        return code
 
     def _refresh_locked(self, tokens: Tokens) -> None:
         form = {"client_id": CLIENT_ID, "grant_type": "refresh_token", "refresh_token": tokens.refresh or ""}

@@ -61,6 +61,10 @@ class Simulator:
     def active_sessions(self, user: str) -> int:
         return self.services.identity.active_sessions(user)
 
+    def peak_downloads(self, user: str) -> int:
+        """The most downloads ``user`` had in flight at once (those refused with 429 included)."""
+        return self.services.peak_downloads.get(user, 0)
+
     def stop(self) -> None:
         if self._stopped:
             return

@@ -69,6 +69,7 @@ class IdentityService:
         self._sessions: dict[str, Session] = {}
         self._access: dict[str, tuple[str, float]] = {}  # token -> (session id, expiry)
         self._refresh: dict[str, tuple[str, float]] = {}  # token -> (session id, expiry)
+        self._used_codes: set[tuple[str, str]] = set()  # (user, two-factor code) already used
 
     # --- the endpoint ----------------------------------------------------------------------
     def token(self, form: Mapping[str, str]) -> tuple[int, dict, str | None]:
@@ -93,7 +94,10 @@ class IdentityService:
             code = form.get("totp", "")
             now = time.time()
             valid = {totp(user.totp_secret, now + d * TOTP_STEP) for d in (-1, 0, 1)}
-            if code not in valid:
+            with self._lock:  # Keycloak's default OTP policy: a code is good for one login only
+                reused = (user.name, code) in self._used_codes
+                self._used_codes.add((user.name, code))
+            if code not in valid or reused:
                 return 401, _error("invalid_grant", "Invalid user credentials"), user.name
         now = self.clock()
         with self._lock:
@@ -119,6 +123,26 @@ class IdentityService:
                 user = session.user.name if session else claims.get("preferred_username")
                 return 400, _error("invalid_grant", "Token is not active"), user
             return 200, self._issue(session, now), session.user.name
+
+    def logout(self, form: Mapping[str, str]) -> tuple[int, dict | None, str | None]:
+        """(status, JSON body or None, user name) for a POST to the logout URL: Keycloak ends the
+        session of the refresh token (204), which then no longer counts against the cap."""
+        if form.get("client_id") != CLIENT_ID:
+            return 401, _error("invalid_client", "Invalid client or Invalid client credentials"), None
+        token = form.get("refresh_token", "")
+        if not token:
+            return 400, _error("invalid_request", "No refresh token"), None
+        now = self.clock()
+        with self._lock:
+            self._expire(now)
+            entry = self._refresh.get(token)
+            session = self._sessions.get(entry[0]) if entry else None
+            if session is None:
+                return 400, _error("invalid_grant", "Invalid refresh token"), None
+            del self._sessions[session.id]
+            self._refresh = {j: e for j, e in self._refresh.items() if e[0] != session.id}
+            self._access = {j: e for j, e in self._access.items() if e[0] != session.id}
+            return 204, None, session.user.name
 
     # --- tokens -----------------------------------------------------------------------------
     def _issue(self, session: Session, now: float) -> dict:

@@ -28,6 +28,7 @@ from simulator.zips import ZipStore
 log = logging.getLogger(__name__)
 
 TOKEN_PATH = "/auth/realms/CDSE/protocol/openid-connect/token"
+LOGOUT_PATH = "/auth/realms/CDSE/protocol/openid-connect/logout"
 ODATA = "/odata/v1"
 _ATTRIBUTES = re.compile(r"^/odata/v1/Attributes\(([^()]+)\)$")
 _PRODUCT = re.compile(r"^/odata/v1/Products\('?([^()'/]+)'?\)(/.*)?$")
@@ -53,12 +54,14 @@ class Services:
         self.download_url = ""
         self._slots_lock = threading.Lock()
         self._slots: dict[str, int] = {}
+        self.peak_downloads: dict[str, int] = {}  # most $value requests of one user in flight at once
         self._connections_lock = threading.Lock()
         self.connections: set[socket.socket] = set()
 
     def take_slot(self, user: str) -> bool:
         with self._slots_lock:
             used = self._slots.get(user, 0)
+            self.peak_downloads[user] = max(self.peak_downloads.get(user, 0), used + 1)  # refused ones too
             if used >= self.config.max_concurrent_downloads:
                 return False
             self._slots[user] = used + 1
@@ -149,8 +152,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _complete(self) -> None:
         """Mark the record finished: called BEFORE the last bytes go out, so that a client that has
-        its whole reply always finds the request complete in the log."""
+        its whole reply always finds the request complete in the log (and its download slot free:
+        a client that starts its next download the moment one ends is not counted twice)."""
         self.record.finished = time.monotonic()
+        user, self.slot_user = getattr(self, "slot_user", None), None
+        if user is not None:
+            self.services.release_slot(user)
 
     def end_headers(self) -> None:
         # A client that asked for "Connection: close" is told so, as real servers do, so that
@@ -199,6 +206,18 @@ class Handler(BaseHTTPRequestHandler):
         if attributes and method in ("GET", "HEAD"):
             reply = services.catalogue.attributes(attributes.group(1))
             self._json(reply.status, reply.body)
+            return
+        if path == LOGOUT_PATH:
+            if method != "POST":
+                self._json(405, {"error": "HTTP 405 Method Not Allowed"})
+                return
+            form = dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
+            status, body, user = services.identity.logout(form)
+            self.record.user = user
+            if body is None:
+                self._send(status)
+            else:
+                self._json(status, body)
             return
         if path == TOKEN_PATH:
             if method != "POST":
@@ -333,6 +352,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         if not self._take_slot(user.name):
             return
+        self.slot_user = user.name  # given back by _complete(), or below if the reply never completes
         try:
             if self._download_error():
                 return
@@ -340,7 +360,9 @@ class Handler(BaseHTTPRequestHandler):
             self._stream(f"{product.name}.zip", meta.length, lambda: open(meta.path, "rb"), "application/zip",
                          sendfile=True)
         finally:
-            services.release_slot(user.name)
+            if self.slot_user is not None:
+                self.slot_user = None
+                services.release_slot(user.name)
 
     def _nodes(self, method: str, product, user: str, request: NodeRequest) -> None:
         """A listing or one file of a product, under the same faults and quota as ``$value``."""

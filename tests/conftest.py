@@ -84,6 +84,12 @@ def tool_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _slots_in_test_folder(monkeypatch, tmp_path_factory):
+    """The per-account download slots of test runs live in the test session's folder, not in /tmp."""
+    monkeypatch.setenv("CDSE_DEM_SLOTS_DIR", str(tmp_path_factory.getbasetemp() / "account-slots"))
+
+
+@pytest.fixture(autouse=True)
 def _no_real_cdse(monkeypatch):
     """No test may reach the real CDSE: unset endpoints point at a closed local port."""
     for var in ("CDSE_TOKEN_URL", "CDSE_CATALOGUE_URL", "CDSE_DOWNLOAD_URL"):

@@ -32,6 +32,8 @@ def test_window_closing_exits_3_and_reruns_resume_cleanly(make_sim, tool_home, t
     assert have == 6
     assert len(downloads(sim)) == 6  # nothing fetched twice across the runs
     assert len(logins(sim)) == len(statuses)  # one login per run
+    # and one logout per run (past the window, CDSE has ended the session itself: 400, not an error)
+    assert len([r for r in sim.request_log() if r.path.endswith("/logout")]) == len(statuses)
 
 
 def test_max_minutes_0_logs_in_again_when_the_window_closes(make_sim, tool_home, tmp_path):

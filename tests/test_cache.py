@@ -220,23 +220,61 @@ def test_temporary_names_are_hidden_unique_and_never_look_like_a_dem(tmp_path):
         assert not p.name.endswith((".tif", ".dt1", ".dt2", ".json", ".zip"))
 
 
-def test_stale_temporaries_of_dead_or_silent_writers_are_removed_and_nothing_else(tmp_path):
+_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the holder script uses fcntl")
+def test_stale_temporaries_are_judged_by_their_lock_never_by_pid_or_age(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
-    ours = temp_path_in(tmp_path, A)
-    ours.write_bytes(b"in progress")
-    ours_silent = temp_path_in(tmp_path, B)
-    ours_silent.write_bytes(b"forgotten")
+    ours, handle = fsutil.create_temp_in(tmp_path, A)  # being written by this run: locked
+    handle.write(b"in progress")
     seven_hours_ago = time.time() - 7 * 3600
-    os.utime(ours_silent, (seven_hours_ago, seven_hours_ago))
-    of_dead_run = tmp_path / ours.name.replace(f".{os.getpid()}-", f".{dead_pid}-")
-    of_dead_run.write_bytes(b"left by a killed run")
-    keep = [tmp_path / A, tmp_path / ".hidden-user-file", tmp_path / f".{A}.123.tmp", tmp_path / JSON]
-    for p in keep:
-        p.write_bytes(b"user data")
+    os.utime(ours, (seven_hours_ago, seven_hours_ago))  # silent for hours, but its writer is alive
+    # a run in another PID namespace: the pid in the name means nothing here, its lock is held
+    elsewhere = tmp_path / ours.name.replace(f".{os.getpid()}-", f".{dead_pid}-").replace(".tif.", ".tif.x.")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(elsewhere)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    cell_lock = tmp_path / f".{B}.cdse-lock"
+    lock_holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(cell_lock)], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert lock_holder.stdout.readline().strip() == "holding"
+        # left by killed runs: nobody holds them, whatever pid their name carries (ours too)
+        of_dead_run = tmp_path / ours.name.replace(f".{os.getpid()}-", f".{dead_pid}-")
+        of_dead_run.write_bytes(b"left by a killed run")
+        same_pid_dead = temp_path_in(tmp_path, B)
+        same_pid_dead.write_bytes(b"left by a killed run whose pid is ours in this namespace")
+        dead_lock = tmp_path / f".{A}.cdse-lock"
+        dead_lock.write_text('{"pid": 1234, "host": "gone", "since": "then"}')
+        keep = [tmp_path / A, tmp_path / ".hidden-user-file", tmp_path / f".{A}.123.tmp", tmp_path / JSON]
+        for p in keep:
+            p.write_bytes(b"user data")
 
-    removed = remove_stale_temporaries(tmp_path)
+        removed = remove_stale_temporaries(tmp_path)
 
-    assert sorted(removed) == sorted([ours_silent, of_dead_run])
-    assert names(tmp_path) == sorted([ours.name, *(p.name for p in keep)])
+        assert sorted(removed) == sorted([of_dead_run, same_pid_dead, dead_lock])
+        assert names(tmp_path) == sorted([ours.name, elsewhere.name, cell_lock.name, *(p.name for p in keep)])
+        handle.close()
+    finally:
+        for proc in (holder, lock_holder):
+            proc.communicate("")
+    fsutil.remove_quietly(ours)
+    assert sorted(p.name for p in remove_stale_temporaries(tmp_path)) == sorted([elsewhere.name, cell_lock.name])
+
+
+def test_a_temporary_is_unlocked_once_renamed_into_place(tmp_path):
+    temp, handle = fsutil.create_temp_in(tmp_path, A)
+    with handle:
+        handle.write(b"whole")
+    fsutil.replace_into_place(temp, tmp_path / A)
+    assert str(temp) not in fsutil._held
+    assert names(tmp_path) == [A]

@@ -375,3 +375,56 @@ def test_too_many_sessions_is_not_called_a_wrong_password(make_sim):
     with pytest.raises(AuthRejected) as info:
         CdseSession(DEMO, endpoints(sim)).login()
     assert str(info.value) == "CDSE refused the login of demo@example.com: There are too many sessions"
+
+
+def test_logout_ends_the_session_and_a_failed_logout_is_only_a_debug_line(make_sim, caplog):
+    sim = make_sim()
+    session = CdseSession(DEMO, endpoints(sim))
+    session.login()
+    assert sim.active_sessions("demo@example.com") == 1
+    session.logout()
+    session.logout()  # twice (abort after finish): one request only
+    assert sim.active_sessions("demo@example.com") == 0
+    assert [r.status for r in sim.request_log() if r.path.endswith("/logout")] == [204]
+
+    unreachable = CdseSession(DEMO, endpoints(sim))
+    unreachable.login()
+    unreachable._token_url = "http://127.0.0.1:9/auth/realms/CDSE/protocol/openid-connect/token"
+    with caplog.at_level(logging.DEBUG, logger="cdse_dem"):
+        unreachable.logout()  # no exception
+    assert [r.levelname for r in caplog.records if "Logout" in r.getMessage()] == ["DEBUG"]
+    assert unreachable.logouts == 0
+
+
+def test_a_second_login_with_two_factor_asks_a_fresh_code_or_stops_and_never_resends_one(make_sim, caplog):
+    from simulator import User, totp
+
+    secret = "JBSWY3DPEHPK3PXP"
+    sim = make_sim(users=[User("twofa@example.com", "pw", totp_secret=secret)],
+                   access_lifetime=0.5, refresh_lifetime=1.0)
+    used = totp(secret)
+    creds = Credentials("twofa@example.com", "pw", totp=used)
+
+    silent = CdseSession(creds, endpoints(sim), max_minutes=0, clock=FrozenClock())  # no terminal
+    old = silent.access_token()
+    asked = []
+
+    first = totp(secret, time.time() - 30)  # another run, another code (the previous step's)
+
+    def ask():
+        asked.append(1)
+        return first if len(asked) == 1 else totp(secret, time.time() + 30)  # its used one first: refused
+
+    typed = CdseSession(Credentials("twofa@example.com", "pw", totp=first), endpoints(sim), max_minutes=0,
+                        clock=FrozenClock(), ask_totp=ask)
+    old_typed = typed.access_token()
+    time.sleep(1.2)  # both sessions' refresh windows closed on the server
+
+    with pytest.raises(BudgetExhausted, match="fresh two-factor code"):
+        silent.token_rejected(old)
+    assert silent.may_start() is False and "two-factor" in silent.stop_reason
+
+    new = typed.token_rejected(old_typed)
+    assert probe(sim, new) == 404
+    assert len(asked) == 2  # the used code typed again was not sent (the server would refuse it): asked again
+    assert [r.status for r in grants(sim, "password", "twofa@example.com")] == [200, 200, 200]

@@ -123,6 +123,28 @@ def test_totp_user_needs_the_current_code(make_sim):
     assert login(sim, "t@example.com", "pt").status_code == 401
     assert login(sim, "t@example.com", "pt", totp="000000" if totp(secret) != "000000" else "111111").status_code == 401
     assert login(sim, "t@example.com", "pt", totp=totp(secret)).status_code == 200
+    assert login(sim, "t@example.com", "pt", totp=totp(secret)).status_code == 401  # a code serves once
+
+
+def test_logout_ends_the_session_so_the_cap_is_never_reached(make_sim):
+    sim = make_sim(max_sessions=2)
+    for _ in range(5):
+        reply = login(sim, "demo@example.com", "demo")
+        assert reply.status_code == 200
+        out = requests.post(sim.token_url.replace("/token", "/logout"),
+                            data={"client_id": "cdse-public", "refresh_token": reply.json()["refresh_token"]},
+                            timeout=10)
+        assert out.status_code == 204 and out.content == b""
+    assert sim.active_sessions("demo@example.com") == 0
+    again = requests.post(sim.token_url.replace("/token", "/logout"),
+                          data={"client_id": "cdse-public", "refresh_token": reply.json()["refresh_token"]},
+                          timeout=10)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    held = [login(sim, "demo@example.com", "demo") for _ in range(3)]  # without logout: the cap holds
+    assert [r.status_code for r in held] == [200, 200, 400]
+    assert held[2].json() == {"error": "invalid_grant", "error_description": "There are too many sessions"}
+    log = [(r.path.rsplit("/", 1)[1], r.status, r.user) for r in sim.request_log() if "openid-connect" in r.path]
+    assert log[:2] == [("token", 200, "demo@example.com"), ("logout", 204, "demo@example.com")]
 
 
 def test_totp_codes_follow_rfc_6238():
