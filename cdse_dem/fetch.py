@@ -159,10 +159,16 @@ class Fetcher:
                 cell_lock.release()
 
     def _fetched_meanwhile(self, state: CellState) -> bool:
-        """Whether another run completed this geocell since the plan was made (read under its lock)."""
+        """Whether another run completed this geocell, with this run's product, since the plan was
+        made (read under its lock)."""
+        from cdse_dem.integrity import dem_problem
+
         self._cache.refresh()
-        if not self._cache.is_complete(state.file_name):
-            return False
+        name = state.file_name
+        if self._cache.product_id(name) != state.product.id or not self._cache.is_complete(name):
+            return False  # not this run's product (an earlier run's, to replace), or not there
+        if dem_problem(self._out_dir / name) is not None:
+            return False  # the damaged file the plan already decided to fetch again
         state.status, state.product_id = PRESENT, self._cache.product_id(state.file_name)
         log.info("%s was fetched by another run meanwhile: present", state.file_name)
         if self.progress is not None and state.product.content_length:

@@ -285,7 +285,7 @@ def test_a_refused_member_fails_its_geocell_and_the_run_goes_on(tmp_path):
     state = CellState(Geocell(50, 7), f"{CELL}_DEM.tif", product=SimpleNamespace(id="p1"))
     fetcher = Fetcher(open_session=None, http=None, endpoints=None, out_dir=out, cache=NameIdCache(out),
                       workers=1)
-    fetcher._extract(state, SimpleNamespace(zip_path=zip_path, bytes=100))
+    fetcher._extract_locked(state, SimpleNamespace(zip_path=zip_path, bytes=100))
     assert state.status == FAILED and "a symbolic link, not a regular file" in state.error
     assert list(out.iterdir()) == []  # no DEM, no record, the zip removed
 
