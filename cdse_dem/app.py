@@ -78,6 +78,11 @@ def _run(args) -> int:
     log.info("Reading Request from %s", settings.origin)
     if settings.ignored:
         log.warning("%s has priority: %s ignored", "--config" if config else "--t", ", ".join(settings.ignored))
+    from cdse_dem.check import check_options
+    from cdse_dem.gipp import check_gipp_option
+
+    check_options(args)
+    check_gipp_option(args.gipp, settings.model)  # before any work: refused GIPPs stay untouched
 
     if settings.tile_args:
         entries = entries_mod.from_command_line(list(settings.tile_args))
@@ -92,12 +97,12 @@ def _run(args) -> int:
         raise InputError("no valid tile id or SAFE name to process")
 
     out_dir = settings.output_dir
-    _check_output_dir(out_dir, create=not args.dry_run)
+    _check_output_dir(out_dir, create=not (args.dry_run or args.check))
     for path, what in ((args.summary_json, "summary JSON"), (args.kml_report, "KML report")):
         if path:
             _check_report_path(Path(path), what)
     credentials = None
-    if not args.dry_run:
+    if not (args.dry_run or args.check):  # neither downloads: no credentials read, asked for or sent
         from cdse_dem.credentials import obtain_credentials
         from cdse_dem.endpoints import Endpoints
 
@@ -106,6 +111,10 @@ def _run(args) -> int:
     log.info("Processing %d Tile(s)", len(valid))
     log.info("Start time: %s", datetime.now())
     log.info("<----->")
+    if args.check:
+        from cdse_dem.check import run_check
+
+        return run_check(args, settings, valid, invalid, out_dir)
     return _work(args, settings, valid, invalid, out_dir, credentials)
 
 
@@ -169,6 +178,12 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
         _finish(args, plan, invalid, totals, left, status, settings)
     if fatal is not None:
         log.error("%s", fatal)
+    if not args.dry_run:
+        from cdse_dem.gipp import end_of_work
+
+        complete = not (left or fatal or plan.count(plan_mod.FAILED) or plan.count(plan_mod.PLANNED))
+        if not end_of_work(args.gipp, out_dir, settings.resolution, settings.model, complete=complete):
+            status = EXIT_FAILED
     log.info("Process is finished")
     return status
 
