@@ -128,15 +128,15 @@ def report_lines(verdicts: list[TileReadiness], folder: str) -> list[str]:
             continue
         lines.append(f"  {verdict.tile:<{width}}  not ready ({counts}, {len(verdict.missing)} missing)")
         for item in verdict.missing:
-            lines.append(f"      {item.file_name}: {item.reason}; {_on_cdse(item, verdict.error)}")
+            lines.append(f"      {item.file_name}: {item.reason}; {_on_cdse(item)}")
     ready = sum(v.ready for v in verdicts)
     lines.append(f"  Total: {ready} of {len(verdicts)} tiles ready")
     return lines
 
 
-def _on_cdse(item: MissingFile, error: str | None) -> str:
+def _on_cdse(item: MissingFile) -> str:
     if item.on_cdse is None:
-        return f"CDSE not asked ({error or 'catalogue search failed'})"
+        return "whether CDSE has it is unknown: the catalogue search failed (logged above)"
     if item.reason == NOT_ON_LIST:
         return "add the name to Sen2Cor's list"
     return "on CDSE: a run without --check downloads it"
