@@ -84,7 +84,6 @@ class TileReadiness:
     present: int  # whole DEM files in the folder
     sea: int  # no product on CDSE, and skipped by Sen2Cor
     missing: tuple[MissingFile, ...]
-    error: str | None = None  # the tile's catalogue search failed
 
     @property
     def ready(self) -> bool:
@@ -114,7 +113,7 @@ def tile_readiness(plan: Plan, tile: TilePlan, problems: Mapping[str, str | None
         else:
             on_cdse = True if state.product is not None else None  # None: the search failed
             missing.append(MissingFile(state.file_name, cell.grid_id, problem, on_cdse))
-    return TileReadiness(tile.tile, len(tile.geocells), present, sea, tuple(missing), tile.error)
+    return TileReadiness(tile.tile, len(tile.geocells), present, sea, tuple(missing))
 
 
 def report_lines(verdicts: list[TileReadiness], folder: str) -> list[str]:
