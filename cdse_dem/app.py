@@ -111,10 +111,6 @@ def _run(args) -> int:
     log.info("Processing %d Tile(s)", len(valid))
     log.info("Start time: %s", datetime.now())
     log.info("<----->")
-    if args.check:
-        from cdse_dem.check import run_check
-
-        return run_check(args, settings, valid, invalid, out_dir)
     return _work(args, settings, valid, invalid, out_dir, credentials)
 
 
@@ -130,6 +126,10 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
     started = time.monotonic()
     endpoints = Endpoints.from_env()
     tile_plans = _tile_plans(valid, args.kml)
+    if args.check:  # the tiles' geocells exactly as a run plans them; the check goes its own way from here
+        from cdse_dem.check import run_check
+
+        return run_check(args, settings, tile_plans, invalid, out_dir)
     cache = NameIdCache.load(out_dir) if out_dir.is_dir() else None
     if cache is not None and not args.dry_run:
         from cdse_dem.fsutil import remove_stale_temporaries

@@ -39,10 +39,10 @@ def folder_problems(out_dir: Path, plan, resolution: int) -> dict[str, str | Non
             for state in plan.cells.values()}
 
 
-def run_check(args, settings, valid, invalid, out_dir: Path) -> int:
+def run_check(args, settings, tile_plans, invalid, out_dir: Path) -> int:
     """The check from planned tiles to exit status: 0 every tile ready, 1 any not (or invalid entries)."""
     from cdse_dem import plan as plan_mod
-    from cdse_dem.app import SEARCH_THREADS, _search, _tile_plans
+    from cdse_dem.app import SEARCH_THREADS, _search
     from cdse_dem.catalogue import Catalogue
     from cdse_dem.endpoints import Endpoints
     from cdse_dem.gipp import dem_directory, end_of_work
@@ -53,7 +53,6 @@ def run_check(args, settings, valid, invalid, out_dir: Path) -> int:
     missing_list = (read_missing_list(args.sen2cor_missing_list, settings.resolution)
                     if args.sen2cor_missing_list else None)
     started = time.monotonic()
-    tile_plans = _tile_plans(valid, args.kml)
     plan = plan_mod.start_plan(tile_plans, lambda cell: cell.dem_file_name(settings.resolution, settings.model),
                                lambda name: None)
     problems = folder_problems(out_dir, plan, settings.resolution)
