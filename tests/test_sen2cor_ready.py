@@ -61,12 +61,15 @@ def sea_names(summary):
     return [c["name"] + "_DEM.tif" for c in summary["tiles"][0]["geocells"] if c["status"] == "sea"]
 
 
-def test_the_run_ends_with_the_two_gipp_lines(filled):
+def test_the_run_ends_with_the_two_gipp_lines_and_gipp_writes_them(filled, tmp_path):
     sim, out, summary = filled
-    result = run_cli("--t", TILE, "-o", out, env=cli_env(sim))
+    gipp = tmp_path / "L2A_GIPP.xml"
+    gipp.write_bytes(GIPP)
+    result = run_cli("--t", TILE, "-o", out, "--gipp", gipp, env=cli_env(sim))
     assert result.returncode == 0
     assert f"<DEM_Directory>{out}</DEM_Directory>" in result.stderr
     assert "<DEM_Reference>CDSE-GLO-90</DEM_Reference>" in result.stderr
+    assert gipp.read_bytes() == expected(GIPP, str(out).encode(), b"CDSE-GLO-90")
     assert land_files(summary) and sea_names(summary)  # the tile has both kinds: the tests below need them
 
 
