@@ -165,3 +165,18 @@ def test_gipp_with_dted_is_refused_and_dted_alone_is_warned_about(tmp_path, capl
     with caplog.at_level("WARNING", logger="cdse_dem"):
         assert check_gipp_option(None, "DTED") is None
     assert "Sen2Cor (up to 2.12) cannot read the CDSE DTED files" in caplog.text
+
+
+def test_at_the_end_a_gipp_that_stopped_being_one_is_an_error_and_left_alone(tmp_path, caplog):
+    from cdse_dem.gipp import end_of_work
+
+    gipp = tmp_path / "L2A_GIPP.xml"
+    gipp.write_bytes(GIPP)
+    assert end_of_work(str(gipp), tmp_path / "dem", 90, "DGED", complete=False) is True
+    assert gipp.read_bytes() == GIPP
+    gipp.write_bytes(b"<edited/>")  # changed by the user during a long run
+    with caplog.at_level("INFO", logger="cdse_dem"):
+        assert end_of_work(str(gipp), tmp_path / "dem", 90, "DGED", complete=True) is False
+    assert f"<DEM_Directory>{tmp_path / 'dem'}</DEM_Directory>" in caplog.text
+    assert "not a Sen2Cor GIPP" in caplog.text
+    assert gipp.read_bytes() == b"<edited/>" and not (tmp_path / "L2A_GIPP.xml.bak").exists()
