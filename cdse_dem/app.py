@@ -323,13 +323,14 @@ def _check_output_dir(out_dir: Path, *, create: bool) -> None:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+    if not create:
+        return  # a dry run or a check writes nothing there, not even a probe
     probe = out_dir / f".write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        if create:
-            raise UsageError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from None
+        raise UsageError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from None
 
 
 def _check_report_path(path: Path, what: str) -> None:
