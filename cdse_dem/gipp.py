@@ -83,7 +83,7 @@ class Gipp:
         if self.reference is None:
             end = self.directory.end + len(data) - len(self.data)  # the splice may have moved it
             if not self.directory.self_closing:
-                end += len(f"</{DIRECTORY}>".encode(self.encoding))
+                end = data.index(b">", end) + 1  # past the end tag
             newline = b"\r\n" if b"\r\n" in self.data else b"\n"
             inserted = newline + self.indent + self._content(Span(0, 0, True), REFERENCE, reference)
             data = data[:end] + inserted + data[end:]

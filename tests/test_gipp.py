@@ -114,15 +114,16 @@ def test_a_path_is_escaped_for_xml_and_reads_back_through_a_parser(tmp_path):
     assert gipp_lines(out, 90)[0] == f"<DEM_Directory>{tmp_path}/R&amp;D &lt;dem&gt; ü</DEM_Directory>"
 
 
-def test_an_empty_element_and_a_missing_reference_are_written_in_place(tmp_path):
-    original = GIPP.replace(OLD_DIRECTORY, b"    <DEM_Directory/>").replace(OLD_REFERENCE + b"\n", b"")
+@pytest.mark.parametrize("directory", [b"<DEM_Directory/>", b"<DEM_Directory>NONE</DEM_Directory >"])
+def test_an_empty_element_and_a_missing_reference_are_written_in_place(tmp_path, directory):
+    original = GIPP.replace(OLD_DIRECTORY, b"    " + directory).replace(OLD_REFERENCE + b"\n", b"")
     original = original.replace(b"    <!-- disable, if not used -->\n", b"")
     gipp = tmp_path / "L2A_GIPP.xml"
     gipp.write_bytes(original)
     set_dem(gipp, Path("/data/dem"), 90)
+    written = b"<DEM_Directory>/data/dem</DEM_Directory" + (b" >" if directory.endswith(b" >") else b">")
     assert gipp.read_bytes() == original.replace(
-        b"    <DEM_Directory/>",
-        b"    <DEM_Directory>/data/dem</DEM_Directory>\n    <DEM_Reference>CDSE-GLO-90</DEM_Reference>")
+        b"    " + directory, b"    " + written + b"\n    <DEM_Reference>CDSE-GLO-90</DEM_Reference>")
 
 
 def test_permissions_are_kept_and_a_symbolic_link_stays_a_link(tmp_path):
