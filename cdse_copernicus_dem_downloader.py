@@ -125,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--summary-json", metavar="PATH", help="write the run's summary as JSON, for pipelines")
     add("--kml-report", metavar="PATH",
         help="write a KML of the tile footprints and geocells coloured by status")
+    add("--check", action="store_true",
+        help="download nothing: say for each tile whether Sen2Cor will find a complete DEM in the output "
+             "folder (exit 0: all ready, 1: some not); needs no credentials")
+    add("--sen2cor-missing-list", metavar="FILE",
+        help="with --check: Sen2Cor's aux_data/CopernicusDEM_<90|30>_TIFF_missing_tiles.list, to name open-sea "
+             "cells it would not skip")
+    add("--gipp", metavar="FILE",
+        help="set DEM_Directory and DEM_Reference in this Sen2Cor L2A_GIPP.xml once the folder is complete "
+             "(nothing else in it changes; the original is kept as FILE.bak)")
     add("--log-file", metavar="PATH", help="also write the log to this file")
     add("-v", "--verbose", action="store_true", help="add debug lines to the log")
     add("-q", "--quiet", action="store_true", help="log only warnings and errors")

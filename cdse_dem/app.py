@@ -110,6 +110,12 @@ def _run(args) -> int:
         log.warning("--workers %d: CDSE serves %d downloads at once per account; the others wait for 429 answers",
                     args.workers, CDSE_CONNECTION_LIMIT)
 
+    from cdse_dem.check import check_options
+    from cdse_dem.gipp import check_gipp_option
+
+    check_options(args)
+    check_gipp_option(args.gipp, settings.model)  # before any work: refused GIPPs stay untouched
+
     if settings.tile_args:
         entries = entries_mod.from_command_line(list(settings.tile_args))
     else:
@@ -123,12 +129,12 @@ def _run(args) -> int:
         raise InputError("no valid tile id or SAFE name to process")
 
     out_dir = settings.output_dir
-    _check_output_dir(out_dir, create=not args.dry_run)
+    _check_output_dir(out_dir, create=not (args.dry_run or args.check))
     for path, what in ((args.summary_json, "summary JSON"), (args.kml_report, "KML report")):
         if path:
             _check_report_path(Path(path), what, out_dir)
     credentials = None
-    if not args.dry_run:
+    if not (args.dry_run or args.check):  # neither downloads: no credentials read, asked for or sent
         from cdse_dem.credentials import obtain_credentials
         from cdse_dem.endpoints import Endpoints
 
@@ -152,6 +158,10 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
     started = time.monotonic()
     endpoints = Endpoints.from_env()
     tile_plans = _tile_plans(valid, args.kml, args.coverage)
+    if args.check:  # the tiles' geocells exactly as a run plans them; the check goes its own way from here
+        from cdse_dem.check import run_check
+
+        return run_check(args, settings, tile_plans, invalid, out_dir)
     cache = NameIdCache.load(out_dir) if out_dir.is_dir() else None
     if cache is not None and not args.dry_run:
         from cdse_dem.fsutil import remove_stale_temporaries
@@ -220,6 +230,12 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
         _finish(args, plan, invalid, totals, left, status, settings)
     if fatal is not None:
         log.error("%s", fatal)
+    if not args.dry_run:
+        from cdse_dem.gipp import end_of_work
+
+        complete = not (left or fatal or plan.count(plan_mod.FAILED) or plan.count(plan_mod.PLANNED))
+        if not end_of_work(args.gipp, out_dir, settings.resolution, settings.model, complete=complete):
+            status = EXIT_FAILED
     log.info("Process is finished")
     return status
 
@@ -317,25 +333,16 @@ def _exit_status(plan, invalid, left, fatal) -> int:
 
 
 def _finish(args, plan, invalid, totals, left, status, settings) -> None:
-    import json
 
     from cdse_dem.redact import scrub
-    from cdse_dem.report import summary_dict, summary_lines
+    from cdse_dem.report import summary_dict, summary_lines, write_summary_json
 
     if left:
         log.warning("Time budget spent: %d geocell(s) not started; run again to resume", len(left))
     if not args.quiet:
         print(scrub("\n".join(summary_lines(plan, invalid, totals, left))), flush=True)
     if args.summary_json:
-        from cdse_dem.fsutil import write_report
-
-        text = scrub(json.dumps(summary_dict(plan, invalid, totals, status), indent=2, sort_keys=True,
-                                ensure_ascii=False))
-        try:  # paths as the filesystem gave them, even when they are not UTF-8
-            write_report(Path(args.summary_json), (text + "\n").encode("utf-8", "surrogateescape"))
-        except (OSError, ValueError) as exc:  # checked at the start; the disk may still fill up meanwhile
-            log.error("%s: cannot write the summary JSON (%s)", args.summary_json,
-                      getattr(exc, "strerror", None) or exc)
+        write_summary_json(Path(args.summary_json), summary_dict(plan, invalid, totals, status))
     if args.kml_report:
         from cdse_dem.kml_report import write_kml_report
 
@@ -367,7 +374,7 @@ def _check_output_dir(out_dir: Path, *, create: bool) -> None:
         except OSError as exc:
             raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
     if not create:
-        return  # a dry run writes nothing, not even a probe
+        return  # a dry run or a check writes nothing there, not even a probe
     import tempfile
 
     try:  # a fresh name created exclusively: never a file (or a symlink to one) already there

@@ -4,10 +4,15 @@ The JSON shape is documented in the README and is a promise to pipelines: keys a
 ever added, never renamed.
 """
 
+import json
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from cdse_dem.entries import Entry
 from cdse_dem.plan import DOWNLOADED, FAILED, PLANNED, PRESENT, SEA, Plan, tile_counts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,3 +85,19 @@ def summary_dict(plan: Plan, invalid: list[Entry], totals: Totals, exit_status: 
         },
         "exit_status": exit_status,
     }
+
+
+def write_summary_json(path: Path, summary: dict) -> None:
+    """The summary where the user asked for it, scrubbed of secrets; a failure is logged, not raised.
+
+    Paths are written as the filesystem gave them, even when they are not UTF-8; the path was
+    checked at the start of the run, but the disk may still fill up meanwhile.
+    """
+    from cdse_dem.fsutil import write_report
+    from cdse_dem.redact import scrub
+
+    text = scrub(json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False))
+    try:
+        write_report(path, (text + "\n").encode("utf-8", "surrogateescape"))
+    except (OSError, ValueError) as exc:
+        log.error("%s: cannot write the summary JSON (%s)", path, getattr(exc, "strerror", None) or exc)

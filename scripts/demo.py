@@ -2,9 +2,11 @@
 
 Starts the simulator on free loopback ports with a demo account, runs the real command
 line on the default tile list (configuration/input_tiles.txt) into output_dir/, prints
-the summary, stops the simulator. A second run finds everything in place and downloads
-nothing. The sample list deliberately holds an id that is not a Sentinel-2 tile, so the
-tool's own exit status is 1; the demo checks that this is the only thing wrong.
+the summary, then checks the folder for Sen2Cor (``--check``, no credentials) and shows the
+two GIPP lines that point Sen2Cor at it, and stops the simulator. A second run finds
+everything in place and downloads nothing. The sample list deliberately holds an id that
+is not a Sentinel-2 tile, so the tool's own exit status is 1; the demo checks that this is
+the only thing wrong.
 """
 
 import json
@@ -42,6 +44,8 @@ def main() -> int:
             status = tool.wait()
             seconds = time.monotonic() - started
             summary = json.loads(summary_path.read_text())
+            check_status, check_log = _check(summary, env)
+            log_lines += check_log
     finally:
         sim.terminate()
         sim.wait(timeout=10)
@@ -53,11 +57,30 @@ def main() -> int:
           f"invalid entries: {', '.join(invalid) or 'none'}")
     if totals["downloaded"] == 0 and totals["present"]:
         print("Demo: nothing to download this time: every DEM geocell was already in output_dir/")
+    gipp = [line.split(" INFO ", 1)[1].strip() for line in check_log if "<DEM_" in line]
+    print(f"Demo: --check says {'every tile is ready' if check_status == 0 else 'NOT every tile is ready'} for "
+          "Sen2Cor; these two lines in Sen2Cor's L2A_GIPP.xml (or --gipp FILE) point it at the folder:")
+    print("\n".join(f"    {line}" for line in gipp))
     clean = not any("Traceback" in line for line in log_lines)
-    ok = status == 1 and totals["failed"] == 0 and invalid == ["32TMA"] and clean
+    ok = status == 1 and totals["failed"] == 0 and invalid == ["32TMA"] and clean and check_status == 0 and gipp
     print("Demo: OK (exit status 1 is expected: the sample list names 32TMA, which is not a Sentinel-2 tile)"
           if ok else "Demo: FAILED")
     return 0 if ok else 1
+
+
+def _check(summary: dict, env: dict) -> tuple[int, list[str]]:
+    """The path to Sen2Cor: --check on the folder just filled (valid tiles only), without credentials."""
+    tiles = [arg for tile in summary["tiles"] for arg in ("--t", tile["tile"])]
+    print(f"\nDemo: checking output_dir/ for Sen2Cor: cdse_copernicus_dem_downloader.py --check {' '.join(tiles)}",
+          flush=True)
+    no_credentials = {k: v for k, v in env.items() if k not in ("CDSE_USERNAME", "CDSE_PASSWORD")}
+    check = subprocess.Popen([sys.executable, str(ROOT / "cdse_copernicus_dem_downloader.py"), "--check", *tiles],
+                             cwd=ROOT, env=no_credentials, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in check.stderr:
+        sys.stderr.write(line)
+        lines.append(line)
+    return check.wait(), lines
 
 
 if __name__ == "__main__":
