@@ -6,7 +6,7 @@ from cdse_dem.catalogue import Product
 from cdse_dem.entries import Entry
 from cdse_dem.errors import UsageError
 from cdse_dem.geocells import Geocell
-from cdse_dem.plan import TilePlan, apply_products, search_failed, start_plan
+from cdse_dem.plan import TilePlan, apply_area, cells_failed, start_plan
 from cdse_dem.readiness import NOT_ON_LIST, check_dict, parse_missing_list, report_lines, tile_readiness
 
 LAND1, LAND2, SEA1 = Geocell(-38, 149), Geocell(-37, 149), Geocell(-39, 150)
@@ -24,8 +24,8 @@ def searched(cells, with_product):
     """A plan of one tile whose catalogue answer lists products for ``with_product`` only."""
     t = tile("56HKD", cells)
     plan = start_plan([t], name, lambda n: None)
-    apply_products(plan, t, [Product(f"id-{c.grid_id}", "n", c, 10, None, None, "2024_1", "", "", "", True)
-                             for c in with_product])
+    apply_area(plan, t.geocells, {c: Product(f"id-{c.grid_id}", "n", c, 10, None, None, "2024_1", "", "", "", True)
+                                  for c in with_product})
     return plan, t
 
 
@@ -61,7 +61,7 @@ def test_a_sea_cell_not_on_sen2cors_list_is_missing_and_one_on_it_is_not():
 def test_a_failed_search_leaves_whether_cdse_has_the_file_unknown():
     t = tile("56HKD", [LAND1, SEA1])
     plan = start_plan([t], name, lambda n: None)
-    search_failed(plan, t, "CDSE catalogue gave HTTP 503 after 6 tries")
+    cells_failed(plan, t.geocells, "CDSE catalogue gave HTTP 503 after 6 tries")
     verdict = tile_readiness(plan, t, {})
     assert [(m.grid_id, m.on_cdse) for m in verdict.missing] == [("S38_E149", None), ("S39_E150", None)]
     assert report_lines([verdict], "/d")[2].endswith(
