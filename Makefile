@@ -25,8 +25,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# Most tests wait on a simulator or a CLI subprocess, not on the CPU: 4 workers on 2 cores;
+# the real-KML tests share one worker (tests/conftest.py).
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 4 --dist loadgroup
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

@@ -123,3 +123,11 @@ def netrc_home(tmp_path, monkeypatch) -> Path:
 
 
 NETRC_PASSWORD = "netrc-Other-Service-Pw-4Kd9"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests of the real tiling KML run on one xdist worker: each worker would otherwise unzip and
+    parse the 109 MB KML again (``make test`` runs the suite with ``--dist loadgroup``)."""
+    for item in items:
+        if "real_kml" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("real-kml"))
