@@ -185,7 +185,8 @@ def _fetcher(args, credentials, http, endpoints, out_dir, cache):
         return session
 
     return Fetcher(open_session=open_session, http=http, endpoints=endpoints, out_dir=out_dir, cache=cache,
-                   workers=args.workers, progress=open_bar(0, args.quiet))
+                   workers=args.workers, progress=open_bar(0, args.quiet),
+                   transfer=getattr(args, "transfer", None) or "auto")
 
 
 def _tile_plans(valid, kml_arg: str | None):

@@ -17,6 +17,7 @@ would wait for the next chunk, or for the read timeout).
 
 import hashlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 _MAX_ERROR_BODY = 64 * 1024
+MAX_JSON_BYTES = 4 * 1024 * 1024  # a Nodes listing is a few kB; more is not a listing
 _WATCH_INTERVAL = 0.2  # seconds; how late the stop watcher may notice a stop
 # Retry-After is honoured up to this (as the session does): an absurd value must not park a
 # worker past the run's budget; coming back early only costs another 429, and tries are bounded.
@@ -91,24 +93,84 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
     start), DownloadCancelled (``stop`` set), DiskFull, or DownloadFailed; the temporary
     file is removed in every such case.
     """
+    label = f"{product.name} ({product.id})" if product.name else product.id
+    expect = Expected(product.content_length, product.md5, product.blake3)
+    fetched = fetch_file(endpoints.product_url(product.id), Path(dest_dir), f"{product.id}.zip", session, http,
+                         endpoints, label=label, expect=expect, backoff=backoff, on_bytes=on_bytes, stop=stop,
+                         timeout=timeout)
+    return DownloadResult(product.id, fetched.path, fetched.bytes, fetched.attempts, fetched.seconds)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a body must be, as far as it is known before it arrives: length and digests."""
+
+    length: int | None = None
+    md5: str | None = None
+    blake3: str | None = None
+
+
+@dataclass
+class Fetched:
+    path: Path  # under a temporary name in the destination folder: the caller renames or deletes it
+    bytes: int
+    attempts: int  # requests made, the one that succeeded included
+    seconds: float
+
+
+def fetch_file(url: str, dest_dir: Path, final_name: str, session, http, endpoints, *, label: str,
+               expect: Expected | None = None, backoff: Backoff | None = None,
+               on_bytes: Callable[[int], None] | None = None, stop: threading.Event | None = None,
+               timeout: tuple[float, float] = (10, 60), first: bool = True, durable: bool = False) -> Fetched:
+    """Stream ``url`` from the download host into a temporary for ``final_name`` in ``dest_dir``.
+
+    The one download loop of the tool (whole zips and single node files): the token, its
+    refresh on a 401, retries with backoff, ``stop``, progress and the length and digests of
+    ``expect`` checked as bytes arrive. ``first`` (the first request for a geocell) makes a
+    spent time budget refuse to start; ``durable`` fsyncs the file (it is to be renamed into
+    place, not unpacked). Raises as :func:`download_product` does.
+    """
+    expect = expect or Expected()
+
+    def receive(reply, label):
+        return _receive(reply, expect, Path(dest_dir), final_name, on_bytes, stop, label, durable)
+
+    began = time.monotonic()
+    (path, size), attempts = _with_retries(url, session, http, endpoints, receive, label=label, backoff=backoff,
+                                           stop=stop, timeout=timeout, first=first)
+    return Fetched(path, size, attempts, time.monotonic() - began)
+
+
+def get_json(url: str, session, http, endpoints, *, label: str, backoff: Backoff | None = None,
+             stop: threading.Event | None = None, timeout: tuple[float, float] = (10, 60),
+             first: bool = False, max_bytes: int = MAX_JSON_BYTES):
+    """A small JSON answer of the download host (a Nodes listing), with the same token,
+    retries and stop handling as a download. A body that is not JSON raises DownloadFailed."""
+    def receive(reply, label):
+        return _read_json(reply, max_bytes, stop, label)
+
+    body, _ = _with_retries(url, session, http, endpoints, receive, label=label, backoff=backoff, stop=stop,
+                            timeout=timeout, first=first)
+    return body
+
+
+def _with_retries(url, session, http, endpoints, receive, *, label, backoff, stop, timeout, first):
+    """Requests ``url`` until ``receive`` accepts a 200 answer; returns (its result, requests made)."""
     backoff = backoff or Backoff()
-    url = endpoints.product_url(product.id)
     if not endpoints.is_download_host(url):  # the token goes to the download host only
         raise DownloadFailed(f"refusing to send the access token to {_origin(url)} (not the download host)")
-    label = f"{product.name} ({product.id})" if product.name else product.id
-    began = time.monotonic()
     delays = backoff.delays()
     requests_made = 0
     tries = 0  # failures counted against the backoff: a 401 refresh is not one
     after_refresh = False
     while True:
         _raise_if_stopped(stop, label)
-        if requests_made == 0 and not session.may_start():
+        if first and requests_made == 0 and not session.may_start():
             raise BudgetExhausted(f"the time budget is spent: {label} not started")
         token = session.access_token()
         requests_made += 1
         try:
-            zip_path, size = _attempt(product, url, token, Path(dest_dir), http, on_bytes, stop, timeout, label)
+            result = _attempt(url, token, http, receive, stop, timeout, label)
         except _TokenRefused as refused:
             if after_refresh:
                 raise AccessDenied(
@@ -131,11 +193,11 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
                         label, failure.problem, delay, tries + 1, backoff.attempts)
             _pause(delay, stop, label)
             continue
-        return DownloadResult(product.id, zip_path, size, requests_made, time.monotonic() - began)
+        return result, requests_made
 
 
-def _attempt(product, url, token, dest_dir, http, on_bytes, stop, timeout, label) -> tuple[Path, int]:
-    """One GET: the verified zip on 200, else the exception that says what to do next."""
+def _attempt(url, token, http, receive, stop, timeout, label):
+    """One GET: what ``receive`` makes of a 200 answer, else the exception that says what to do next."""
     import requests
 
     headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
@@ -149,7 +211,7 @@ def _attempt(product, url, token, dest_dir, http, on_bytes, stop, timeout, label
     with reply:
         status = reply.status_code
         if status == 200:
-            return _receive(product, reply, dest_dir, on_bytes, stop, label)
+            return receive(reply, label)
         code, message = _error_body(reply, stop, label)
         detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if 300 <= status < 400:
@@ -167,21 +229,22 @@ def _attempt(product, url, token, dest_dir, http, on_bytes, stop, timeout, label
         raise DownloadFailed(f"CDSE refused {label}: {detail}")
 
 
-def _receive(product, reply, dest_dir: Path, on_bytes, stop, label) -> tuple[Path, int]:
+def _receive(reply, expect: Expected, dest_dir: Path, final_name: str, on_bytes, stop,
+             label, durable: bool = False) -> tuple[Path, int]:
     """Stream a 200 body into a temporary file, checking length and checksums as bytes arrive."""
     import requests
 
-    expected = product.content_length
+    expected = expect.length
     announced = _int_or_none(reply.headers.get("Content-Length"))
     encoded = reply.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
     if announced is not None and not encoded:
         if expected is not None and announced != expected:
-            raise _Retry(f"the server announces {announced} bytes, the catalogue {expected}")
+            raise _Retry(f"the server announces {announced} bytes, {expected} are expected")
         expected = announced
-    md5 = hashlib.md5(usedforsecurity=False) if product.md5 else None
-    b3 = _blake3() if product.blake3 else None
+    md5 = hashlib.md5(usedforsecurity=False) if expect.md5 else None
+    b3 = _blake3() if expect.blake3 else None
 
-    temp, handle = create_temp_in(dest_dir, f"{product.id}.zip")
+    temp, handle = create_temp_in(dest_dir, final_name)
     received = reported = 0
     watcher = _StopWatcher(stop, reply) if stop is not None else None
     ok = False
@@ -201,15 +264,18 @@ def _receive(product, reply, dest_dir: Path, on_bytes, stop, label) -> tuple[Pat
                     reported += len(chunk)
                 if expected is not None and received > expected:
                     raise _Retry(f"more than the {expected} bytes announced")
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         if watcher is not None and watcher.fired:  # the body was cut short by us, whatever it looks like
             raise DownloadCancelled(f"download of {label} cancelled")
         if expected is not None and received != expected:
             _raise_if_stopped(stop, label)
             raise _Retry(f"connection dropped after {received} of {expected} bytes")
-        if md5 is not None and md5.hexdigest() != product.md5.strip().lower():
-            raise _Retry(f"MD5 mismatch ({md5.hexdigest()} received, {product.md5} in the catalogue)")
-        if b3 is not None and b3.hexdigest() != product.blake3.strip().lower():
-            raise _Retry(f"BLAKE3 mismatch ({b3.hexdigest()} received, {product.blake3} in the catalogue)")
+        if md5 is not None and md5.hexdigest() != expect.md5.strip().lower():
+            raise _Retry(f"MD5 mismatch ({md5.hexdigest()} received, {expect.md5} in the catalogue)")
+        if b3 is not None and b3.hexdigest() != expect.blake3.strip().lower():
+            raise _Retry(f"BLAKE3 mismatch ({b3.hexdigest()} received, {expect.blake3} in the catalogue)")
         ok = True
         return temp, received
     except (requests.RequestException, ConnectionError, TimeoutError) as exc:
@@ -227,6 +293,39 @@ def _receive(product, reply, dest_dir: Path, on_bytes, stop, label) -> tuple[Pat
             remove_quietly(temp)
             if reported and on_bytes is not None:
                 on_bytes(-reported)
+
+
+def _read_json(reply, max_bytes: int, stop, label):
+    """A whole, bounded JSON body; a cut one is retried, one that is not JSON is refused."""
+    import json
+
+    import requests
+
+    watcher = _StopWatcher(stop, reply) if stop is not None else None
+    raw = bytearray()
+    try:
+        for chunk in reply.iter_content(64 * 1024):
+            raw += chunk
+            if len(raw) > max_bytes:
+                break
+        if watcher is not None and watcher.fired:
+            raise DownloadCancelled(f"download of {label} cancelled")
+        announced = _int_or_none(reply.headers.get("Content-Length"))
+        if announced is not None and len(raw) < announced:
+            raise _Retry(f"connection dropped after {len(raw)} of {announced} bytes")
+    except (requests.RequestException, ConnectionError, TimeoutError) as exc:
+        _raise_if_stopped(stop, label)
+        raise _Retry(f"connection dropped during the answer ({type(exc).__name__})") from None
+    finally:
+        if watcher is not None:
+            watcher.close()
+    if len(raw) > max_bytes:
+        raise DownloadFailed(f"{label}: the answer is larger than {max_bytes:,} bytes")
+    try:
+        return json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        text = " ".join(bytes(raw).decode("utf-8", "replace").split())[:80]
+        raise DownloadFailed(f"{label}: the answer is not JSON ({text!r})") from None
 
 
 def _error_body(reply, stop, label) -> tuple[str | None, str | None]:

@@ -6,6 +6,11 @@ DEM layer is extracted into place and recorded in the JSON beside it, so a worke
 connection is never idle while a file is unpacked. At any moment, a crash or Ctrl-C leaves
 only whole files under final names, each recorded. Past the time budget no new geocell
 starts; those left are reported for the next run.
+
+With the Nodes API (``--transfer auto``/``nodes``, :mod:`cdse_dem.nodes`), a geocell is first
+located by a few small listings in a pool of their own, so that they never hold a download
+worker; the worker then streams the DEM file alone, checks it and renames it into place.
+A product whose Nodes transfer fails goes the zip way (``auto``, :mod:`cdse_dem.transfer`).
 """
 
 import logging
@@ -21,6 +26,9 @@ from cdse_dem.plan import DOWNLOADED, FAILED, CellState
 
 log = logging.getLogger(__name__)
 EXTRACT_THREADS = 2
+# Nodes walks in flight (4 small listings each): enough that the walks of the next products are
+# done before a download worker frees, without flooding the download host with listings.
+LISTING_THREADS = 4
 
 
 @dataclass
@@ -39,8 +47,13 @@ class Fetcher:
     """
 
     def __init__(self, *, open_session: Callable[[], object], http, endpoints, out_dir: Path, cache,
-                 workers: int, progress=None):
+                 workers: int, progress=None, transfer: str = "auto"):
+        from cdse_dem.transfer import TransferChoice
+
         self._open_session = open_session
+        self.transfer = TransferChoice(transfer)
+        self._nodes = None  # a NodeClient, once logged in
+        self._listings: ThreadPoolExecutor | None = None
         self._http, self._endpoints, self._out_dir, self._cache = http, endpoints, out_dir, cache
         self._workers = workers
         self.progress = progress
@@ -64,13 +77,20 @@ class Fetcher:
             self.session = self._open_session()
             self._downloads = ThreadPoolExecutor(self._workers, thread_name_prefix="download")
             self._extracts = ThreadPoolExecutor(EXTRACT_THREADS, thread_name_prefix="extract")
+            self._listings = ThreadPoolExecutor(LISTING_THREADS, thread_name_prefix="nodes")
+            from cdse_dem.nodes import NodeClient
+
+            self._nodes = NodeClient(self.session, self._http, self._endpoints, stop=self.stop)
         if self.progress is not None:
             self.progress.total = (self.progress.total or 0) + sum(c.product.content_length or 0 for c in new)
             self.progress.refresh()
         for state in new:
             self._submitted.add(id(state))
             self.outcome.submitted += 1
-            future = self._downloads.submit(self._download, state)
+            if self.transfer.use_nodes():
+                future = self._listings.submit(self._locate, state)
+            else:
+                future = self._downloads.submit(self._download, state)
             self._download_futures.append(future)
             self._track(future)
 
@@ -102,7 +122,7 @@ class Fetcher:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        for pool in (self._downloads, self._extracts):
+        for pool in (self._listings, self._downloads, self._extracts):  # each feeds the next
             if pool is not None:
                 pool.shutdown(wait=True)
         if self.session is not None:
@@ -123,7 +143,76 @@ class Fetcher:
         with self._lock:
             self.outcome.left.append(state.file_name)
 
-    def _download(self, state: CellState) -> None:
+    def _locate(self, state: CellState) -> None:
+        """The Nodes walk of one geocell, then its download queued (the file, or the zip on failure)."""
+        from cdse_dem.nodes import NodesFailed
+
+        if self.stop.is_set():
+            return
+        node = None
+        if self.transfer.use_nodes():
+            try:
+                node = self._nodes.locate_dem(state.product, state.file_name)
+            except BudgetExhausted:
+                self._left(state)
+                return
+            except (AccessDenied, DiskFull) as exc:
+                self._stop_all(state, exc)
+                return
+            except NodesFailed as exc:
+                if not self._nodes_failed(state, exc):
+                    return
+            except DemError as exc:
+                if not self.stop.is_set():
+                    state.status, state.error = FAILED, str(exc)
+                    log.error("%s: %s", state.file_name, exc)
+                return
+        if node is not None:
+            self._retotal(node.content_length - (state.product.content_length or 0))
+        future = self._downloads.submit(self._download, state, node)
+        with self._lock:
+            self._download_futures.append(future)
+        self._track(future)
+
+    def _nodes_failed(self, state: CellState, exc: DemError) -> bool:
+        """A Nodes failure: True when the product goes on as a zip, False when the geocell failed."""
+        if self.transfer.falls_back:
+            self.transfer.node_failed(state.file_name, str(exc))
+            return True
+        if not self.stop.is_set():
+            state.status, state.error = FAILED, str(exc)
+            log.error("%s: %s", state.file_name, exc)
+        return False
+
+    def _retotal(self, delta: int) -> None:
+        """The progress total counts the bytes that will really come: a node file, not its zip."""
+        if self.progress is not None and delta:
+            with self._lock:
+                self.progress.total = max((self.progress.total or 0) + delta, 0)
+            self.progress.refresh()
+
+    def _fetch_node(self, state: CellState, node) -> bool:
+        """The DEM file alone, checked and renamed into place, then recorded; False: go the zip way."""
+        from cdse_dem.geocells import geocell_of_name
+        from cdse_dem.nodes import NodesFailed
+
+        _, resolution = geocell_of_name(state.file_name)
+        try:
+            path, size = self._nodes.fetch_dem(node, self._out_dir, cell=state.geocell, resolution=resolution,
+                                               on_bytes=self.progress.update if self.progress else None)
+        except NodesFailed as exc:
+            if self._nodes_failed(state, exc):
+                self._retotal((state.product.content_length or 0) - node.content_length)
+                return False
+            return True
+        self._cache.record(state.file_name, state.product.id)
+        state.status, state.file, state.bytes = DOWNLOADED, str(path), size
+        with self._lock:
+            self.outcome.bytes += size
+        log.info("DEM %s downloaded (Nodes) and stored", path.name)
+        return True
+
+    def _download(self, state: CellState, node=None) -> None:
         from cdse_dem.download import download_product
 
         if self.stop.is_set():
@@ -136,6 +225,8 @@ class Fetcher:
             number = self._started
         log.info("Processing file n %d: %s", number, state.file_name)
         try:
+            if node is not None and self._fetch_node(state, node):
+                return
             result = download_product(state.product, self._out_dir, self.session, self._http, self._endpoints,
                                       on_bytes=self.progress.update if self.progress else None, stop=self.stop)
         except BudgetExhausted:
