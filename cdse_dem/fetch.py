@@ -111,6 +111,7 @@ class Fetcher:
             self.abort()
             raise
         self._shutdown()
+        self.transfer.report()
         return self.outcome
 
     def abort(self) -> None:

@@ -3,8 +3,9 @@
 ``auto`` (the default) tries Nodes first and falls back to the zip (MD5 verified) for a
 product whose Nodes transfer failed; once a few products have failed that way the Nodes API
 is plainly not working for this run (withdrawn, broken, refused), and the rest of the run
-goes straight to zips, said once in the log. ``nodes`` never falls back (a failure fails the
-geocell); ``zip`` never tries Nodes.
+goes straight to zips. Either way the log says it in one line, not one per product: the
+switch when it happens, else how many products fell back, at the end of the run. ``nodes``
+never falls back (a failure fails the geocell); ``zip`` never tries Nodes.
 """
 
 import logging
@@ -32,6 +33,7 @@ class TransferChoice:
         self._lock = threading.Lock()
         self.fallbacks = 0
         self.switched = False
+        self._last = ""
 
     def use_nodes(self) -> bool:
         """Whether the next product starts with the Nodes API."""
@@ -49,7 +51,16 @@ class TransferChoice:
             switch = self.fallbacks >= FALLBACKS_BEFORE_SWITCH and not self.switched
             if switch:
                 self.switched = True
+            self._last = why
         log.debug("%s: Nodes API failed (%s); fetching the whole zip", file_name, why)
         if switch:
             log.warning("The Nodes API failed for %d products (last: %s); the rest of the run downloads "
                         "whole zips", self.fallbacks, why)
+
+    def report(self) -> None:
+        """At the end of a run: the one line about products that fell back, unless the switch said it."""
+        with self._lock:
+            fallbacks, switched, last = self.fallbacks, self.switched, self._last
+        if fallbacks and not switched:
+            log.info("%d product(s) were fetched as whole zips: the Nodes API failed for them (last: %s)",
+                     fallbacks, last)

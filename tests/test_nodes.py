@@ -252,12 +252,32 @@ def test_parse_listing_reads_cdse_s_shape():
 
 
 def test_three_products_failing_switch_the_rest_of_the_run_to_zips(caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     choice = TransferChoice(Transfer.AUTO)
     for n in range(FALLBACKS_BEFORE_SWITCH + 2):
         assert choice.use_nodes() == (n < FALLBACKS_BEFORE_SWITCH)
         choice.node_failed(f"cell{n}", "HTTP 404")
-    switch_lines = [r for r in caplog.records if "rest of the run" in r.getMessage()]
-    assert len(switch_lines) == 1 and not choice.use_nodes()
+    choice.report()
+    shown = [r.getMessage() for r in caplog.records if r.levelname != "DEBUG"]
+    assert shown == ["The Nodes API failed for 3 products (last: HTTP 404); the rest of the run downloads "
+                     "whole zips"]
+    assert not choice.use_nodes()
+
+
+def test_fewer_fallbacks_are_one_line_at_the_end(caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    choice = TransferChoice(Transfer.AUTO)
+    choice.node_failed("cell0", "HTTP 503")
+    choice.node_failed("cell1", "failed its check 2 times")
+    assert choice.use_nodes()
+    choice.report()
+    shown = [r.getMessage() for r in caplog.records if r.levelname != "DEBUG"]
+    assert shown == ["2 product(s) were fetched as whole zips: the Nodes API failed for them "
+                     "(last: failed its check 2 times)"]
 
 
 def test_nodes_mode_never_falls_back_and_zip_mode_never_tries():
