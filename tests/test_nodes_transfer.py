@@ -73,7 +73,7 @@ def test_a_default_run_moves_only_the_dem_bytes(make_sim, tool_home, tmp_path):
 
 def test_with_nodes_off_the_run_completes_from_zips_and_says_so_once(make_sim, tool_home, tmp_path):
     sim = make_sim(nodes=False)
-    result, out, summary, records, _ = _run(sim, tmp_path)
+    result, out, _summary, records, _ = _run(sim, tmp_path)
     assert result.returncode == 0, result.output
     lines = [line for line in result.stderr.splitlines() if "Nodes" in line]
     assert len(lines) == 1 and SWITCH_LINE in lines[0] and "HTTP 404" in lines[0], lines
@@ -86,7 +86,7 @@ def test_with_nodes_off_the_run_completes_from_zips_and_says_so_once(make_sim, t
 
 def test_cut_node_transfers_and_slow_nodes_still_give_every_dem_byte_exact(make_sim, tool_home, tmp_path):
     sim = make_sim(nodes_latency=0.2, faults=Faults(seed=5, drop_rate=0.3))
-    result, out, summary, records, seen = _run(sim, tmp_path, watch=True)
+    result, out, _summary, records, seen = _run(sim, tmp_path, watch=True)
     assert result.returncode == 0, result.output
     cut = [r for r in records if r.fault == "drop" and "/Nodes(" in r.path]
     assert cut, "no node transfer was cut: the test shows nothing"
@@ -108,7 +108,7 @@ def test_transfer_nodes_never_falls_back(make_sim, tool_home, tmp_path):
 
 def test_transfer_zip_never_lists_nodes(make_sim, tool_home, tmp_path):
     sim = make_sim()
-    result, out, summary, records, _ = _run(sim, tmp_path, "--transfer", "zip")
+    result, out, _summary, _records, _ = _run(sim, tmp_path, "--transfer", "zip")
     assert result.returncode == 0, result.output
     assert listings(sim) == [] and len(downloads(sim)) == CELLS
     check_consistent(out, sim)
@@ -150,7 +150,7 @@ def test_no_ccm_access_stops_the_nodes_walk_too(make_sim, tool_home, tmp_path, t
 
     sim = make_sim(users=[User("noccm@example.com", "no-ccm-Pass-77", ccm=False)])
     env = dict(sim.env, CDSE_USERNAME="noccm@example.com", CDSE_PASSWORD="no-ccm-Pass-77")
-    result, out, summary, records, _ = _run(sim, tmp_path, "--transfer", transfer, env=env)
+    result, out, _summary, _records, _ = _run(sim, tmp_path, "--transfer", transfer, env=env)
     assert result.returncode == 1
     assert "403 DAT-ZIP-608" in result.stderr and SWITCH_LINE not in result.stderr
     assert dem_files(out) == {}
