@@ -22,10 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_throughput
 import benchlib
 from benchlib import ENTRY, MB, PASSWORD, PYTHON, ROOT, USER, Row, median
 
-TILES_90 = ["30TUK", "30TVK"]  # central Spain, on land below 50°N: 1201×1201 DEMs
+TILES_90 = bench_throughput.TILES_90  # 24 cells of central Spain, on land below 50°N: 1201×1201 DEMs
 TILES_30 = ["31TDJ"]  # 6 cells N43–N44 × E001–E003: 3601×3601 DEMs of 52 MB
 NODES_LATENCIES = (0.0, 0.3)
 TRANSFERS = ("zip", "nodes", "auto")
@@ -45,9 +46,11 @@ def _one_run(sim, env: dict, args: list[str], transfer: str) -> dict:
         if proc.returncode != 0 or "Traceback" in proc.stderr:
             raise SystemExit(f"--transfer {transfer} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
         files = {p.name: p.read_bytes() for p in dem_dir.iterdir() if p.name.endswith("_DEM.tif")}
-    wire = sum(r.bytes_sent for r in sim.request_log() if r.server == "download")
-    return {"seconds": seconds, "wire": wire, "disk": sum(map(len, files.values())), "files": files,
-            "warnings": proc.stderr}
+    host = [r for r in sim.request_log() if r.server == "download"]
+    wire = sum(r.bytes_sent for r in host)
+    transfers = max(r.finished for r in host) - min(r.started for r in host)  # first request → last byte
+    return {"seconds": seconds, "transfers": transfers, "wire": wire, "disk": sum(map(len, files.values())),
+            "files": files}
 
 
 def _measure(sim, env: dict, tiles: list[str], resolution: int, repeat: int) -> dict[str, dict]:
@@ -66,17 +69,18 @@ def _measure(sim, env: dict, tiles: list[str], resolution: int, repeat: int) -> 
         for result in results:
             if len(result["files"]) != cells or result["files"] != reference:
                 raise SystemExit(f"--transfer {transfer}: the DEMs differ from those of the zips")
-    return {t: {"cells": cells, "seconds": median(r["seconds"] for r in rs), "wire": median(r["wire"] for r in rs),
+    return {t: {"cells": cells, "seconds": median(r["seconds"] for r in rs),
+                "transfers": median(r["transfers"] for r in rs), "wire": median(r["wire"] for r in rs),
                 "disk": rs[0]["disk"]} for t, rs in runs.items()}
 
 
-def run(repeat: int = 1) -> list[Row]:
+def run(repeat: int = 1, bandwidth: float = BANDWIDTH) -> list[Row]:
     sys.path.insert(0, str(ROOT))
     from simulator import SimulatorConfig, start_simulator
 
     rows = []
     for latency in NODES_LATENCIES:
-        config = SimulatorConfig(size="realistic", bandwidth=BANDWIDTH, latency=benchlib.LATENCY,
+        config = SimulatorConfig(size="realistic", bandwidth=bandwidth, latency=benchlib.LATENCY,
                                  nodes_latency=latency, cache_dir=benchlib.CACHE_DIR)
         with start_simulator(config) as sim, tempfile.TemporaryDirectory(prefix="cdse-bench-home-") as home:
             for sub in ("configuration", "auxiliary", "credentials", "output_dir"):
@@ -95,7 +99,8 @@ def _row(label: str, latency: float, m: dict[str, dict]) -> Row:
 
     def part(transfer):
         r = m[transfer]
-        return f"{transfer} {r['seconds']:.2f} s, {r['wire'] / cells / MB:.2f} MB/cell ({r['wire'] / disk:.2f}×)"
+        return (f"{transfer} {r['seconds']:.2f} s (download host {r['transfers']:.2f} s), "
+                f"{r['wire'] / cells / MB:.2f} MB/cell ({r['wire'] / disk:.2f}×)")
 
     auto, zip_, nodes = m["auto"]["seconds"], m["zip"]["seconds"], m["nodes"]["seconds"]
     ratio, wire = auto / zip_, m["auto"]["wire"] / disk
@@ -117,12 +122,10 @@ def main(argv=None) -> int:
                         help="latency before every reply of both hosts in ms (default 50, a round trip to "
                              "CDSE; the Nodes latency comes on top)")
     args = parser.parse_args(argv)
-    global BANDWIDTH
-    BANDWIDTH = args.bandwidth * MB
     benchlib.configure(args.bandwidth, args.latency)
-    rows = run(args.repeat)
+    rows = run(args.repeat, args.bandwidth * MB)
     print(benchlib.table(rows))
-    print(f"\nSimulator in this process: {BANDWIDTH / MB:g} MB/s per connection, 4 connections, "
+    print(f"\nSimulator in this process: {args.bandwidth:g} MB/s per connection, 4 connections, "
           f"{benchlib.LATENCY * 1000:g} ms before every reply, realistic products; median of {args.repeat} run(s)."
           f"\n{benchlib.machine()}")
     return 0

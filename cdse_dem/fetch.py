@@ -26,9 +26,10 @@ from cdse_dem.plan import DOWNLOADED, FAILED, CellState
 
 log = logging.getLogger(__name__)
 EXTRACT_THREADS = 2
-# Nodes walks in flight (4 small listings each): enough that the walks of the next products are
-# done before a download worker frees, without flooding the download host with listings.
-LISTING_THREADS = 4
+# Nodes walks in flight (4 small listings each, one after the other): with 0.3 s before each
+# answer a walk takes ~1.4 s while a worker streams a GLO-90 DEM in ~0.6 s, so 8 walks keep 4
+# workers fed (benchmarks/bench_nodes.py) without flooding the download host with listings.
+LISTING_THREADS = 8
 
 
 @dataclass
