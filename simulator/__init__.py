@@ -96,7 +96,7 @@ def start_simulator(config: SimulatorConfig | None = None, **overrides: Any) -> 
     from simulator.zips import ZipStore
 
     config = replace(config or SimulatorConfig(), **overrides) if overrides else (config or SimulatorConfig())
-    index = ProductIndex(load_cells(config.cells_dir), config.seed, config.duplicate_cells)
+    index = ProductIndex(load_cells(config.cells_dir), config.seed, config.duplicate_cells, config.missing_grid_id)
     store = ZipStore(config.cache_dir, config.size, config.seed)
     services = Services(config, Catalogue(index, store), store)
     catalogue = make_server(services, "catalogue", config.host, config.port)

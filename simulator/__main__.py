@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bandwidth", type=float, default=None,
                    help="bytes per second per download connection (default unlimited; CDSE: 20e6)")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added before every reply (default 0)")
+    p.add_argument("--catalogue-latency", type=float, default=0.0,
+                   help="seconds more before every catalogue search answers (default 0; CDSE: 0.3-2)")
+    p.add_argument("--no-nodes", dest="nodes", action="store_false",
+                   help="turn the Nodes API off: 404 for every Products(<Id>)/Nodes request")
+    p.add_argument("--nodes-latency", type=float, default=0.0,
+                   help="seconds added before every Nodes request answers (default 0)")
+    p.add_argument("--missing-grid-id", type=float, default=d["missing_grid_id"].default,
+                   help="fraction of CCM products whose record has no gridId attribute (default 0.0001, "
+                        "as on CDSE)")
     p.add_argument("--size", choices=("small", "realistic"), default="small",
                    help="product rasters: small (fast tests) or realistic (3601x3601 at 30 m) (default small)")
     p.add_argument("--cells-dir", default=None,
@@ -126,7 +135,9 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         users=args.user or [User("demo@example.com", "demo")],
         access_lifetime=args.access_lifetime, refresh_lifetime=args.refresh_lifetime,
         max_sessions=args.max_sessions, max_concurrent_downloads=args.max_concurrent_downloads,
-        bandwidth=args.bandwidth, latency=args.latency, size=args.size, cells_dir=args.cells_dir,
+        bandwidth=args.bandwidth, latency=args.latency, catalogue_latency=args.catalogue_latency,
+        nodes=args.nodes, nodes_latency=args.nodes_latency, missing_grid_id=args.missing_grid_id,
+        size=args.size, cells_dir=args.cells_dir,
         duplicate_cells=args.duplicate_cells, cache_dir=args.cache_dir, seed=args.seed,
         faults=Faults(**fault_values), port=args.port, download_port=args.download_port, host=args.host)
 

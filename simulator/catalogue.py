@@ -5,17 +5,34 @@ each product of those cells, and makes zips only for the products of the page it
 because ``ContentLength`` and ``Checksum`` describe the exact bytes served. Without a spatial
 clause it scans lazily and stops as soon as the page is full (unless ``$count`` or ``$orderby``
 needs every match, as on CDSE where both are slow).
+
+Order, as recorded on CDSE: without ``$orderby`` a search has no order, and each request gets
+its own (see ``jittered``), so paging an unordered search repeats some products and loses
+others. With ``$orderby`` (the four documented fields) CDSE adds ``Id`` as the tie-break, and
+pages are stable.
 """
 
 from __future__ import annotations
 
 import itertools
+import random
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from simulator.odata_filter import And, FilterError, cell_independent, parse_filter
-from simulator.products import COMBOS, NEVER_EVICTED, Combo, Product, ProductIndex, ProductKey, iso
+from simulator.products import (
+    CCM_ATTRIBUTES,
+    COMBOS,
+    COPDEM_ATTRIBUTES,
+    NEVER_EVICTED,
+    Combo,
+    Product,
+    ProductIndex,
+    ProductKey,
+    iso,
+)
 from simulator.zips import ZipMeta, ZipStore
 
 MAX_TOP = 1000
@@ -26,9 +43,8 @@ ORDER_FIELDS = {
     "ContentDate/End": lambda p: p.content_date[1],
     "PublicationDate": lambda p: p.publication_date,
     "ModificationDate": lambda p: p.modification_date,
-    "OriginDate": lambda p: p.origin_date,
-    "Name": lambda p: p.name,
 }
+"""The ``$orderby`` fields CDSE documents (cdse-api.md §2); others are 400."""
 PRODUCT_KEYS = ("@odata.mediaContentType", "Id", "Name", "ContentType", "ContentLength", "OriginDate",
                 "PublicationDate", "ModificationDate", "Online", "EvictionDate", "S3Path", "Checksum",
                 "ContentDate", "Footprint", "GeoFootprint")
@@ -129,10 +145,27 @@ def _integer(options: dict[str, str], name: str, default: int) -> int:
     return int(text)
 
 
+def jittered(items: list, top: int, rng: random.Random) -> list:
+    """``items`` in the order one unordered request sees them: each moves forward by up to a
+    page (``top`` places), drawn afresh per request, so neighbouring pages of two requests
+    overlap (a product repeats) or leave a gap (a product is lost), as on CDSE."""
+    span = max(1, top)
+    keys = [i + rng.random() * span for i in range(len(items))]
+    return [item for _, item in sorted(zip(keys, items, strict=True), key=lambda pair: pair[0])]
+
+
 class Catalogue:
     def __init__(self, index: ProductIndex, store: ZipStore) -> None:
         self.index = index
         self.store = store
+        self._order_lock = threading.Lock()
+        self._order_requests = itertools.count()
+
+    def _request_rng(self) -> random.Random:
+        """A seeded stream of its own for each unordered search request."""
+        with self._order_lock:
+            n = next(self._order_requests)
+        return random.Random(f"{self.index.seed}:order:{n}")
 
     # --- search -------------------------------------------------------------------------------
     def search(self, pairs: Sequence[tuple[str, str]], base_url: str) -> Reply:
@@ -155,18 +188,23 @@ class Catalogue:
                         yield product
 
         total = None
-        if query.orderby or query.count:
-            found = list(matching())
+        end = query.skip + query.top
+        if query.orderby:
+            found = sorted(matching(), key=lambda p: p.id)  # CDSE's tie-break: Id
             for name, descending in reversed(query.orderby):
                 found.sort(key=ORDER_FIELDS[name], reverse=descending)
             total = len(found)
-            page = found[query.skip: query.skip + query.top]
-            more = query.skip + query.top < total
+            page, more = found[query.skip: end], end < total
         else:
-            window = list(itertools.islice(matching(), query.skip, query.skip + query.top + 1))
-            page, more = window[: query.top], len(window) > query.top
+            # no order: this request's own arrangement; an item can come from up to a page further on
+            window = list(matching()) if query.count else list(itertools.islice(matching(), end + query.top))
+            total = len(window) if query.count else None
+            page, more = jittered(window, query.top, self._request_rng())[query.skip: end], len(window) > end
 
-        body: dict = {"@odata.context": "$metadata#Products"}
+        context = "$metadata#Products"
+        if query.expand:  # as recorded: "$metadata#Products(Attributes())" with $expand=Attributes
+            context += "(" + ",".join(f"{e}()" for e in query.expand) + ")"
+        body: dict = {"@odata.context": context}
         if query.count:
             body["@odata.count"] = total
         body["value"] = self.render(page, query, base_url)
@@ -204,8 +242,7 @@ class Catalogue:
 
     def attributes(self, collection: str) -> Reply:
         """``Attributes(<collection>)``: the attribute names a filter may use (CDSETool asks)."""
-        names = {"CCM": ("dataset", "datasetFull", "eopIdentifier", "gridId", "productType"),
-                 "COP-DEM": ("authority", "productType", "spatialResolution")}.get(collection.strip("'"))
+        names = {"CCM": CCM_ATTRIBUTES, "COP-DEM": COPDEM_ATTRIBUTES}.get(collection.strip("'"))
         if names is None:
             return Reply(404, {"detail": f"Collection {collection} not found"})
         return Reply(200, [{"Name": n, "ValueType": "String"} for n in names])

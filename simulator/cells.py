@@ -36,9 +36,10 @@ def parse_grid_id(text: str) -> Cell | None:
 
 
 def dsm_name(cell: Cell, resolution: int) -> str:
-    """``Copernicus_DSM_10_N50_00_E007_00`` (10 = 1 arc-second = GLO-30, 30 = GLO-90)."""
+    """``Copernicus_DSM_10_N50_00_E007_00`` (10 = 1 arc-second = GLO-30, 30 = GLO-90; the
+    simulator names EEA-10 cells ``_03_``, a choice: their layout is not recorded)."""
     lat, lon = cell
-    code = "10" if resolution == 30 else "30"
+    code = {10: "03", 30: "10"}.get(resolution, "30")
     return (f"Copernicus_DSM_{code}_{'N' if lat >= 0 else 'S'}{abs(lat):02d}_00_"
             f"{'E' if lon >= 0 else 'W'}{abs(lon):03d}_00")
 

@@ -102,8 +102,23 @@ class SimulatorConfig:
     """Bytes per second per download connection; None: as fast as loopback goes (CDSE: 20 MB/s)."""
     latency: float = 0.0
     """Seconds added before every reply, on both hosts."""
+    catalogue_latency: float = 0.0
+    """Seconds more before the answer of every catalogue search (``Products?...``): the real
+    catalogue takes 0.3-2 s, which is what makes per-tile searching slow (benchmarks)."""
+    nodes: bool = True
+    """Serve the Nodes API (single files of a product) on the download host; False: 404 for every
+    Nodes request, as a client must survive if CDSE withdraws or breaks it."""
+    nodes_latency: float = 0.0
+    """Seconds added before the answer of every Nodes request (listings and files): Nodes is
+    reported slower to start than a whole-product download."""
+    missing_grid_id: float = 0.0001
+    """Fraction of CCM products (seeded, per product) whose record lacks ``gridId``: CDSE has 3 of
+    26,479 in ``COP-DEM_GLO-90-DGED/2024_1``, so a client must fall back to the footprint."""
     size: str = "small"
-    """"small": scaled-down rasters for fast tests; "realistic": the real dimensions (3601x3601 at 30 m)."""
+    """Both keep the real raster dimensions (3601x3601 at 30 m, 1201x1201 at 90 m, fewer columns
+    towards the poles). "realistic": uncompressed GeoTIFFs with textured layers, as recorded
+    (a GLO-90 zip about 13 MB). "small": a low-detail field in DEFLATE-compressed GeoTIFFs
+    (and zip-deflated DTED), so that a zip is tens of kB and fast to make, for tests."""
     cells_dir: Path | str | None = None
     """Folder with copdem_glo30_cells.txt / copdem_glo90_cells.txt; None: ../shared/data, else built-in."""
     duplicate_cells: float | int | Iterable[str] = 0.01
@@ -121,3 +136,8 @@ class SimulatorConfig:
             raise ValueError(f"size must be 'small' or 'realistic', not {self.size!r}")
         if not self.users:
             raise ValueError("at least one user is needed")
+        if not 0.0 <= self.missing_grid_id <= 1.0:
+            raise ValueError(f"missing_grid_id must be a fraction in [0, 1], not {self.missing_grid_id!r}")
+        for name in ("latency", "catalogue_latency", "nodes_latency"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from simulator.terrain import BlockRaster
+
 
 def _angle(value: float, degree_digits: int, positive: str, negative: str) -> str:
     """``DDDMMSSH`` (longitude) or ``DDMMSSH`` (latitude) of a whole-degree value."""
@@ -30,7 +32,7 @@ def _interval(spacing_deg: float) -> str:
     return f"{tenths:04d}"
 
 
-def dted_bytes(elevation: np.ndarray, lat: int, lon: int, level: int) -> bytes:
+def dted_bytes(elevation: np.ndarray | BlockRaster, lat: int, lon: int, level: int) -> bytes:
     """A DTED file for the cell with south-west corner (lat, lon).
 
     ``elevation`` is rows x cols, north row first, west column first, spanning the cell edge to
@@ -63,10 +65,20 @@ def dted_bytes(elevation: np.ndarray, lat: int, lon: int, level: int) -> bytes:
     if (len(uhl), len(dsi), len(acc)) != (80, 648, 2700):
         raise AssertionError("DTED header layout broken")
 
-    values = np.rint(elevation[::-1, :].T).astype(np.int32)  # cols x rows, south to north
+    # One record per column; equal neighbouring columns (the "small" size's low-detail field)
+    # share their data bytes, so only the distinct ones are encoded.
+    if isinstance(elevation, BlockRaster):
+        columns, which = elevation.grid[elevation.row_of], elevation.col_of
+    else:
+        distinct = np.ones(cols, dtype=bool)
+        distinct[1:] = np.any(elevation[:, 1:] != elevation[:, :-1], axis=0)
+        columns, which = elevation[:, distinct], np.cumsum(distinct) - 1
+    values = np.rint(columns[::-1].T).astype(np.int32)  # distinct cols x rows, south to north
     magnitude = np.abs(values).astype(np.uint16) | np.where(values < 0, 0x8000, 0).astype(np.uint16)
-    body = np.ascontiguousarray(magnitude, dtype=">u2").view(np.uint8).reshape(cols, 2 * rows)
-    record = np.zeros((cols, 8 + 2 * rows + 4), dtype=np.uint8)
+    body = np.ascontiguousarray(magnitude, dtype=">u2").view(np.uint8).reshape(len(values), 2 * rows)
+    body_sum = body.sum(axis=1, dtype=np.uint32)
+    record = np.empty((cols, 8 + 2 * rows + 4), dtype=np.uint8)
+    record[:, 8:8 + 2 * rows] = body[which]
     index = np.arange(cols, dtype=np.uint32)
     record[:, 0] = 0xAA
     record[:, 1] = (index >> 16) & 0xFF
@@ -74,7 +86,7 @@ def dted_bytes(elevation: np.ndarray, lat: int, lon: int, level: int) -> bytes:
     record[:, 3] = index & 0xFF
     record[:, 4] = (index >> 8) & 0xFF
     record[:, 5] = index & 0xFF
-    record[:, 8:8 + 2 * rows] = body
-    checksum = record[:, : 8 + 2 * rows].sum(axis=1, dtype=np.uint32)
+    record[:, 6:8] = 0
+    checksum = record[:, :8].sum(axis=1, dtype=np.uint32) + body_sum[which]
     record[:, 8 + 2 * rows:] = checksum.astype(">u4").view(np.uint8).reshape(cols, 4)
     return head + record.tobytes()

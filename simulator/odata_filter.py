@@ -311,7 +311,8 @@ class AnyAttribute(Node):
         return None
 
 
-_CELL_FREE_ATTRIBUTES = {"productType", "dataset", "datasetFull", "authority", "spatialResolution"}
+_CELL_FREE_ATTRIBUTES = {"productType", "dataset", "datasetFull", "authority", "spatialResolution", "sensorType",
+                         "platformShortName", "resolutionClass", "orderReference"}
 
 
 def cell_independent(node: Node) -> bool:

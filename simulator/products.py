@@ -19,17 +19,32 @@ from typing import NamedTuple
 from simulator.cells import Cell, CellLists, dsm_name, grid_id, parse_grid_id
 
 COLLECTIONS = ("COP-DEM", "CCM")
-DELIVERIES = ("2019_1", "2020_1", "2021_1", "2022_1", "2023_1", "2024_1")
-KINDS = ((30, "DGED"), (90, "DGED"), (30, "DTED"), (90, "DTED"))
+DELIVERIES = ("2019_1", "2019_2", "2020_1", "2020_2", "2021_1", "2021_2", "2022_1", "2023_1", "2024_1")
+"""The CCM deliveries CDSE serves (cdse-api.md §3), each a full set of cells."""
+GLO_KINDS = ((30, "DGED"), (90, "DGED"), (30, "DTED"), (90, "DTED"))
+EEA_KINDS = ((10, "DGED"), (10, "INSP"))
+"""The Copernicus EEA-10 DEM, which CDSE also files under ``CCM``: a client filtering on the
+collection alone gets these too. Only over Europe (``EEA_AREA``), in one delivery (``EEA_DELIVERY``,
+not recorded: a choice of the simulator). Their zips are stand-ins at the GLO-30 raster size."""
+KINDS = GLO_KINDS + EEA_KINDS
+EEA_DELIVERY = "2021_1"
+EEA_AREA = (34, 72, -32, 45)
+"""south, north, west, east of the cells (south-west corners) with an EEA-10 product: the EEA-39 countries."""
 CCM_TYPES = {(30, "DGED"): "SAR_DGE_30_A4AD", (90, "DGED"): "SAR_DGE_90_A407",
-             (30, "DTED"): "SAR_DTE_30_615C", (90, "DTED"): "SAR_DTE_90_61F6"}
+             (30, "DTED"): "SAR_DTE_30_615C", (90, "DTED"): "SAR_DTE_90_61F6",
+             (10, "DGED"): "SAR_DGE_10_9319", (10, "INSP"): "SAR_INS_10_52C5"}
 COPDEM_TYPES = {(30, "DGED"): "DGE_30", (90, "DGED"): "DGE_90",
                 (30, "DTED"): "DTE_30", (90, "DTED"): "DTE_90"}
+CCM_AUTHORITY = "Airbus DE"
 Combo = tuple[str, str, int, str]  # collection, delivery ("" for COP-DEM), resolution, model
 COMBOS: tuple[Combo, ...] = (
-    *(("COP-DEM", "", res, model) for res, model in KINDS),
-    *(("CCM", delivery, res, model) for delivery in DELIVERIES for res, model in KINDS),
+    *(("COP-DEM", "", res, model) for res, model in GLO_KINDS),
+    *(("CCM", delivery, res, model) for delivery in DELIVERIES for res, model in GLO_KINDS),
+    *(("CCM", EEA_DELIVERY, res, model) for res, model in EEA_KINDS),
 )
+CCM_ATTRIBUTES = ("authority", "dataset", "datasetFull", "eopIdentifier", "gridId", "orderReference",
+                  "platformShortName", "productType", "resolutionClass", "sensorType")
+COPDEM_ATTRIBUTES = ("authority", "productType", "spatialResolution")
 NEVER_EVICTED = "9999-12-31T23:59:59.999999Z"
 _NAMESPACE = uuid.UUID("6f1c2a4e-52a5-4f43-9a53-0cd5e0000000")
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -59,6 +74,11 @@ def stamp(moment: datetime) -> str:
     return moment.strftime("%Y%m%dT%H%M%S")
 
 
+def in_eea_area(cell: Cell) -> bool:
+    south, north, west, east = EEA_AREA
+    return south <= cell[0] < north and west <= cell[1] < east
+
+
 class ProductKey(NamedTuple):
     """What identifies a product; ``copy`` is 1 for the second product of a duplicated CCM cell.
 
@@ -79,34 +99,34 @@ class ProductKey(NamedTuple):
 
 
 def _mask(seed: int) -> int:
-    return _number(seed, "id-mask") & 0xFFFFFF
+    return _number(seed, "id-mask") & 0xFFFFFFFF
 
 
 def _key_number(key: ProductKey) -> int:
-    """24 bits: lat (8), lon (9), kind (2), collection (1), delivery (3), copy (1)."""
+    """26 bits: lat (8), lon (9), kind (3), collection (1), delivery (4), copy (1)."""
     kind = KINDS.index((key.resolution, key.model))
     delivery = DELIVERIES.index(key.delivery) if key.delivery else 0
-    return ((((((key.lat + 90) << 9 | (key.lon + 180)) << 2 | kind) << 1 | (key.collection == "CCM")) << 3
+    return ((((((key.lat + 90) << 9 | (key.lon + 180)) << 3 | kind) << 1 | (key.collection == "CCM")) << 4
              | delivery) << 1) | key.copy
 
 
 def product_id(key: ProductKey, seed: int) -> str:
-    """A version-5 UUID (SHA-1 of the product's identity) whose last 24 bits carry the key,
+    """A version-5 UUID (SHA-1 of the product's identity) whose last 32 bits carry the key,
     scrambled with the seed, so that any Id a client presents is resolved without a table."""
     name = f"{seed}/{key.collection}/{key.delivery}/{key.resolution}/{key.model}/{grid_id(key.cell)}/{key.copy}"
     raw = bytearray(uuid.uuid5(_NAMESPACE, name).bytes)
-    raw[13:16] = (_key_number(key) ^ _mask(seed)).to_bytes(3, "big")
+    raw[12:16] = (_key_number(key) ^ _mask(seed)).to_bytes(4, "big")
     return str(uuid.UUID(bytes=bytes(raw)))
 
 
 def decode_key(value: uuid.UUID, seed: int) -> ProductKey | None:
-    n = int.from_bytes(value.bytes[13:16], "big") ^ _mask(seed)
+    n = int.from_bytes(value.bytes[12:16], "big") ^ _mask(seed)
     copy, n = n & 1, n >> 1
-    delivery, n = n & 7, n >> 3
+    delivery, n = n & 15, n >> 4
     ccm, n = n & 1, n >> 1
-    kind, n = n & 3, n >> 2
+    kind, n = n & 7, n >> 3
     lon, lat = (n & 0x1FF) - 180, (n >> 9) - 90
-    if not (-90 <= lat < 90 and -180 <= lon < 180) or delivery >= len(DELIVERIES):
+    if not (-90 <= lat < 90 and -180 <= lon < 180) or delivery >= len(DELIVERIES) or kind >= len(KINDS):
         return None
     res, model = KINDS[kind]
     return ProductKey(lat, lon, "CCM" if ccm else "COP-DEM", DELIVERIES[delivery] if ccm else "", res, model, copy)
@@ -115,9 +135,10 @@ def decode_key(value: uuid.UUID, seed: int) -> ProductKey | None:
 class Product:
     """One catalogue product; every property is what CDSE shows for it."""
 
-    def __init__(self, key: ProductKey, seed: int) -> None:
+    def __init__(self, key: ProductKey, seed: int, missing_grid_id: float = 0.0) -> None:
         self.key = key
         self.seed = seed
+        self.missing_grid_id = missing_grid_id
 
     def __repr__(self) -> str:
         return f"Product({self.key})"
@@ -138,7 +159,8 @@ class Product:
 
     @property
     def dataset_full(self) -> str:
-        return f"COP-DEM_GLO-{self.key.resolution}-{self.key.model}"
+        family = "EEA" if self.key.resolution == 10 else "GLO"
+        return f"COP-DEM_{family}-{self.key.resolution}-{self.key.model}"
 
     @property
     def dataset(self) -> str:
@@ -150,7 +172,7 @@ class Product:
 
     @property
     def dem_suffix(self) -> str:
-        if self.key.model == "DGED":
+        if self.key.model != "DTED":
             return "_DEM.tif"
         return "_DEM.dt2" if self.key.resolution == 30 else "_DEM.dt1"
 
@@ -162,15 +184,30 @@ class Product:
                        k.lat, k.lon, k.copy)
 
     @cached_property
-    def content_date(self) -> tuple[datetime, datetime]:
+    def acquisition(self) -> tuple[datetime, datetime]:
+        """The TanDEM-X acquisition span in the name."""
         return acquisition(self.seed, self.key.cell)
+
+    @property
+    def content_date(self) -> tuple[datetime, datetime]:
+        """As recorded: Start is the acquisition start in the name, End is Start + 1 s."""
+        start = self.acquisition[0]
+        return start, start + timedelta(seconds=1)
+
+    @cached_property
+    def version(self) -> str:
+        """Four letters or digits: the name's ``_jSLP`` (COP-DEM), ``_2957`` and ``:V2957`` (CCM)."""
+        return "".join(_ALPHABET[(self._n >> (6 * i)) % len(_ALPHABET)] for i in range(4))
 
     @cached_property
     def name(self) -> str:
-        start, end = self.content_date
-        code = "DGE" if self.key.model == "DGED" else "DTE"
-        n = self._n
-        tail = "".join(_ALPHABET[(n >> (6 * i)) % len(_ALPHABET)] for i in range(4))
+        """``DEM1_SAR_DGE_90_<start>_<end>_ADS_000000_jSLP.DEM``; in CCM with an 8-hex hash that
+        differs between deliveries: ``..._ADS_000000_2957_4cb0c173.DEM``, as recorded."""
+        start, end = self.acquisition
+        code = {"DGED": "DGE", "DTED": "DTE", "INSP": "INS"}[self.key.model]
+        tail = self.version
+        if self.key.collection == "CCM":
+            tail += f"_{self._n >> 32:08x}"
         return f"DEM1_SAR_{code}_{self.key.resolution}_{stamp(start)}_{stamp(end)}_ADS_000000_{tail}.DEM"
 
     @property
@@ -181,12 +218,27 @@ class Product:
     def id(self) -> str:
         return product_id(self.key, self.seed)
 
-    @cached_property
+    @property
     def root_folder(self) -> str:
-        """The zip's top folder: CCM zips carry an 8-hex suffix, as on CDSE."""
-        if self.key.collection == "CCM":
-            return f"{self.stem}_{self._n >> 32:08x}"
+        """The zip's top folder: the Name without ``.DEM`` (hash included), as recorded."""
         return self.stem
+
+    @property
+    def eop_identifier(self) -> str:
+        """``urn:eop:DLR:CDEM90:Copernicus_DSM_30_S26_00_E112_00:V2957``, as recorded."""
+        return f"urn:eop:DLR:CDEM{self.key.resolution}:{self.dsm_name}:V{self.version}"
+
+    @property
+    def has_inspire(self) -> bool:
+        """Whether the zip root also holds ``INSPIRE.xml``: recorded "sometimes"; here half of them."""
+        return bool(self._n >> 63)
+
+    @property
+    def has_grid_id(self) -> bool:
+        """False for the seeded few CCM products whose record lacks ``gridId`` (as 3 of 26,479 on CDSE)."""
+        if self.key.collection != "CCM" or self.missing_grid_id <= 0:
+            return True
+        return _number(self.seed, "no-grid-id", *self.key) >= self.missing_grid_id * 2.0**64
 
     @cached_property
     def dates(self) -> tuple[datetime, datetime, datetime]:
@@ -219,8 +271,9 @@ class Product:
 
     @property
     def s3_path(self) -> str:
-        if self.key.collection == "CCM":
-            return f"/eodata/CCM/{self.dataset_full}/{self.product_type}/{self.key.delivery}/{self.name}"
+        if self.key.collection == "CCM":  # cdse-api.md §6: by the date of the name's start
+            day = self.acquisition[0].strftime("%Y/%m/%d")
+            return f"/eodata/CCM/{self.dataset_full}/{self.product_type}/{day}/{self.stem}"
         return f"/eodata/auxdata/CopDEM/{self.dataset_full}/{self.name}"
 
     def footprint_ring(self) -> list[tuple[int, int]]:
@@ -237,13 +290,9 @@ class Product:
         return {"type": "Polygon", "coordinates": [[[x, y] for x, y in self.footprint_ring()]]}
 
     def attributes(self) -> list[tuple[str, str]]:
-        """The (Name, Value) string attributes, in the order CDSE lists them."""
-        if self.key.collection == "CCM":
-            return [("dataset", self.dataset), ("datasetFull", self.dataset_full),
-                    ("eopIdentifier", self.stem), ("gridId", self.grid_id),
-                    ("productType", self.product_type)]
-        return [("authority", "ESA"), ("productType", self.product_type),
-                ("spatialResolution", str(self.key.resolution))]
+        """The (Name, Value) string attributes, in the order CDSE lists them (alphabetical)."""
+        names = CCM_ATTRIBUTES if self.key.collection == "CCM" else COPDEM_ATTRIBUTES
+        return [(n, v) for n in names if (v := self.attribute(n)) is not None]
 
     def attribute(self, name: str) -> str | None:
         """One attribute's value, computed alone: filters ask for one, scans ask ~740,000 times."""
@@ -255,9 +304,19 @@ class Product:
             if name == "datasetFull":
                 return self.dataset_full
             if name == "gridId":
-                return self.grid_id
+                return self.grid_id if self.has_grid_id else None
             if name == "eopIdentifier":
-                return self.stem
+                return self.eop_identifier
+            if name == "authority":
+                return CCM_AUTHORITY
+            if name == "sensorType":
+                return "DEM"
+            if name == "platformShortName":
+                return "DEM1"
+            if name == "resolutionClass":  # the value is not recorded: the resolution in metres
+                return str(self.key.resolution)
+            if name == "orderReference":  # not recorded either: one order per dataset
+                return f"{self.dataset_full}_{self.key.delivery}"
             return None
         if name == "authority":
             return "ESA"
@@ -269,9 +328,11 @@ class Product:
 class ProductIndex:
     """Products per cell, by Id, and by the acquisition stamp that every name carries."""
 
-    def __init__(self, cells: CellLists, seed: int, duplicate_cells: float | int | Iterable[str]) -> None:
+    def __init__(self, cells: CellLists, seed: int, duplicate_cells: float | int | Iterable[str],
+                 missing_grid_id: float = 0.0) -> None:
         self.cells = cells
         self.seed = seed
+        self.missing_grid_id = missing_grid_id
         self._dups = self._duplicates(duplicate_cells)
         self._lock = threading.Lock()
         self._by_stamp: dict[str, list[Cell]] | None = None
@@ -297,15 +358,21 @@ class ProductIndex:
             return _number(self.seed, "dup", *cell) < self._dups * 2.0**64
         return cell in self._dups
 
+    def has(self, cell: Cell, resolution: int) -> bool:
+        """Whether the cell has products at this resolution (EEA-10: GLO-30 cells over Europe)."""
+        if resolution == 10:
+            return in_eea_area(cell) and self.cells.has(cell, 30)
+        return self.cells.has(cell, resolution)
+
     def keys_in_cell(self, cell: Cell, combos: Iterable[Combo] = COMBOS) -> list[ProductKey]:
         """The products of a cell, in a fixed order, limited to ``combos`` (a scan's pre-filter)."""
         lat, lon = cell
         keys = []
         copies = None
         for collection, delivery, res, model in combos:
-            if not self.cells.has(cell, res):
+            if not self.has(cell, res):
                 continue
-            if collection == "COP-DEM":
+            if collection == "COP-DEM" or res == 10:
                 keys.append(ProductKey(lat, lon, collection, delivery, res, model))
                 continue
             if copies is None:
@@ -315,7 +382,7 @@ class ProductIndex:
         return keys
 
     def products_in_cell(self, cell: Cell, combos: Iterable[Combo] = COMBOS) -> list[Product]:
-        return [Product(k, self.seed) for k in self.keys_in_cell(cell, combos)]
+        return [Product(k, self.seed, self.missing_grid_id) for k in self.keys_in_cell(cell, combos)]
 
     def iter_cells(self) -> Iterator[Cell]:
         return iter(self.cells.all_cells())
@@ -329,13 +396,15 @@ class ProductIndex:
         key = decode_key(wanted, self.seed)
         if key is None or key.delivery not in ("", *DELIVERIES):
             return None
-        if not self.cells.has(key.cell, key.resolution) or (key.copy and not self.is_duplicated(key.cell)):
+        if not self.has(key.cell, key.resolution) or (key.copy and not self.is_duplicated(key.cell)):
             return None
-        if key.collection == "COP-DEM" and (key.delivery or key.copy):
+        if key.collection == "COP-DEM" and (key.delivery or key.copy or key.resolution == 10):
             return None
         if key.collection == "CCM" and not key.delivery:
             return None
-        product = Product(key, self.seed)
+        if key.resolution == 10 and (key.delivery != EEA_DELIVERY or key.copy):
+            return None
+        product = Product(key, self.seed, self.missing_grid_id)
         return product if product.id == str(wanted) else None
 
     def cells_for_name(self, name: str) -> list[Cell]:

@@ -21,6 +21,7 @@ from simulator.catalogue import Catalogue
 from simulator.config import SimulatorConfig
 from simulator.faults import FaultInjector
 from simulator.identity import IdentityService
+from simulator.nodes import NodeRequest, NodeRequestError, NodeTrees, listing, open_member, parse_node_path
 from simulator.requestlog import RequestLog, RequestRecord
 from simulator.zips import ZipStore
 
@@ -45,6 +46,7 @@ class Services:
         self.catalogue = catalogue
         self.store = store
         self.faults = FaultInjector(config.faults, config.seed)
+        self.node_trees = NodeTrees()
         self.log = RequestLog()
         self.stopping = threading.Event()
         self.catalogue_url = ""
@@ -228,6 +230,8 @@ class Handler(BaseHTTPRequestHandler):
             fault = services.faults.catalogue()
             if fault is not None and self._catalogue_fault(fault):
                 return
+            if services.config.catalogue_latency > 0:
+                services.stopping.wait(services.config.catalogue_latency)
             reply = services.catalogue.search(self.query_pairs, services.catalogue_url)
             self._json(reply.status, reply.body)
             return
@@ -269,9 +273,23 @@ class Handler(BaseHTTPRequestHandler):
     def _download_host(self, method: str) -> None:
         services = self.services
         match = _PRODUCT.match(self.record.path)
-        if not match or match.group(2) != "/$value":
+        rest = match.group(2) if match else None
+        nodes = rest is not None and rest.startswith("/Nodes")
+        if not match or (rest != "/$value" and not nodes):
             self._zip_error(404, "DAT-ZIP-404", "Not found")
             return
+        node_request = None
+        if nodes:  # the Nodes API: off (404), or late, before anything else is looked at
+            if not services.config.nodes:
+                self._zip_error(404, "DAT-ZIP-404", "Not found")
+                return
+            if services.config.nodes_latency > 0:
+                services.stopping.wait(services.config.nodes_latency)
+            try:
+                node_request = parse_node_path(rest)
+            except NodeRequestError as exc:
+                self._zip_error(exc.status, exc.code, exc.message)
+                return
         if method not in ("GET", "HEAD"):
             self._zip_error(405, "DAT-ZIP-405", "Method not allowed")
             return
@@ -295,6 +313,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Range"):
             self._zip_error(501, "DAT-ZIP-501", "Range requests are not supported")
             return
+        if not _is_uuid(match.group(1)):
+            self._zip_error(422, "DAT-ZIP-111", f"Malformed product UUID: {match.group(1)}")
+            return
         product = services.catalogue.index.by_id(match.group(1))
         if product is None:
             self._zip_error(404, "DAT-ZIP-111", f"Product {match.group(1)} not found")
@@ -303,6 +324,9 @@ class Handler(BaseHTTPRequestHandler):
             self._zip_error(403, "DAT-ZIP-608",
                             "Access forbidden: you need to accept the CCM licence and enable "
                             "Copernicus Contributing Missions access in your CDSE profile")
+            return
+        if node_request is not None:
+            self._nodes(method, product, user.name, node_request)
             return
         if method == "HEAD":
             meta = services.store.ensure(product)
@@ -329,32 +353,77 @@ class Handler(BaseHTTPRequestHandler):
                            {"Retry-After": _retry_after(services)} if status == 503 else None)
                 return
             meta = services.store.ensure(product)
-            self._stream(product.name, meta)
+            self._stream(f"{product.name}.zip", meta.length, lambda: open(meta.path, "rb"), "application/zip",
+                         sendfile=True)
         finally:
             services.release_slot(user.name)
+
+    def _nodes(self, method: str, product, user: str, request: NodeRequest) -> None:
+        """A listing or one file of a product, under the same faults and quota as ``$value``."""
+        services = self.services
+        if services.faults.storm():
+            self.record.fault = "storm429"
+            self._too_many()
+            return
+        if not services.take_slot(user):
+            self._too_many()
+            return
+        try:
+            status = services.faults.download_error()
+            if status is not None:
+                self.record.fault = f"error{status}"
+                self._json(status, {"detail": "Internal Server Error" if status == 500 else "Service Unavailable"},
+                           {"Retry-After": _retry_after(services)} if status == 503 else None)
+                return
+            meta = services.store.ensure(product)
+            try:
+                node = services.node_trees.find(product, meta.path, request.names)
+                if request.value and not node.is_file:
+                    raise NodeRequestError(404, "DAT-ZIP-404", f"Node {node.name} is a folder, not a file")
+            except NodeRequestError as exc:
+                self._zip_error(exc.status, exc.code, exc.message)
+                return
+            if not request.value:
+                self._json(200, listing(node, f"{services.download_url}/Products({product.id})", request.names))
+                return
+            if method == "HEAD":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(node.size))
+                self.send_header("Content-Disposition", f"attachment; filename={node.name}")
+                self.record.status = 200
+                self._complete()
+                self.end_headers()
+                return
+            self._stream(node.name, node.size, lambda: open_member(meta.path, node.member),
+                         "application/octet-stream", sendfile=False)
+        finally:
+            services.release_slot(user)
 
     def _too_many(self) -> None:
         limit = self.services.config.max_concurrent_downloads
         self._zip_error(429, "DAT-ZIP-100", f"Max session number {limit} exceeded.",
                         {"Retry-After": _retry_after(self.services)})
 
-    def _stream(self, name: str, meta) -> None:
+    def _stream(self, filename: str, length: int, opener, content_type: str, sendfile: bool) -> None:
+        """``length`` bytes from the binary file ``opener()`` gives, throttled and faulted as configured;
+        ``sendfile``: a real file, sent by the kernel when nothing needs to touch the bytes."""
         services = self.services
-        faults = services.faults.body(meta.length)
+        faults = services.faults.body(length)
         if faults.names():
             self.record.fault = "+".join(faults.names())
         self.send_response(200)
-        self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(meta.length))
-        self.send_header("Content-Disposition", f"attachment; filename={name}.zip")
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Content-Disposition", f"attachment; filename={filename}")
         self.end_headers()
         self.record.status = 200
         if faults.slow and services.stopping.wait(faults.slow):
             raise _Dropped
         bandwidth = services.config.bandwidth
-        end = meta.length if faults.drop_at is None else faults.drop_at
-        with open(meta.path, "rb") as f:
-            if bandwidth is None and faults.corrupt_at is None and faults.drop_at is None and end > 1:
+        end = length if faults.drop_at is None else faults.drop_at
+        with opener() as f:
+            if sendfile and bandwidth is None and faults.corrupt_at is None and faults.drop_at is None and end > 1:
                 self.record.bytes_sent = self.connection.sendfile(f, 0, end - 1) or 0
                 if self.record.bytes_sent != end - 1:
                     raise _Dropped
@@ -389,6 +458,14 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             raise _Dropped
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _retry_after(services: Services) -> str:

@@ -8,31 +8,83 @@ takes a fraction of a second.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 _BANDS_30 = ((50, 3601), (60, 2401), (70, 1801), (80, 1201), (85, 721), (90, 361))
 _BANDS_90 = ((50, 1201), (60, 801), (70, 601), (80, 401), (85, 241), (90, 121))
-SMALL_ROWS = {30: 121, 90: 61}
+COARSE_STEP = 60
+"""Samples per degree of the "small" size's low-detail field (one minute of arc): a block of equal
+samples, so that whole rows repeat and DEFLATE shrinks a 3601 x 3601 raster to tens of kB."""
 
 
-def raster_shape(lat: int, resolution: int, size: str) -> tuple[int, int]:
+def raster_shape(lat: int, resolution: int, size: str = "realistic") -> tuple[int, int]:
     """(rows, cols) of a cell's DEM: columns shrink towards the poles, as on CDSE.
 
-    "small" keeps the same ratio of rows to columns at a fraction of the size, with sample
-    spacings that stay whole tenths of arc-seconds (DTED needs that).
+    Both sizes have the real dimensions (a client checks them); "small" differs only in the
+    detail of the field and in compression (see ``elevation``). EEA-10 (resolution 10) is a
+    stand-in at the GLO-30 dimensions.
     """
     band_lat = max(abs(lat), abs(lat + 1))  # the band is decided by the edge nearest the pole
-    bands = _BANDS_30 if resolution == 30 else _BANDS_90
+    bands = _BANDS_90 if resolution == 90 else _BANDS_30
     rows = bands[0][1]
     cols = next(c for limit, c in bands if band_lat <= limit)
-    if size == "realistic":
-        return rows, cols
-    small_rows = SMALL_ROWS[resolution]
-    return small_rows, round((small_rows - 1) * (cols - 1) / (rows - 1)) + 1
+    return rows, cols
+
+
+class BlockRaster(NamedTuple):
+    """A raster held constant over blocks: ``grid[row_of[i], col_of[j]]`` is sample (i, j).
+
+    The "small" size's layers, kept in this form so that a 3601 x 3601 cell costs its 61 x 61
+    distinct values to compute and its distinct rows to compress; ``expand()`` gives the array.
+    """
+
+    grid: np.ndarray
+    row_of: np.ndarray
+    col_of: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.row_of), len(self.col_of)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.grid.dtype
+
+    def like(self, grid: np.ndarray) -> BlockRaster:
+        """Another layer on the same blocks."""
+        return BlockRaster(grid, self.row_of, self.col_of)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.grid[self.row_of[i], self.col_of]
+
+    def sample(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self.grid[np.ix_(self.row_of[rows], self.col_of[cols])]
+
+    def expand(self) -> np.ndarray:
+        return self.grid[np.ix_(self.row_of, self.col_of)]
 
 
 def elevation(lat: int, lon: int, rows: int, cols: int, seed: int) -> np.ndarray:
     """Heights in metres (float32), north row first, west column first, edge to edge."""
+    lons = lon + np.linspace(0.0, 1.0, cols)
+    lats = (lat + 1) - np.linspace(0.0, 1.0, rows)
+    return _field(lat, lats, lons, seed)
+
+
+def coarse_elevation(lat: int, lon: int, rows: int, cols: int, seed: int) -> BlockRaster:
+    """The same field sampled on a one-minute grid (``COARSE_STEP``) and held constant between,
+    for the "small" size; still a function of absolute coordinates, so neighbours agree on
+    their shared edge (edges are whole degrees, on the grid)."""
+    lons = lon + np.linspace(0.0, 1.0, cols)
+    lats = (lat + 1) - np.linspace(0.0, 1.0, rows)
+    lons, col_of = np.unique(np.round(lons * COARSE_STEP) / COARSE_STEP, return_inverse=True)
+    lats, row_of = np.unique(np.round(lats * COARSE_STEP) / COARSE_STEP, return_inverse=True)
+    return BlockRaster(_field(lat, lats, lons, seed), row_of.reshape(-1), col_of.reshape(-1))
+
+
+def _field(lat: int, lats: np.ndarray, lons: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed & 0xFFFFFFFF, 7919])
     k = 8
     freq_lon = rng.uniform(0.3, 4.0, k)
@@ -40,8 +92,6 @@ def elevation(lat: int, lon: int, rows: int, cols: int, seed: int) -> np.ndarray
     phase_lon = rng.uniform(0, 2 * np.pi, k)
     phase_lat = rng.uniform(0, 2 * np.pi, k)
     amplitude = rng.uniform(80, 600, k) / np.arange(1, k + 1)
-    lons = lon + np.linspace(0.0, 1.0, cols)
-    lats = (lat + 1) - np.linspace(0.0, 1.0, rows)
     a = np.sin(np.outer(lats, 2 * np.pi * freq_lat) + phase_lat) * amplitude  # rows x k
     b = np.cos(np.outer(lons, 2 * np.pi * freq_lon) + phase_lon)  # cols x k
     field = (a @ b.T).astype(np.float32)

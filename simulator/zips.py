@@ -19,11 +19,12 @@ import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from simulator.products import Product
 
-FORMAT_VERSION = 2  # 2: a height error map with real texture, so zips have CDSE's sizes
+FORMAT_VERSION = 3  # 3: recorded names and layout, small mode at the real dimensions (2: textured HEM)
 _QUICKLOOK_JPEG = base64.b64decode(
     "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdASFxOQERXRTc4UG1RV19iZ2hn"
     "Pk1xeXBkeFxlZ2P/wAALCAAIAAgBAREA/8QAFAABAAAAAAAAAAAAAAAAAAAABv/EABcQAQADAAAAAAAAAAAAAAAAAAQAITH/2gAIAQEA"
@@ -131,18 +132,39 @@ def _digests(path: Path) -> tuple[str, str, int]:
     return md5.hexdigest(), b3.hexdigest(), length
 
 
+PREVIEW_LAYERS = ("DEM", "EDM", "FLM", "HEM", "WBM", "SRC")
+"""The six quick looks of a recorded product's PREVIEW/ (beside ``_QL.kml`` and ``_SRC.kml``)."""
+QUICKLOOK_ROWS = 694
+"""Rows of a quick look: with the columns, about the 480 kB of a recorded one in "realistic"."""
+GSC_FILES = 4
+"""A recorded CCM product's root holds four ``GSC_CR_ESA_COP-DEM_<dataset>_<date>_<time>.xml``."""
+
+
 def write_product_zip(out, product: Product, size: str) -> None:
-    """Write the zip of ``product`` to the binary file ``out`` (seekable)."""
+    """Write the zip of ``product`` to the binary file ``out`` (seekable), laid out as recorded.
+
+    Root folder: the product Name without ``.DEM`` (hash included in CCM). In it, CCM products
+    carry four ``GSC_CR_ESA_...xml`` (and, for about half of them, ``INSPIRE.xml``), COP-DEM
+    products ``INSPIRE.xml``, a JPEG quick look and ``GSC#<stem>.xml``. The cell folder holds
+    ``<cell>.xml``, ``DEM/`` (the layer a client keeps), ``AUXFILES/`` (EDM, FLM, WBM, HEM
+    GeoTIFFs and ACM.kml), ``INFO/eula_F.pdf`` and ``PREVIEW/`` (six quick looks, two KMLs).
+
+    Every raster has the real dimensions in both sizes. "realistic": uncompressed GeoTIFFs, a
+    height error layer (HEM) of noise as large as the DEM, as recorded (a GLO-90 zip ~13 MB).
+    "small": a one-minute-block field in DEFLATE GeoTIFFs and zip-deflated DTED, tens of kB.
+    """
     import numpy as np
 
     from simulator.dted import dted_bytes
     from simulator.geotiff import geotiff_parts
-    from simulator.terrain import elevation, raster_shape
+    from simulator.terrain import coarse_elevation, elevation, raster_shape
 
     lat, lon = product.key.cell
     res = product.key.resolution
+    realistic = size == "realistic"
     rows, cols = raster_shape(lat, res, size)
-    dem = elevation(lat, lon, rows, cols, product.seed)
+    dem = elevation(lat, lon, rows, cols, product.seed) if realistic else coarse_elevation(
+        lat, lon, rows, cols, product.seed)
     dx, dy = 1.0 / (cols - 1), 1.0 / (rows - 1)
     root = product.root_folder + "/"
     dsm = product.dsm_name
@@ -155,46 +177,74 @@ def write_product_zip(out, product: Product, size: str) -> None:
         info.external_attr = 0o644 << 16
         return info
 
-    def tif(array, west=lon, north=lat + 1, sx=dx, sy=dy) -> tuple[bytes, np.ndarray]:
-        return geotiff_parts(array, west, north, sx, sy)
+    def write_tif(zf: zipfile.ZipFile, name: str, array, deflate_member: bool, sx=dx, sy=dy) -> None:
+        header, data = geotiff_parts(array, lon, lat + 1, sx, sy, compress=not realistic)
+        with zf.open(member(name, deflate_member and realistic), "w") as w:
+            w.write(header)
+            w.write(memoryview(data).cast("B"))
 
     with zipfile.ZipFile(out, "w", compresslevel=1) as zf:
-        zf.writestr(member(root + "INSPIRE.xml", True), _inspire_xml(product))
-        zf.writestr(member(f"{root}{product.stem}-ql.jpg", False), _QUICKLOOK_JPEG)
-        zf.writestr(member(f"{root}GSC#{product.stem}.xml", True), _gsc_xml(product))
+        if product.collection == "CCM":
+            for name in gsc_names(product):
+                zf.writestr(member(root + name, True), _gsc_xml(product))
+            if product.has_inspire:
+                zf.writestr(member(root + "INSPIRE.xml", True), _inspire_xml(product))
+        else:
+            zf.writestr(member(root + "INSPIRE.xml", True), _inspire_xml(product))
+            zf.writestr(member(f"{root}{product.stem}-ql.jpg", False), _QUICKLOOK_JPEG)
+            zf.writestr(member(f"{root}GSC#{product.stem}.xml", True), _gsc_xml(product))
         zf.writestr(member(f"{cell_dir}{dsm}.xml", True), _cell_xml(product, rows, cols))
         dem_name = f"{cell_dir}DEM/{dsm}{product.dem_suffix}"
-        if product.key.model == "DGED":
-            header, data = tif(dem)
-            with zf.open(member(dem_name, False), "w") as w:
-                w.write(header)
-                w.write(memoryview(data).cast("B"))
+        if product.key.model == "DTED":  # DTED has no compression of its own: the zip deflates it
+            zf.writestr(member(dem_name, not realistic), dted_bytes(dem, lat, lon, 2 if res != 90 else 1))
         else:
-            zf.writestr(member(dem_name, False), dted_bytes(dem, lat, lon, 2 if res == 30 else 1))
-        high = dem > np.float32(np.median(dem[:: max(1, rows // 50), :: max(1, cols // 50)]))
-        layers = {
-            "EDM": _edit_mask(high, product.seed, lat, lon),
-            "FLM": np.zeros_like(high, dtype=np.uint8),
-            "HEM": _height_error(dem, high, product.seed, lat, lon),
-            "WBM": (dem < np.float32(130.0)).astype(np.uint8),
-        }
+            write_tif(zf, dem_name, dem, False)
+        if realistic:
+            high = dem > np.float32(np.median(dem[:: max(1, rows // 50), :: max(1, cols // 50)]))
+            layers = {
+                "EDM": _edit_mask(high, product.seed, lat, lon),
+                "FLM": np.zeros_like(high, dtype=np.uint8),
+                "WBM": (dem < np.float32(130.0)).astype(np.uint8),
+                "HEM": _height_error(dem, high, product.seed, lat, lon),
+            }
+        else:  # the same layers without their texture, on the DEM's blocks
+            high = dem.grid > np.float32(np.median(dem.grid))
+            layers = {
+                "EDM": dem.like(np.where(high, 3, 0).astype(np.uint8)),
+                "FLM": dem.like(np.zeros_like(high, dtype=np.uint8)),
+                "WBM": dem.like((dem.grid < np.float32(130.0)).astype(np.uint8)),
+                "HEM": dem.like(np.where(high, np.float32(1.5), np.float32(0.75))),
+            }
         for layer, array in layers.items():
-            header, data = tif(array)
-            with zf.open(member(f"{cell_dir}AUXFILES/{dsm}_{layer}.tif", True), "w") as w:
-                w.write(header)
-                w.write(memoryview(data).cast("B"))
+            write_tif(zf, f"{cell_dir}AUXFILES/{dsm}_{layer}.tif", array, True)
         zf.writestr(member(f"{cell_dir}AUXFILES/{dsm}_ACM.kml", True), _acm_kml(product))
         zf.writestr(member(f"{cell_dir}INFO/eula_F.pdf", True), _EULA_PDF)
-        step = max(1, rows // 60)
-        small = dem[::step, ::step]
+        pick_rows = np.linspace(0, rows - 1, QUICKLOOK_ROWS).round().astype(int)
+        qcols = round((QUICKLOOK_ROWS - 1) * (cols - 1) / (rows - 1)) + 1
+        pick_cols = np.linspace(0, cols - 1, qcols).round().astype(int)
+        small = dem[np.ix_(pick_rows, pick_cols)] if realistic else dem.sample(pick_rows, pick_cols)
         span = float(small.max() - small.min()) or 1.0
-        quick = ((small - small.min()) * (255.0 / span)).astype(np.uint8)
-        qrows, qcols = quick.shape
-        for layer, array in (("DEM", quick), ("WBM", layers["WBM"][::step, ::step])):
-            qdx = 1.0 / max(1, qcols - 1)
-            qdy = 1.0 / max(1, qrows - 1)
-            zf.writestr(member(f"{cell_dir}PREVIEW/{dsm}_{layer}_QL.tif", True),
-                        b"".join(bytes(p) for p in tif(array, sx=qdx, sy=qdy)))
+        sources = {"DEM": ((small - small.min()) * (255.0 / span)).astype(np.uint8),
+                   "SRC": np.full(small.shape, 1, dtype=np.uint8)}
+        for layer in PREVIEW_LAYERS:
+            array = sources.get(layer)
+            if array is None:
+                source = layers[layer]
+                layer_values = source[np.ix_(pick_rows, pick_cols)] if realistic else source.sample(pick_rows,
+                                                                                                    pick_cols)
+                array = (layer_values * (255.0 / max(1.0, float(layer_values.max())))).astype(np.uint8)
+            write_tif(zf, f"{cell_dir}PREVIEW/{dsm}_{layer}_QL.tif", array, True,
+                      sx=1.0 / (qcols - 1), sy=1.0 / (QUICKLOOK_ROWS - 1))
+        zf.writestr(member(f"{cell_dir}PREVIEW/{dsm}_QL.kml", True), _acm_kml(product))
+        zf.writestr(member(f"{cell_dir}PREVIEW/{dsm}_SRC.kml", True), _acm_kml(product))
+
+
+def gsc_names(product: Product) -> list[str]:
+    """``GSC_CR_ESA_COP-DEM_GLO-90-DGED_20240301_101500.xml`` and three more, as recorded."""
+    dataset = product.dataset_full[len("COP-DEM_"):]
+    moment = product.origin_date
+    return [f"GSC_CR_ESA_COP-DEM_{dataset}_{(moment + timedelta(minutes=7 * i)).strftime('%Y%m%d_%H%M%S')}.xml"
+            for i in range(GSC_FILES)]
 
 
 def _aux_texture(seed: int, lat: int, lon: int):

@@ -28,7 +28,12 @@ def search(sim, filter_=None, **options):
     return requests.get(f"{sim.catalogue_url}/Products", params=params, timeout=30)
 
 
+LIGHT = ("Id,Name,OriginDate,PublicationDate,ModificationDate,S3Path,ContentDate,Footprint")
+"""Every key but ContentLength and Checksum, which make the simulator build each listed zip."""
+
+
 def products(sim, filter_, **options):
+    options.setdefault("select", LIGHT)
     reply = search(sim, filter_, top=1000, **options)
     assert reply.status_code == 200, reply.text
     return reply.json()["value"]
@@ -95,7 +100,8 @@ def test_ccm_has_every_delivery_and_its_attributes(nodup):
     found = products(nodup, f"Collection/Name eq 'CCM' and {attr('gridId', 'N50_E007')} and "
                             f"{attr('productType', 'SAR_DGE_90_A407')}", expand="Attributes")
     datasets = sorted(next(a["Value"] for a in p["Attributes"] if a["Name"] == "dataset") for p in found)
-    assert datasets == [f"COP-DEM_GLO-90-DGED/{y}_1" for y in range(2019, 2025)]
+    assert datasets == [f"COP-DEM_GLO-90-DGED/{d}" for d in (
+        "2019_1", "2019_2", "2020_1", "2020_2", "2021_1", "2021_2", "2022_1", "2023_1", "2024_1")]
     attributes = {a["Name"]: a for a in found[0]["Attributes"]}
     assert set(attributes) >= {"productType", "dataset", "datasetFull", "gridId", "eopIdentifier"}
     assert attributes["datasetFull"]["Value"] == "COP-DEM_GLO-90-DGED"
@@ -103,6 +109,76 @@ def test_ccm_has_every_delivery_and_its_attributes(nodup):
     assert attributes["productType"] == {"@odata.type": "#OData.CSC.StringAttribute", "Name": "productType",
                                          "Value": "SAR_DGE_90_A407", "ValueType": "String"}
     assert all(p["S3Path"].startswith("/eodata/CCM/COP-DEM_GLO-90-DGED/SAR_DGE_90_A407/") for p in found)
+
+
+def test_ccm_records_as_recorded(nodup):
+    found = products(nodup, f"Collection/Name eq 'CCM' and {attr('gridId', 'S26_E112')} and "
+                            f"{attr('productType', 'SAR_DGE_90_A407')}", expand="Attributes",
+                     orderby="PublicationDate asc")
+    assert len(found) == 9
+    hashes = set()
+    for product in found:
+        values = {a["Name"]: a["Value"] for a in product["Attributes"]}
+        name = re.fullmatch(r"DEM1_SAR_DGE_90_(\d{8}T\d{6})_\d{8}T\d{6}_ADS_000000_([A-Za-z0-9]{4})_([0-9a-f]{8})"
+                            r"\.DEM", product["Name"])
+        assert name, product["Name"]
+        hashes.add(name.group(3))
+        assert values["eopIdentifier"] == f"urn:eop:DLR:CDEM90:Copernicus_DSM_30_S26_00_E112_00:V{name.group(2)}"
+        assert values["authority"] == "Airbus DE"
+        assert values["sensorType"] == "DEM" and values["platformShortName"] == "DEM1"
+        assert values["gridId"] == "S26_E112" and values["datasetFull"] == "COP-DEM_GLO-90-DGED"
+        assert values["resolutionClass"] and values["orderReference"]
+        start = datetime.strptime(name.group(1), "%Y%m%dT%H%M%S").strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+        assert product["ContentDate"]["Start"] == start  # the acquisition start in the name
+        assert "2010" <= start[:4] <= "2015"
+    assert len(hashes) == 9  # another hash in each delivery
+    names = {a["Name"] for a in found[0]["Attributes"]}
+    listed = requests.get(f"{nodup.catalogue_url}/Attributes(CCM)", timeout=30).json()
+    assert names == {a["Name"] for a in listed} == {
+        "authority", "dataset", "datasetFull", "eopIdentifier", "gridId", "orderReference", "platformShortName",
+        "productType", "resolutionClass", "sensorType"}
+
+
+def test_content_date_end_is_start_plus_one_second(nodup):
+    found = products(nodup, f"Collection/Name eq 'CCM' and {area(UMA)}", select="Name,ContentDate")
+    assert found
+    for product in found:
+        start = datetime.fromisoformat(product["ContentDate"]["Start"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(product["ContentDate"]["End"].replace("Z", "+00:00"))
+        assert (end - start).total_seconds() == 1
+        assert start.strftime("%Y%m%dT%H%M%S") == product["Name"].split("_")[4]
+
+
+def test_eea10_products_are_in_ccm_too(nodup):
+    collection_only = products(nodup, f"Collection/Name eq 'CCM' and {area('POINT(8.5 49.5)')}", expand="Attributes")
+    types = sorted(next(a["Value"] for a in p["Attributes"] if a["Name"] == "productType") for p in collection_only)
+    assert types.count("SAR_DGE_10_9319") == 1 and types.count("SAR_INS_10_52C5") == 1
+    assert len(types) == 9 * 4 + 2
+    glo = products(nodup, f"{attr('dataset', 'COP-DEM_GLO-90-DGED/2024_1')} and {area('POINT(8.5 49.5)')}")
+    assert len(glo) == 1
+    assert products(nodup, f"Collection/Name eq 'CCM' and {attr('productType', 'SAR_DGE_10_9319')} and "
+                           f"{area('POINT(-70.5 -30.5)')}") == []  # over Europe only
+
+
+def test_a_seeded_few_ccm_products_have_no_grid_id(make_sim):
+    sim = make_sim(duplicate_cells=(), missing_grid_id=0.3)
+    query = f"Collection/Name eq 'CCM' and {attr('dataset', 'COP-DEM_GLO-90-DGED/2024_1')} and " + area(
+        "POLYGON((5.5 45.5,15.5 45.5,15.5 51.5,5.5 51.5,5.5 45.5))")
+    found = products(sim, query, expand="Attributes")
+    def without(records):
+        return [p for p in records if "gridId" not in {a["Name"] for a in p["Attributes"]}]
+
+    lacking = without(found)
+    assert 0 < len(lacking) < len(found)
+    assert {p["Id"] for p in lacking} == {p["Id"] for p in without(products(sim, query, expand="Attributes"))}
+    missing = lacking[0]
+    assert products(sim, f"{attr('gridId', grid_of(missing))} and {attr('dataset', 'COP-DEM_GLO-90-DGED/2024_1')}",
+                    select="Id") == []  # a search by gridId cannot find it: only its footprint can
+    eop = next(a["Value"] for a in missing["Attributes"] if a["Name"] == "eopIdentifier")
+    lat, lon = grid_of(missing).split("_")
+    assert f"_{lat}_00_{lon}_00:" in eop
+    default = products(make_sim(duplicate_cells=()), query, expand="Attributes")
+    assert all("gridId" in {a["Name"] for a in p["Attributes"]} for p in default)  # 1 in 10,000 by default
 
 
 @pytest.mark.parametrize(("product_type", "ccm_type"), [
@@ -118,18 +194,19 @@ def test_product_types_of_both_collections(nodup, product_type, ccm_type):
     res, model = product_type[-2:], "DGED" if product_type.startswith("DGE") else "DTED"
     assert cop[0]["S3Path"] == f"/eodata/auxdata/CopDEM/COP-DEM_GLO-{res}-{model}/{cop[0]['Name']}"
     ccm = products(nodup, f"{attr('productType', ccm_type)} and {area('POINT(7.5 50.5)')}")
-    assert len(ccm) == 6  # one per delivery
+    assert len(ccm) == 9  # one per delivery
     assert all(p["Name"].startswith(f"DEM1_SAR_{product_type}_") for p in ccm + cop)
 
 
 def test_record_has_every_key_in_the_real_formats(nodup):
     record = products(nodup, f"Collection/Name eq 'CCM' and {attr('dataset', 'COP-DEM_GLO-30-DGED/2024_1')} "
-                             f"and {attr('gridId', 'N50_E007')}")[0]
+                             f"and {attr('gridId', 'N50_E007')}", select="*")[0]
     assert list(record) == ["@odata.mediaContentType", "Id", "Name", "ContentType", "ContentLength", "OriginDate",
                             "PublicationDate", "ModificationDate", "Online", "EvictionDate", "S3Path", "Checksum",
                             "ContentDate", "Footprint", "GeoFootprint"]
     assert uuid.UUID(record["Id"]).version == 5
-    assert re.match(r"^DEM1_SAR_DGE_30_\d{8}T\d{6}_\d{8}T\d{6}_ADS_000000_[A-Za-z0-9]{4}\.DEM$", record["Name"])
+    assert re.match(r"^DEM1_SAR_DGE_30_\d{8}T\d{6}_\d{8}T\d{6}_ADS_000000_[A-Za-z0-9]{4}_[0-9a-f]{8}\.DEM$",
+                    record["Name"])
     for key in ("OriginDate", "PublicationDate", "ModificationDate"):
         assert STAMP.match(record[key]), record[key]
     assert STAMP.match(record["ContentDate"]["Start"]) and STAMP.match(record["ContentDate"]["End"])
@@ -145,11 +222,13 @@ def test_record_has_every_key_in_the_real_formats(nodup):
 
 
 def test_ids_and_names_are_stable_across_runs(make_sim):
-    query = f"Collection/Name eq 'CCM' and {attr('gridId', 'N49_E008')}"
-    first = [(p["Id"], p["Name"], p["Checksum"][0]["Value"]) for p in products(make_sim(), query)]
-    second = [(p["Id"], p["Name"], p["Checksum"][0]["Value"]) for p in products(make_sim(), query)]
+    query = f"Collection/Name eq 'CCM' and {attr('gridId', 'N49_E008')} and contains(Name, '_90_')"
+    first = [(p["Id"], p["Name"], p["Checksum"][0]["Value"])
+             for p in products(make_sim(), query, select="*", orderby="PublicationDate asc")]
+    second = [(p["Id"], p["Name"], p["Checksum"][0]["Value"])
+              for p in products(make_sim(), query, select="*", orderby="PublicationDate asc")]
     assert first == second
-    assert len({i for i, _, _ in first}) == len(first) == 24
+    assert len({i for i, _, _ in first}) == len(first) == 18  # two kinds, nine deliveries
 
 
 def test_duplicated_cells_carry_two_products_per_delivery(make_sim):
@@ -211,13 +290,15 @@ def test_content_date_comparisons_split_the_set(nodup):
 
 def test_url_encoded_or_raw_and_odd_whitespace_give_the_same_answer(nodup):
     filter_ = f"Collection/Name eq 'COP-DEM' and {area(UMA)}"
-    encoded = requests.get(f"{nodup.catalogue_url}/Products?$filter={quote(filter_)}&$top=100", timeout=30)
-    plus = requests.get(f"{nodup.catalogue_url}/Products?%24filter={quote(filter_).replace('%20', '+')}&%24top=100",
-                        timeout=30)
-    raw = requests.get(f"{nodup.catalogue_url}/Products?$filter={filter_}&$top=100", timeout=30)
-    spaced = search(nodup, "  Collection/Name   eq 'COP-DEM'  and  " + area(UMA.replace(",", " , ")) + " ", top=100)
+    encoded = requests.get(f"{nodup.catalogue_url}/Products?$filter={quote(filter_)}&$top=100&$select=Id",
+                           timeout=30)
+    plus = requests.get(f"{nodup.catalogue_url}/Products?%24filter={quote(filter_).replace('%20', '+')}&%24top=100"
+                        "&%24select=Id", timeout=30)
+    raw = requests.get(f"{nodup.catalogue_url}/Products?$filter={filter_}&$top=100&$select=Id", timeout=30)
+    spaced = search(nodup, "  Collection/Name   eq 'COP-DEM'  and  " + area(UMA.replace(",", " , ")) + " ", top=100,
+                    select="Id")
     answers = [sorted(p["Id"] for p in r.json()["value"]) for r in (encoded, plus, raw, spaced)]
-    assert len(answers[0]) == 24
+    assert len(answers[0]) == 24  # four kinds, six cells
     assert answers[1] == answers[0] and answers[2] == answers[0] and answers[3] == answers[0]
 
 
@@ -243,16 +324,16 @@ def test_built_in_cells_when_the_real_lists_are_absent(make_sim, tmp_path, monke
 def test_string_function_on_an_attribute_value(nodup):
     found = products(nodup, "Attributes/OData.CSC.StringAttribute/any(att:att/Name eq 'dataset' and "
                             "contains(att/OData.CSC.StringAttribute/Value, '90-DTED/2021')) and " + area(UMA))
-    assert len(found) == 6
+    assert len(found) == 12  # 2021_1 and 2021_2
 
 
 # --- options and paging ---------------------------------------------------------------------------------------
 def test_paging_follows_next_links_to_the_end(nodup):
     query = f"Collection/Name eq 'CCM' and {area(UMA)}"
-    reply = search(nodup, query, top=7, count="true")
+    reply = search(nodup, query, top=7, count="true", orderby="ContentDate/Start asc", select=LIGHT)
     body = reply.json()
     total = body["@odata.count"]
-    assert total == 6 * 24
+    assert total == 6 * (9 * 4 + 2)  # six cells: nine deliveries of four kinds, and EEA-10 twice
     seen = [p["Id"] for p in body["value"]]
     pages = 1
     while "@odata.nextLink" in body:
@@ -268,10 +349,10 @@ def test_paging_follows_next_links_to_the_end(nodup):
 
 def test_default_top_is_20_and_skip_skips(nodup):
     query = f"Collection/Name eq 'CCM' and {area(UMA)}"
-    first = search(nodup, query).json()
+    first = search(nodup, query, select=LIGHT).json()
     assert len(first["value"]) == 20
-    skipped = search(nodup, query, skip=20, top=5).json()
-    everything = products(nodup, query)
+    skipped = search(nodup, query, skip=20, top=5, orderby="PublicationDate desc", select=LIGHT).json()
+    everything = products(nodup, query, orderby="PublicationDate desc")
     assert [p["Id"] for p in skipped["value"]] == [p["Id"] for p in everything[20:25]]
 
 
@@ -285,12 +366,87 @@ def test_orderby_select_expand_count(nodup):
     selected = products(nodup, query, select="Id,Name")
     assert set(selected[0]) == {"@odata.mediaContentType", "Id", "Name"}
     assert "Attributes" not in products(nodup, query)[0]
-    both = requests.get(f"{nodup.catalogue_url}/Products?$filter={quote(query)}&$top=1"
+    assert "ContentLength" not in selected[0]
+    both = requests.get(f"{nodup.catalogue_url}/Products?$filter={quote(query)}&$top=1&$select={LIGHT}"
                         "&$expand=Attributes&$expand=Assets", timeout=30).json()["value"][0]
     assert "Attributes" in both and both["Assets"] == []
     counted = search(nodup, query, top=1, count="True").json()
-    assert counted["@odata.count"] == 144
+    assert counted["@odata.count"] == 228
     assert "@odata.count" not in search(nodup, query, top=1).json()
+
+
+def page_through(sim, query, top, **options):
+    """Every Id an ordinary client collects by following ``@odata.nextLink`` to the end."""
+    options.setdefault("select", LIGHT)
+    body = search(sim, query, top=top, **options).json()
+    seen = [p["Id"] for p in body["value"]]
+    while "@odata.nextLink" in body:
+        body = requests.get(body["@odata.nextLink"], timeout=30).json()
+        seen += [p["Id"] for p in body["value"]]
+    return seen
+
+
+def test_without_orderby_each_request_has_its_own_order_so_paging_repeats_and_loses(nodup):
+    query = f"Collection/Name eq 'CCM' and {area(UMA)}"
+    every = {p["Id"] for p in products(nodup, query, orderby="ModificationDate asc")}
+    unordered = page_through(nodup, query, 10)
+    assert len(unordered) == len(every)  # as many items as matches ...
+    assert len(set(unordered)) < len(every)  # ... but some twice, so others never
+    assert set(unordered) < every
+    twice = [search(nodup, query, top=10, select="Id").json()["value"] for _ in range(2)]
+    assert [p["Id"] for p in twice[0]] != [p["Id"] for p in twice[1]]
+    ordered = page_through(nodup, query, 10, orderby="ContentDate/End desc")
+    assert len(ordered) == len(set(ordered)) == len(every)
+    assert set(ordered) == every
+
+
+def test_without_orderby_and_without_an_area_pages_are_unstable_too(nodup):
+    query = f"Collection/Name eq 'COP-DEM' and {attr('productType', 'DGE_90')}"
+    pages = [[p["Id"] for p in search(nodup, query, top=50, skip=50, select="Id").json()["value"]]
+             for _ in range(3)]
+    assert all(len(page) == 50 for page in pages)
+    assert len({tuple(page) for page in pages}) > 1
+
+
+@pytest.mark.parametrize("field", ["ContentDate/Start", "ContentDate/End", "PublicationDate", "ModificationDate"])
+def test_orderby_documented_fields_with_id_as_tie_break(nodup, field):
+    query = f"Collection/Name eq 'CCM' and {area(UMA)}"
+    for direction in ("asc", "desc"):
+        found = products(nodup, query, orderby=f"{field} {direction}", expand="Attributes")
+        value = (lambda p: p[field.split("/")[0]][field.split("/")[1]]) if "/" in field else (lambda p: p[field])
+        assert [value(p) for p in found] == sorted((value(p) for p in found), reverse=direction == "desc")
+        # products of a cell share their acquisition dates: ties, broken by Id ascending
+        ties = [p["Id"] for p in found if value(p) == value(found[0])]
+        assert ties == sorted(ties)
+    repeated = [page_through(nodup, query, 25, orderby=f"{field} desc") for _ in range(2)]
+    assert repeated[0] == repeated[1]
+
+
+@pytest.mark.parametrize("orderby", ["Name asc", "OriginDate desc", "Id asc", "ContentDate/Start up"])
+def test_orderby_on_other_fields_is_400(nodup, orderby):
+    reply = search(nodup, "Collection/Name eq 'CCM'", orderby=orderby)
+    assert reply.status_code == 400
+    assert reply.json()["detail"]
+
+
+def test_odata_context_and_fully_encoded_absolute_next_link(nodup):
+    query = f"Collection/Name eq 'CCM' and {area(UMA)}"
+    expanded = search(nodup, query, top=5, expand="Attributes", orderby="ContentDate/Start asc", select="Id").json()
+    assert expanded["@odata.context"] == "$metadata#Products(Attributes())"
+    assert search(nodup, query, top=5, select="Id").json()["@odata.context"] == "$metadata#Products"
+    link = expanded["@odata.nextLink"]
+    assert link.startswith(f"{nodup.catalogue_url}/Products?")
+    tail = link.split("?", 1)[1]
+    assert "%24filter=Collection%2FName+eq+%27CCM%27+and+OData.CSC.Intersects" in tail
+    assert "$" not in tail and " " not in tail and "'" not in tail
+    assert "%24skip=5" in tail and "%24orderby=ContentDate%2FStart+asc" in tail and "%24select=Id" in tail
+
+
+def test_catalogue_latency_delays_every_search(make_sim):
+    sim = make_sim(duplicate_cells=(), catalogue_latency=0.4)
+    assert search(sim, f"Collection/Name eq 'CCM' and {area(UMA)}", top=1, select="Id").status_code == 200
+    (record,) = [r for r in sim.request_log() if r.path.endswith("/Products")]
+    assert record.finished - record.started >= 0.4
 
 
 def test_search_without_spatial_clause_pages_lazily(nodup):
@@ -302,7 +458,8 @@ def test_search_without_spatial_clause_pages_lazily(nodup):
 
 # --- one product, redirect -----------------------------------------------------------------------------------
 def test_one_product_and_unknown_product(nodup):
-    product = products(nodup, f"Collection/Name eq 'COP-DEM' and {area('POINT(7.5 50.5)')}")[0]
+    product = products(nodup, f"Collection/Name eq 'COP-DEM' and {area('POINT(7.5 50.5)')} and "
+                              "contains(Name, '_90_')", select="*")[0]
     one = requests.get(f"{nodup.catalogue_url}/Products({product['Id']})", timeout=30)
     assert one.status_code == 200
     assert one.json()["Name"] == product["Name"]

@@ -26,7 +26,8 @@ def test_help_documents_every_knob():
     assert result.returncode == 0
     text = result.stdout
     for f in fields(SimulatorConfig):
-        flag = {"users": "--user", "faults": "--drop-rate"}.get(f.name, "--" + f.name.replace("_", "-"))
+        special = {"users": "--user", "faults": "--drop-rate", "nodes": "--no-nodes"}
+        flag = special.get(f.name, "--" + f.name.replace("_", "-"))
         assert flag in text, flag
     for f in fields(Faults):
         flag = "--fault-seed" if f.name == "seed" else "--" + f.name.replace("_", "-")

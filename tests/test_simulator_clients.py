@@ -128,12 +128,13 @@ def test_cdsetool_search_pages_with_count(sim):
         total = body.get("@odata.count", total)
         link = body.get("@odata.nextLink")
         url = strip_count(link) if link else None
-    assert total == 36  # six cells, six deliveries
-    assert len(features) == len({p["Id"] for p in features}) == 36
+    assert total == 54  # six cells, nine deliveries
+    assert len(features) == len({p["Id"] for p in features}) == 54
     starts = [p["ContentDate"]["Start"] for p in features]
     assert starts == sorted(starts)
     datasets = {a["Value"] for p in features for a in p["Attributes"] if a["Name"] == "dataset"}
-    assert datasets == {f"COP-DEM_GLO-90-DGED/{y}_1" for y in range(2019, 2025)}
+    assert datasets == {f"COP-DEM_GLO-90-DGED/{d}" for d in (
+        "2019_1", "2019_2", "2020_1", "2020_2", "2021_1", "2021_2", "2022_1", "2023_1", "2024_1")}
 
 
 def test_cdsetool_download_follows_the_redirect_by_hand(sim):
@@ -162,11 +163,33 @@ def test_cdsetool_describe_collection(sim):
 
 
 # --- eodag ------------------------------------------------------------------------------------------------------
-def eodag_url(sim, filter_, limit, skip):
+def eodag_url(sim, filter_, limit, skip, orderby="&$orderby=ContentDate/Start asc"):
     safe = "[]$=&:%"
     search = f"$filter={quote(filter_, safe=safe)}"
     return (f"{sim.catalogue_url}/Products?{search}&$top={limit}&$skip={skip}&$expand=Attributes&$expand=Assets"
-            "&$count=True&$orderby=ContentDate/Start asc")
+            f"&$count=True{orderby}")
+
+
+@pytest.mark.parametrize("orderby", ["&$orderby=ContentDate/Start asc", "&$orderby=PublicationDate desc", ""],
+                         ids=["start-asc", "publication-desc", "no-orderby"])
+def test_eodag_paging_by_skip_with_and_without_orderby(sim, orderby):
+    """eodag pages with $skip; CDSE orders nothing unless asked, so only an ordered search is whole."""
+    box = [(5.5, 44.5), (16.5, 44.5), (16.5, 54.5), (5.5, 54.5), (5.5, 44.5)]
+    filter_ = (f"Collection/Name eq 'CCM' and OData.CSC.Intersects(area=geography'SRID=4326;POLYGON (("
+               f"{ring(box, ', ')}))') and Attributes/OData.CSC.StringAttribute/any(att:att/Name eq 'dataset' "
+               "and att/OData.CSC.StringAttribute/Value eq 'COP-DEM_GLO-90-DGED/2024_1')")
+    seen, skip, total = [], 0, None
+    while total is None or skip < total:
+        body = requests.get(eodag_url(sim, filter_, 40, skip, orderby), timeout=60).json()
+        total = body["@odata.count"]
+        seen += [p["Id"] for p in body["value"]]
+        skip += 40
+    assert total > 80  # three pages at least
+    assert len(seen) == total
+    if orderby:
+        assert len(set(seen)) == total  # every product exactly once
+    else:
+        assert len(set(seen)) < total  # some twice, so others lost
 
 
 def test_eodag_search_and_pages(sim):

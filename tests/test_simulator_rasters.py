@@ -84,28 +84,66 @@ def test_dted_opens_with_checksums_verified(sim, tmp_path, product_type, suffix,
     assert values.std() > 10
 
 
-def test_ccm_zip_layout(sim, tmp_path):
-    product, body = fetch(sim, "CCM", "COP-DEM_GLO-30-DGED/2024_1", 8.5, 49.5, attribute="dataset")
-    names = zipfile.ZipFile(io.BytesIO(body)).namelist()
-    stem = product["Name"][: -len(".DEM")]
-    root = names[0].split("/")[0]
-    assert re.fullmatch(re.escape(stem) + r"_[0-9a-f]{8}", root)
-    assert all(n.startswith(root + "/") for n in names)
-    cell = "Copernicus_DSM_10_N49_00_E008_00"
-    expected = {
-        "INSPIRE.xml", f"{stem}-ql.jpg", f"GSC#{stem}.xml",
-        f"{cell}/{cell}.xml", f"{cell}/DEM/{cell}_DEM.tif",
-        f"{cell}/AUXFILES/{cell}_EDM.tif", f"{cell}/AUXFILES/{cell}_FLM.tif", f"{cell}/AUXFILES/{cell}_HEM.tif",
-        f"{cell}/AUXFILES/{cell}_WBM.tif", f"{cell}/AUXFILES/{cell}_ACM.kml", f"{cell}/INFO/eula_F.pdf",
-        f"{cell}/PREVIEW/{cell}_DEM_QL.tif",
-    }
-    relative = {n[len(root) + 1:] for n in names}
-    assert expected <= relative
+def test_ccm_zip_layout_as_recorded(sim, tmp_path):
+    product, body = fetch(sim, "CCM", "COP-DEM_GLO-90-DGED/2024_1", 8.5, 49.5, attribute="dataset")
     archive = zipfile.ZipFile(io.BytesIO(body))
-    assert archive.read(f"{root}/{stem}-ql.jpg")[:2] == b"\xff\xd8"
+    names = archive.namelist()
+    root = product["Name"][: -len(".DEM")]  # hash included
+    assert re.fullmatch(r"DEM1_SAR_DGE_90_\d{8}T\d{6}_\d{8}T\d{6}_ADS_000000_[A-Za-z0-9]{4}_[0-9a-f]{8}", root)
+    assert all(n.startswith(root + "/") for n in names)
+    relative = {n[len(root) + 1:] for n in names}
+    top = {n for n in relative if "/" not in n}
+    gsc = {n for n in top if re.fullmatch(r"GSC_CR_ESA_COP-DEM_GLO-90-DGED_\d{8}_\d{6}\.xml", n)}
+    assert len(gsc) == 4 and top - gsc <= {"INSPIRE.xml"}
+    cell = "Copernicus_DSM_30_N49_00_E008_00"
+    layers = ["DEM", "EDM", "FLM", "HEM", "WBM", "SRC"]
+    assert relative - top == {
+        f"{cell}/{cell}.xml", f"{cell}/DEM/{cell}_DEM.tif",
+        *(f"{cell}/AUXFILES/{cell}_{layer}.tif" for layer in ("EDM", "FLM", "WBM", "HEM")),
+        f"{cell}/AUXFILES/{cell}_ACM.kml", f"{cell}/INFO/eula_F.pdf",
+        *(f"{cell}/PREVIEW/{cell}_{layer}_QL.tif" for layer in layers),
+        f"{cell}/PREVIEW/{cell}_QL.kml", f"{cell}/PREVIEW/{cell}_SRC.kml",
+    }
     assert archive.read(f"{root}/{cell}/INFO/eula_F.pdf").startswith(b"%PDF")
     with rasterio.open(io.BytesIO(archive.read(f"{root}/{cell}/AUXFILES/{cell}_WBM.tif"))) as ds:
         check_cell(ds, 8, 49)
+    with rasterio.open(io.BytesIO(archive.read(f"{root}/{cell}/AUXFILES/{cell}_HEM.tif"))) as ds:
+        assert (ds.height, ds.width, ds.dtypes) == (1201, 1201, ("float32",))  # the DEM's raster
+
+
+def test_the_inspire_file_is_there_sometimes(make_sim):
+    sim = make_sim(duplicate_cells=())
+    query = ("Collection/Name eq 'CCM' and Attributes/OData.CSC.StringAttribute/any(att:att/Name eq 'gridId' and "
+             "att/OData.CSC.StringAttribute/Value eq 'N49_E008') and contains(Name, '_90_')")
+    found = requests.get(f"{sim.catalogue_url}/Products", params={"$filter": query, "$top": "100"},
+                         timeout=60).json()["value"]
+    token = requests.post(sim.token_url, data={"client_id": "cdse-public", "grant_type": "password",
+                                               "username": "demo@example.com", "password": "demo"},
+                          timeout=10).json()["access_token"]
+    with_inspire = set()
+    for product in found:
+        body = requests.get(f"{sim.download_url}/Products({product['Id']})/$value",
+                            headers={"Authorization": f"Bearer {token}"}, timeout=60).content
+        names = zipfile.ZipFile(io.BytesIO(body)).namelist()
+        with_inspire.add(f"{product['Name'][:-4]}/INSPIRE.xml" in names)
+    assert with_inspire == {True, False}
+
+
+@pytest.mark.parametrize(("product_type", "lon", "lat", "shape"), [
+    ("DGE_30", 8.5, 49.5, (3601, 3601)), ("DGE_90", 7.5, 50.5, (1201, 801)),
+    ("DTE_90", 8.5, 49.5, (1201, 1201)), ("DTE_30", 7.5, 50.5, (3601, 2401))])
+def test_small_size_keeps_the_real_dimensions_in_small_files(sim, tmp_path, product_type, lon, lat, shape):
+    product, body = fetch(sim, "COP-DEM", product_type, lon, lat)
+    path = dem_layer(body, tmp_path)
+    with rasterio.open(path) as ds:
+        assert (ds.height, ds.width) == shape
+        check_cell(ds, int(lon), int(lat))
+        if ds.driver == "GTiff":
+            assert ds.compression is not None and ds.compression.name.upper() == "DEFLATE"
+            assert path.stat().st_size * 100 < shape[0] * shape[1] * 4
+        values = ds.read(1)
+    assert values.std() > 10
+    assert product["ContentLength"] < 1_000_000
 
 
 def test_cop_dem_zip_root_is_the_stem(sim):
@@ -131,7 +169,11 @@ def test_realistic_sizes_are_the_real_dimensions(make_sim, tmp_path):
         with rasterio.open(dem_layer(body, folder)) as ds:
             assert (ds.height, ds.width) == (height, width)
             check_cell(ds, 7, int(lat))
-        assert product["ContentLength"] > height * width * 4
+        assert product["ContentLength"] > 2 * height * width * 4  # the DEM and a HEM as large
+        archive = zipfile.ZipFile(io.BytesIO(body))
+        sizes = {n.rsplit("_", 1)[1]: archive.getinfo(n).file_size for n in archive.namelist()
+                 if n.endswith(("_DEM.tif", "_HEM.tif")) and "/PREVIEW/" not in n}
+        assert sizes["DEM.tif"] == sizes["HEM.tif"] > height * width * 4  # uncompressed, as recorded
 
 
 def test_realistic_widths_by_latitude_band():
