@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -84,7 +85,7 @@ class _TokenRefused(Exception):
 def download_product(product, dest_dir: Path, session, http, endpoints, *,
                      backoff: Backoff | None = None, on_bytes: Callable[[int], None] | None = None,
                      stop: threading.Event | None = None,
-                     timeout: tuple[float, float] = (10, 60)) -> DownloadResult:
+                     timeout: tuple[float, float] = (10, 60), slot=None) -> DownloadResult:
     """Fetch ``product``'s zip into ``dest_dir`` (verified) and say where it is.
 
     ``on_bytes`` is told of every chunk written; when a try fails after some bytes, it gets
@@ -97,7 +98,7 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
     expect = Expected(product.content_length, product.md5, product.blake3)
     fetched = fetch_file(endpoints.product_url(product.id), Path(dest_dir), f"{product.id}.zip", session, http,
                          endpoints, label=label, expect=expect, backoff=backoff, on_bytes=on_bytes, stop=stop,
-                         timeout=timeout)
+                         timeout=timeout, slot=slot)
     return DownloadResult(product.id, fetched.path, fetched.bytes, fetched.attempts, fetched.seconds)
 
 
@@ -121,14 +122,16 @@ class Fetched:
 def fetch_file(url: str, dest_dir: Path, final_name: str, session, http, endpoints, *, label: str,
                expect: Expected | None = None, backoff: Backoff | None = None,
                on_bytes: Callable[[int], None] | None = None, stop: threading.Event | None = None,
-               timeout: tuple[float, float] = (10, 60), first: bool = True, durable: bool = False) -> Fetched:
+               timeout: tuple[float, float] = (10, 60), first: bool = True, durable: bool = False,
+               slot=None) -> Fetched:
     """Stream ``url`` from the download host into a temporary for ``final_name`` in ``dest_dir``.
 
     The one download loop of the tool (whole zips and single node files): the token, its
     refresh on a 401, retries with backoff, ``stop``, progress and the length and digests of
     ``expect`` checked as bytes arrive. ``first`` (the first request for a geocell) makes a
     spent time budget refuse to start; ``durable`` fsyncs the file (it is to be renamed into
-    place, not unpacked). Raises as :func:`download_product` does.
+    place, not unpacked); ``slot`` (a semaphore of the account's connections) is held for each
+    request, never during the waits between tries. Raises as :func:`download_product` does.
     """
     expect = expect or Expected()
 
@@ -137,24 +140,24 @@ def fetch_file(url: str, dest_dir: Path, final_name: str, session, http, endpoin
 
     began = time.monotonic()
     (path, size), attempts = _with_retries(url, session, http, endpoints, receive, label=label, backoff=backoff,
-                                           stop=stop, timeout=timeout, first=first)
+                                           stop=stop, timeout=timeout, first=first, slot=slot)
     return Fetched(path, size, attempts, time.monotonic() - began)
 
 
 def get_json(url: str, session, http, endpoints, *, label: str, backoff: Backoff | None = None,
              stop: threading.Event | None = None, timeout: tuple[float, float] = (10, 60),
-             first: bool = False, max_bytes: int = MAX_JSON_BYTES):
+             first: bool = False, max_bytes: int = MAX_JSON_BYTES, slot=None):
     """A small JSON answer of the download host (a Nodes listing), with the same token,
     retries and stop handling as a download. A body that is not JSON raises DownloadFailed."""
     def receive(reply, label):
         return _read_json(reply, max_bytes, stop, label)
 
     body, _ = _with_retries(url, session, http, endpoints, receive, label=label, backoff=backoff, stop=stop,
-                            timeout=timeout, first=first)
+                            timeout=timeout, first=first, slot=slot)
     return body
 
 
-def _with_retries(url, session, http, endpoints, receive, *, label, backoff, stop, timeout, first):
+def _with_retries(url, session, http, endpoints, receive, *, label, backoff, stop, timeout, first, slot=None):
     """Requests ``url`` until ``receive`` accepts a 200 answer; returns (its result, requests made)."""
     backoff = backoff or Backoff()
     if not endpoints.is_download_host(url):  # the token goes to the download host only
@@ -167,10 +170,12 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
         _raise_if_stopped(stop, label)
         if first and requests_made == 0 and not session.may_start():
             raise BudgetExhausted(f"the time budget is spent: {label} not started")
-        token = session.access_token()
         requests_made += 1
         try:
-            result = _attempt(url, token, http, receive, stop, timeout, label)
+            with slot if slot is not None else nullcontext():
+                _raise_if_stopped(stop, label)
+                token = session.access_token()
+                result = _attempt(url, token, http, receive, stop, timeout, label)
         except _TokenRefused as refused:
             if after_refresh:
                 raise AccessDenied(

@@ -9,7 +9,9 @@ starts; those left are reported for the next run.
 
 With the Nodes API (``--transfer auto``/``nodes``, :mod:`cdse_dem.nodes`), a geocell is first
 located by a few small listings in a pool of their own, so that they never hold a download
-worker; the worker then streams the DEM file alone, checks it and renames it into place.
+worker; each listing takes one of the run's connection slots for its own request only (the
+quota counts it as a connection). The worker then streams the DEM file alone, checks it and
+renames it into place.
 A product whose Nodes transfer fails goes the zip way (``auto``, :mod:`cdse_dem.transfer`).
 """
 
@@ -26,10 +28,10 @@ from cdse_dem.plan import DOWNLOADED, FAILED, CellState
 
 log = logging.getLogger(__name__)
 EXTRACT_THREADS = 2
-# Nodes walks in flight (4 small listings each, one after the other): with 0.3 s before each
-# answer a walk takes ~1.4 s while a worker streams a GLO-90 DEM in ~0.6 s, so 8 walks keep 4
-# workers fed (benchmarks/bench_nodes.py) without flooding the download host with listings.
-LISTING_THREADS = 8
+# Nodes walks in flight (4 small listings each, one after the other). Every listing takes one of
+# the account's connections (``--workers`` slots, shared with the downloads: CDSE's quota counts
+# them alike) for its own request only, so more walks would only wait for slots.
+LISTING_THREADS = 4
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Fetcher:
         self.transfer = TransferChoice(transfer)
         self._nodes = None  # a NodeClient, once logged in
         self._listings: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(workers)  # requests on the download host at once
         self._http, self._endpoints, self._out_dir, self._cache = http, endpoints, out_dir, cache
         self._workers = workers
         self.progress = progress
@@ -81,7 +84,7 @@ class Fetcher:
             self._listings = ThreadPoolExecutor(LISTING_THREADS, thread_name_prefix="nodes")
             from cdse_dem.nodes import NodeClient
 
-            self._nodes = NodeClient(self.session, self._http, self._endpoints, stop=self.stop)
+            self._nodes = NodeClient(self.session, self._http, self._endpoints, stop=self.stop, slot=self._slots)
         if self.progress is not None:
             self.progress.total = (self.progress.total or 0) + sum(c.product.content_length or 0 for c in new)
             self.progress.refresh()
@@ -230,7 +233,8 @@ class Fetcher:
             if node is not None and self._fetch_node(state, node):
                 return
             result = download_product(state.product, self._out_dir, self.session, self._http, self._endpoints,
-                                      on_bytes=self.progress.update if self.progress else None, stop=self.stop)
+                                      on_bytes=self.progress.update if self.progress else None, stop=self.stop,
+                                      slot=self._slots)
         except BudgetExhausted:
             self._left(state)
             return

@@ -103,11 +103,12 @@ class NodeClient:
     backoff: Backoff | None = None
     stop: threading.Event | None = None
     timeout: tuple[float, float] = (10, 60)
+    slot: object = None  # the account's connections: CDSE counts a listing as one, as it does a download
 
     def listing(self, uri: str, label: str, *, first: bool = False) -> list[Node]:
         try:
             body = get_json(uri, self.session, self.http, self.endpoints, label=label, backoff=self.backoff,
-                            stop=self.stop, timeout=self.timeout, first=first)
+                            stop=self.stop, timeout=self.timeout, first=first, slot=self.slot)
         except NodesFailed:
             raise
         except DownloadFailed as exc:  # 404 (Nodes off), 5xx after retries, a foreign host, not JSON
@@ -147,7 +148,7 @@ class NodeClient:
                 fetched = fetch_file(node.value_url, out_dir, node.name, self.session, self.http, self.endpoints,
                                      label=label, expect=Expected(length=node.content_length),
                                      backoff=self.backoff, on_bytes=on_bytes, stop=self.stop,
-                                     timeout=self.timeout, first=False, durable=True)
+                                     timeout=self.timeout, first=False, durable=True, slot=self.slot)
             except NodesFailed:
                 raise
             except DownloadFailed as exc:
