@@ -158,19 +158,11 @@ class Fetcher:
         if self.transfer.use_nodes():
             try:
                 node = self._nodes.locate_dem(state.product, state.file_name)
-            except BudgetExhausted:
-                self._left(state)
-                return
-            except (AccessDenied, DiskFull) as exc:
-                self._stop_all(state, exc)
-                return
             except NodesFailed as exc:
                 if not self._nodes_failed(state, exc):
                     return
             except DemError as exc:
-                if not self.stop.is_set():
-                    state.status, state.error = FAILED, str(exc)
-                    log.error("%s: %s", state.file_name, exc)
+                self._give_up(state, exc)
                 return
         if node is not None:
             self._retotal(node.content_length - (state.product.content_length or 0))
@@ -179,14 +171,22 @@ class Fetcher:
             self._download_futures.append(future)
         self._track(future)
 
+    def _give_up(self, state: CellState, exc: DemError) -> None:
+        """A geocell that cannot be fetched now: left for the next run, the end of the run, or failed."""
+        if isinstance(exc, BudgetExhausted):
+            self._left(state)
+        elif isinstance(exc, (AccessDenied, DiskFull)):
+            self._stop_all(state, exc)
+        elif not self.stop.is_set():
+            state.status, state.error = FAILED, str(exc)
+            log.error("%s: %s", state.file_name, exc)
+
     def _nodes_failed(self, state: CellState, exc: DemError) -> bool:
         """A Nodes failure: True when the product goes on as a zip, False when the geocell failed."""
         if self.transfer.falls_back:
             self.transfer.node_failed(state.file_name, str(exc))
             return True
-        if not self.stop.is_set():
-            state.status, state.error = FAILED, str(exc)
-            log.error("%s: %s", state.file_name, exc)
+        self._give_up(state, exc)
         return False
 
     def _retotal(self, delta: int) -> None:
@@ -235,16 +235,8 @@ class Fetcher:
             result = download_product(state.product, self._out_dir, self.session, self._http, self._endpoints,
                                       on_bytes=self.progress.update if self.progress else None, stop=self.stop,
                                       slot=self._slots)
-        except BudgetExhausted:
-            self._left(state)
-            return
-        except (AccessDenied, DiskFull) as exc:
-            self._stop_all(state, exc)
-            return
         except DemError as exc:
-            if not self.stop.is_set():
-                state.status, state.error = FAILED, str(exc)
-                log.error("%s: %s", state.file_name, exc)
+            self._give_up(state, exc)
             return
         log.info("File %s downloaded", state.product.id)
         # the extraction pool closes after the download pool, so this submit always lands
