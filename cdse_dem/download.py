@@ -117,6 +117,7 @@ class Fetched:
     bytes: int
     attempts: int  # requests made, the one that succeeded included
     seconds: float
+    request_seconds: float = 0.0  # the request that succeeded, from its slot to its last byte
 
 
 def fetch_file(url: str, dest_dir: Path, final_name: str, session, http, endpoints, *, label: str,
@@ -139,26 +140,30 @@ def fetch_file(url: str, dest_dir: Path, final_name: str, session, http, endpoin
         return _receive(reply, expect, Path(dest_dir), final_name, on_bytes, stop, label, durable)
 
     began = time.monotonic()
-    (path, size), attempts = _with_retries(url, session, http, endpoints, receive, label=label, backoff=backoff,
-                                           stop=stop, timeout=timeout, first=first, slot=slot)
-    return Fetched(path, size, attempts, time.monotonic() - began)
+    (path, size), attempts, request = _with_retries(url, session, http, endpoints, receive, label=label,
+                                                    backoff=backoff, stop=stop, timeout=timeout, first=first,
+                                                    slot=slot)
+    return Fetched(path, size, attempts, time.monotonic() - began, request)
 
 
 def get_json(url: str, session, http, endpoints, *, label: str, backoff: Backoff | None = None,
              stop: threading.Event | None = None, timeout: tuple[float, float] = (10, 60),
              first: bool = False, max_bytes: int = MAX_JSON_BYTES, slot=None):
     """A small JSON answer of the download host (a Nodes listing), with the same token,
-    retries and stop handling as a download. A body that is not JSON raises DownloadFailed."""
+    retries and stop handling as a download, and how long its request took (slot waits
+    excluded). A body that is not JSON raises DownloadFailed."""
     def receive(reply, label):
         return _read_json(reply, max_bytes, stop, label)
 
-    body, _ = _with_retries(url, session, http, endpoints, receive, label=label, backoff=backoff, stop=stop,
-                            timeout=timeout, first=first, slot=slot)
-    return body
+    body, _, seconds = _with_retries(url, session, http, endpoints, receive, label=label, backoff=backoff,
+                                     stop=stop, timeout=timeout, first=first, slot=slot)
+    return body, seconds
 
 
 def _with_retries(url, session, http, endpoints, receive, *, label, backoff, stop, timeout, first, slot=None):
-    """Requests ``url`` until ``receive`` accepts a 200 answer; returns (its result, requests made)."""
+    """Requests ``url`` until ``receive`` accepts a 200 answer.
+
+    Returns its result, the requests made, and the seconds of the one that succeeded."""
     backoff = backoff or Backoff()
     if not endpoints.is_download_host(url):  # the token goes to the download host only
         raise DownloadFailed(f"refusing to send the access token to {_origin(url)} (not the download host)")
@@ -175,7 +180,9 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
             with slot if slot is not None else nullcontext():
                 _raise_if_stopped(stop, label)
                 token = session.access_token()
+                sent = time.monotonic()
                 result = _attempt(url, token, http, receive, stop, timeout, label)
+                seconds = time.monotonic() - sent
         except _TokenRefused as refused:
             if after_refresh:
                 raise AccessDenied(
@@ -198,7 +205,7 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
                         label, failure.problem, delay, tries + 1, backoff.attempts)
             _pause(delay, stop, label)
             continue
-        return result, requests_made
+        return result, requests_made, seconds
 
 
 def _attempt(url, token, http, receive, stop, timeout, label):

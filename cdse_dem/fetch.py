@@ -154,19 +154,19 @@ class Fetcher:
 
         if self.stop.is_set():
             return
-        node = None
+        located = None
         if self.transfer.use_nodes():
             try:
-                node = self._nodes.locate_dem(state.product, state.file_name)
+                located = self._nodes.locate_dem(state.product, state.file_name)
             except NodesFailed as exc:
                 if not self._nodes_failed(state, exc):
                     return
             except DemError as exc:
                 self._give_up(state, exc)
                 return
-        if node is not None:
-            self._retotal(node.content_length - (state.product.content_length or 0))
-        future = self._downloads.submit(self._download, state, node)
+        if located is not None:
+            self._retotal(located.node.content_length - (state.product.content_length or 0))
+        future = self._downloads.submit(self._download, state, located)
         with self._lock:
             self._download_futures.append(future)
         self._track(future)
@@ -196,28 +196,30 @@ class Fetcher:
                 self.progress.total = max((self.progress.total or 0) + delta, 0)
             self.progress.refresh()
 
-    def _fetch_node(self, state: CellState, node) -> bool:
+    def _fetch_node(self, state: CellState, located) -> bool:
         """The DEM file alone, checked and renamed into place, then recorded; False: go the zip way."""
         from cdse_dem.geocells import geocell_of_name
         from cdse_dem.nodes import NodesFailed
 
         _, resolution = geocell_of_name(state.file_name)
+        node = located.node
         try:
-            path, size = self._nodes.fetch_dem(node, self._out_dir, cell=state.geocell, resolution=resolution,
-                                               on_bytes=self.progress.update if self.progress else None)
+            got = self._nodes.fetch_dem(node, self._out_dir, cell=state.geocell, resolution=resolution,
+                                        on_bytes=self.progress.update if self.progress else None)
         except NodesFailed as exc:
             if self._nodes_failed(state, exc):
                 self._retotal((state.product.content_length or 0) - node.content_length)
                 return False
             return True
         self._cache.record(state.file_name, state.product.id)
-        state.status, state.file, state.bytes = DOWNLOADED, str(path), size
+        state.status, state.file, state.bytes = DOWNLOADED, str(got.path), got.bytes
         with self._lock:
-            self.outcome.bytes += size
-        log.info("DEM %s downloaded (Nodes) and stored", path.name)
+            self.outcome.bytes += got.bytes
+        log.info("DEM %s downloaded (Nodes) and stored", got.path.name)
+        self.transfer.node_fetched(state.product.content_length, got.bytes, located.listing_seconds, got.seconds)
         return True
 
-    def _download(self, state: CellState, node=None) -> None:
+    def _download(self, state: CellState, located=None) -> None:
         from cdse_dem.download import download_product
 
         if self.stop.is_set():
@@ -230,7 +232,7 @@ class Fetcher:
             number = self._started
         log.info("Processing file n %d: %s", number, state.file_name)
         try:
-            if node is not None and self._fetch_node(state, node):
+            if located is not None and self._fetch_node(state, located):
                 return
             result = download_product(state.product, self._out_dir, self.session, self._http, self._endpoints,
                                       on_bytes=self.progress.update if self.progress else None, stop=self.stop,

@@ -56,6 +56,21 @@ class Node:
         return self.uri[: -len(_NODES)] + _VALUE
 
 
+@dataclass(frozen=True)
+class Located:
+    """A product's DEM node, and what finding it cost: the seconds of its listings' requests."""
+
+    node: Node
+    listing_seconds: float
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    path: Path  # under its final name, whole and checked
+    bytes: int
+    seconds: float  # the request that brought it, from its slot to its last byte
+
+
 def parse_listing(body, where: str) -> list[Node]:
     """The nodes of one listing (``{"result": [...]}``); anything else is a NodesFailed."""
     if not isinstance(body, dict) or not isinstance(body.get("result"), list):
@@ -105,38 +120,41 @@ class NodeClient:
     timeout: tuple[float, float] = (10, 60)
     slot: object = None  # the account's connections: CDSE counts a listing as one, as it does a download
 
-    def listing(self, uri: str, label: str, *, first: bool = False) -> list[Node]:
+    def listing(self, uri: str, label: str, *, first: bool = False) -> tuple[list[Node], float]:
+        """The nodes under ``uri``, and the seconds the request took."""
         try:
-            body = get_json(uri, self.session, self.http, self.endpoints, label=label, backoff=self.backoff,
+            body, seconds = get_json(uri, self.session, self.http, self.endpoints, label=label, backoff=self.backoff,
                             stop=self.stop, timeout=self.timeout, first=first, slot=self.slot)
         except NodesFailed:
             raise
         except DownloadFailed as exc:  # 404 (Nodes off), 5xx after retries, a foreign host, not JSON
             raise NodesFailed(str(exc)) from None
-        return parse_listing(body, label)
+        return parse_listing(body, label), seconds
 
-    def locate_dem(self, product, file_name: str) -> Node:
+    def locate_dem(self, product, file_name: str) -> Located:
         """The DEM layer's node of ``product``: root listing, then its ``Nodes.uri`` down to the file.
 
         The first request is the geocell's first: past the time budget it raises BudgetExhausted.
         """
         label = f"the Nodes of {file_name} ({product.id})"
-        roots = self.listing(f"{self.endpoints.download_url}/Products({product.id}){_NODES}", label, first=True)
+        roots, spent = self.listing(f"{self.endpoints.download_url}/Products({product.id}){_NODES}", label,
+                                    first=True)
         folders = [n for n in roots if n.children > 0]
         if len(folders) != 1:
             names = ", ".join(n.name for n in roots) or "nothing"
             raise NodesFailed(f"unexpected Nodes root for {product.id}: {names}")
         node = folders[0]
         for name in dem_node_path(file_name):
-            node = _child(self.listing(node.uri, label), name, node.name)
+            nodes, seconds = self.listing(node.uri, label)
+            node, spent = _child(nodes, name, node.name), spent + seconds
         if node.children or node.content_length <= 0:
             raise NodesFailed(f"the node {file_name} of {product.id} is not a file "
                               f"({node.content_length} bytes, {node.children} children)")
-        return node
+        return Located(node, spent)
 
     def fetch_dem(self, node: Node, out_dir: Path, *, cell: Geocell, resolution: int,
-                  on_bytes: Callable[[int], None] | None = None) -> tuple[Path, int]:
-        """Stream ``node`` into ``out_dir`` under its name, checked whole; (its path, its bytes).
+                  on_bytes: Callable[[int], None] | None = None) -> NodeFile:
+        """Stream ``node`` into ``out_dir`` under its name, checked whole.
 
         Length first (as bytes arrive), then the DEM integrity check; only then the rename.
         """
@@ -158,7 +176,7 @@ class NodeClient:
                 if problem is None:
                     final = Path(out_dir) / node.name
                     replace_into_place(fetched.path, final)
-                    return final, fetched.bytes
+                    return NodeFile(final, fetched.bytes, fetched.request_seconds)
             except BaseException:
                 remove_quietly(fetched.path)
                 raise

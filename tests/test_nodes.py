@@ -151,8 +151,9 @@ def _client(host) -> NodeClient:
 
 def test_the_walk_lists_the_root_then_follows_each_uri_to_the_dem_file(host):
     fake = host()
-    node = _client(fake).locate_dem(Product(), DEM)
-    assert node == Node(DEM, len(GOOD_DEM), 0,
+    located = _client(fake).locate_dem(Product(), DEM)
+    assert located.listing_seconds > 0
+    assert located.node == Node(DEM, len(GOOD_DEM), 0,
                         f"{fake.url}/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes({CELL})/Nodes(DEM)/Nodes({DEM})/Nodes")
     assert [path for path, _ in fake.requests] == [
         f"/odata/v1/Products({PRODUCT_ID})/Nodes",
@@ -167,9 +168,9 @@ def test_the_walk_lists_the_root_then_follows_each_uri_to_the_dem_file(host):
 def test_the_file_is_streamed_checked_and_renamed_into_place(host, tmp_path):
     fake = host()
     client = _client(fake)
-    node = client.locate_dem(Product(), DEM)
-    path, size = client.fetch_dem(node, tmp_path, cell=Geocell(50, 7), resolution=90)
-    assert path == tmp_path / DEM and path.read_bytes() == GOOD_DEM and size == len(GOOD_DEM)
+    node = client.locate_dem(Product(), DEM).node
+    got = client.fetch_dem(node, tmp_path, cell=Geocell(50, 7), resolution=90)
+    assert got.path == tmp_path / DEM and got.path.read_bytes() == GOOD_DEM and got.bytes == len(GOOD_DEM)
     assert sorted(p.name for p in tmp_path.iterdir()) == [DEM]
     assert fake.requests[-1][0] == (f"/odata/v1/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes({CELL})/Nodes(DEM)"
                                     f"/Nodes({DEM})/$value")
@@ -187,7 +188,7 @@ def test_a_dted_path_ends_in_its_own_suffix():
 def test_a_file_failing_the_integrity_check_twice_is_a_nodes_failure_and_leaves_nothing(host, tmp_path, bad):
     fake = host(_tree(bad))
     client = _client(fake)
-    node = client.locate_dem(Product(), DEM)
+    node = client.locate_dem(Product(), DEM).node
     with pytest.raises(NodesFailed, match=f"failed its check {CHECK_TRIES} times"):
         client.fetch_dem(node, tmp_path, cell=Geocell(50, 7), resolution=90)
     assert list(tmp_path.iterdir()) == []
@@ -197,7 +198,7 @@ def test_a_file_failing_the_integrity_check_twice_is_a_nodes_failure_and_leaves_
 def test_a_file_of_another_cell_is_refused(host, tmp_path):
     fake = host()
     client = _client(fake)
-    node = client.locate_dem(Product(), DEM)
+    node = client.locate_dem(Product(), DEM).node
     with pytest.raises(NodesFailed, match="not on N51_E007"):
         client.fetch_dem(node, tmp_path, cell=Geocell(51, 7), resolution=90)
     assert list(tmp_path.iterdir()) == []
@@ -297,3 +298,33 @@ def test_a_listing_too_large_is_refused(host):
     with pytest.raises(DownloadFailed, match="larger than 1,000 bytes"):
         get_json(f"{fake.url}/Products({PRODUCT_ID})/Nodes", client.session, client.http, client.endpoints,
                  label="x", max_bytes=1000)
+
+
+@pytest.mark.parametrize(("zip_mb", "dem_mb", "listing_s", "file_s", "switches"), [
+    (12.16, 5.78, 1.40, 0.64, True),  # GLO-90, 0.35 s a Nodes request, 20 MB/s: 1.4 s of listings spare 0.3 s
+    (12.16, 5.78, 0.20, 0.34, False),  # GLO-90, 0.05 s a request: listings cost less than they spare
+    (102.2, 51.9, 1.40, 2.95, False),  # GLO-30, 0.35 s a request: 2.5 s spared
+    (12.16, 5.78, 0.012, 0.03, False),  # loopback, no cap: both tiny, Nodes kept
+])
+def test_auto_leaves_nodes_only_when_listings_cost_several_times_what_they_spare(
+        caplog, zip_mb, dem_mb, listing_s, file_s, switches):
+    import logging
+
+    from cdse_dem.transfer import SPEED_SAMPLES
+
+    caplog.set_level(logging.DEBUG)
+    choice = TransferChoice(Transfer.AUTO)
+    for n in range(SPEED_SAMPLES + 2):
+        assert choice.use_nodes() == (not switches or n < SPEED_SAMPLES)
+        choice.node_fetched(int(zip_mb * 1e6), int(dem_mb * 1e6), listing_s, file_s)
+    lines = [r.getMessage() for r in caplog.records if r.levelname != "DEBUG"]
+    assert len(lines) == int(switches) and choice.use_nodes() == (not switches)
+    if switches:
+        assert lines[0].startswith("Whole zips are faster here: the Nodes listings of a product take 1.40 s")
+
+
+def test_nodes_mode_is_never_judged_slow():
+    choice = TransferChoice(Transfer.NODES)
+    for _ in range(10):
+        choice.node_fetched(12_000_000, 5_800_000, 5.0, 0.5)
+    assert choice.use_nodes()
