@@ -85,6 +85,7 @@ class TransferChoice:
             if len(self._samples) < SPEED_SAMPLES:
                 return
             listing, spared = nodes_cost(self._samples)
+            log.debug("Nodes: %.3f s of listings a product, %.3f s of transfer spared", listing, spared)
             if listing <= SLOWER_BY * spared:
                 return
             self.switched = True
