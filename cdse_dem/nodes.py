@@ -119,6 +119,7 @@ class NodeClient:
     stop: threading.Event | None = None
     timeout: tuple[float, float] = (10, 60)
     slot: object = None  # the account's connections: CDSE counts a listing as one, as it does a download
+    wanted: Callable[[], bool] | None = None  # False once the run has left Nodes: a walk under way stops
 
     def listing(self, uri: str, label: str, *, first: bool = False) -> tuple[list[Node], float]:
         """The nodes under ``uri``, and the seconds the request took."""
@@ -145,6 +146,8 @@ class NodeClient:
             raise NodesFailed(f"unexpected Nodes root for {product.id}: {names}")
         node = folders[0]
         for name in dem_node_path(file_name):
+            if self.wanted is not None and not self.wanted():
+                raise NodesFailed("the run has left the Nodes API")
             nodes, seconds = self.listing(node.uri, label)
             node, spent = _child(nodes, name, node.name), spent + seconds
         if node.children or node.content_length <= 0:

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 # Products whose Nodes transfer failed, after which the rest of the run uses zips (issue 15):
 # one or two can be a product's own trouble; three in one run say the API itself is not usable.
 FALLBACKS_BEFORE_SWITCH = 3
-# Products fetched through Nodes before their cost is judged: one can be slow by accident.
-SPEED_SAMPLES = 3
+# Products fetched through Nodes before their cost is judged: one can be slow by accident, and
+# every walk under way meanwhile is one more product through the slower way.
+SPEED_SAMPLES = 2
 # How many times the spared transfer time the listings must cost before zips are preferred:
 # a wide margin, because the spared bytes also count against the account's monthly volume and
 # the estimate of a whole zip's time is rough (its own time to first byte is not known).
