@@ -205,7 +205,7 @@ class Fetcher:
         _, resolution = geocell_of_name(state.file_name)
         node = located.node
         try:
-            got = self._nodes.fetch_dem(node, self._out_dir, cell=state.geocell, resolution=resolution,
+            got = self._nodes.fetch_dem(node, self._out_dir, state.file_name, cell=state.geocell, resolution=resolution,
                                         on_bytes=self.progress.update if self.progress else None)
         except NodesFailed as exc:
             if self._nodes_failed(state, exc):

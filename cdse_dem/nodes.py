@@ -124,8 +124,9 @@ class NodeClient:
     def listing(self, uri: str, label: str, *, first: bool = False) -> tuple[list[Node], float]:
         """The nodes under ``uri``, and the seconds the request took."""
         try:
-            body, seconds = get_json(uri, self.session, self.http, self.endpoints, label=label, backoff=self.backoff,
-                            stop=self.stop, timeout=self.timeout, first=first, slot=self.slot)
+            body, seconds = get_json(uri, self.session, self.http, self.endpoints, label=label,
+                                     backoff=self.backoff, stop=self.stop, timeout=self.timeout, first=first,
+                                     slot=self.slot)
         except NodesFailed:
             raise
         except DownloadFailed as exc:  # 404 (Nodes off), 5xx after retries, a foreign host, not JSON
@@ -155,18 +156,19 @@ class NodeClient:
                               f"({node.content_length} bytes, {node.children} children)")
         return Located(node, spent)
 
-    def fetch_dem(self, node: Node, out_dir: Path, *, cell: Geocell, resolution: int,
+    def fetch_dem(self, node: Node, out_dir: Path, file_name: str, *, cell: Geocell, resolution: int,
                   on_bytes: Callable[[int], None] | None = None) -> NodeFile:
-        """Stream ``node`` into ``out_dir`` under its name, checked whole.
+        """Stream ``node`` into ``out_dir`` as ``file_name``, checked whole.
 
-        Length first (as bytes arrive), then the DEM integrity check; only then the rename.
+        Length first (as bytes arrive), then the DEM integrity check; only then the rename. The
+        name is ours, never the server's: nothing it says reaches the file system.
         """
-        suffix = Path(node.name).suffix
-        label = f"{node.name} (Nodes)"
+        suffix = Path(file_name).suffix
+        label = f"{file_name} (Nodes)"
         problem = None
         for _ in range(CHECK_TRIES):
             try:
-                fetched = fetch_file(node.value_url, out_dir, node.name, self.session, self.http, self.endpoints,
+                fetched = fetch_file(node.value_url, out_dir, file_name, self.session, self.http, self.endpoints,
                                      label=label, expect=Expected(length=node.content_length),
                                      backoff=self.backoff, on_bytes=on_bytes, stop=self.stop,
                                      timeout=self.timeout, first=False, durable=True, slot=self.slot)
@@ -177,7 +179,7 @@ class NodeClient:
             try:
                 problem = dem_problem(fetched.path, resolution=resolution, cell=cell, suffix=suffix)
                 if problem is None:
-                    final = Path(out_dir) / node.name
+                    final = Path(out_dir) / file_name
                     replace_into_place(fetched.path, final)
                     return NodeFile(final, fetched.bytes, fetched.request_seconds)
             except BaseException:
@@ -187,7 +189,7 @@ class NodeClient:
             if on_bytes is not None:
                 on_bytes(-fetched.bytes)  # the progress total stays true across the re-fetch
             log.debug("%s failed its check (%s)", label, problem)
-        raise NodesFailed(f"{node.name} from the Nodes API failed its check {CHECK_TRIES} times: {problem}")
+        raise NodesFailed(f"{file_name} from the Nodes API failed its check {CHECK_TRIES} times: {problem}")
 
 
 def _child(nodes: list[Node], name: str, parent: str) -> Node:

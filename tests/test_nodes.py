@@ -169,7 +169,7 @@ def test_the_file_is_streamed_checked_and_renamed_into_place(host, tmp_path):
     fake = host()
     client = _client(fake)
     node = client.locate_dem(Product(), DEM).node
-    got = client.fetch_dem(node, tmp_path, cell=Geocell(50, 7), resolution=90)
+    got = client.fetch_dem(node, tmp_path, DEM, cell=Geocell(50, 7), resolution=90)
     assert got.path == tmp_path / DEM and got.path.read_bytes() == GOOD_DEM and got.bytes == len(GOOD_DEM)
     assert sorted(p.name for p in tmp_path.iterdir()) == [DEM]
     assert fake.requests[-1][0] == (f"/odata/v1/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes({CELL})/Nodes(DEM)"
@@ -190,7 +190,7 @@ def test_a_file_failing_the_integrity_check_twice_is_a_nodes_failure_and_leaves_
     client = _client(fake)
     node = client.locate_dem(Product(), DEM).node
     with pytest.raises(NodesFailed, match=f"failed its check {CHECK_TRIES} times"):
-        client.fetch_dem(node, tmp_path, cell=Geocell(50, 7), resolution=90)
+        client.fetch_dem(node, tmp_path, DEM, cell=Geocell(50, 7), resolution=90)
     assert list(tmp_path.iterdir()) == []
     assert sum(path.endswith("/$value") for path, _ in fake.requests) == CHECK_TRIES
 
@@ -200,7 +200,7 @@ def test_a_file_of_another_cell_is_refused(host, tmp_path):
     client = _client(fake)
     node = client.locate_dem(Product(), DEM).node
     with pytest.raises(NodesFailed, match="not on N51_E007"):
-        client.fetch_dem(node, tmp_path, cell=Geocell(51, 7), resolution=90)
+        client.fetch_dem(node, tmp_path, DEM, cell=Geocell(51, 7), resolution=90)
     assert list(tmp_path.iterdir()) == []
 
 
