@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of CCM products whose record has no gridId attribute (default 0.0001, "
                         "as on CDSE)")
     p.add_argument("--size", choices=("small", "realistic"), default="small",
-                   help="product rasters: small (fast tests) or realistic (3601x3601 at 30 m) (default small)")
+                   help="product rasters, both at the real dimensions (3601x3601 at 30 m): small (low detail, "
+                        "DEFLATE: fast tests) or realistic (uncompressed, as recorded) (default small)")
     p.add_argument("--cells-dir", default=None,
                    help="folder with copdem_glo30_cells.txt and copdem_glo90_cells.txt "
                         "(default ../shared/data beside the project, else a built-in subset)")

@@ -45,25 +45,35 @@ def geotiff_parts(array: np.ndarray | BlockRaster, west: float, north: float, dx
     rows, cols = data.shape
     itemsize = data.dtype.itemsize
     row_bytes = cols * itemsize
-    rows_per_strip = 1 if compress else max(1, min(rows, 65536 // row_bytes))
-    strips = (rows + rows_per_strip - 1) // rows_per_strip
+    rows_per_strip = max(1, min(rows, 65536 // row_bytes))
     packed: list[bytes] = []
     if compress:
-        # One row per strip, and a row equal to the one before points at the same compressed
-        # bytes (TIFF allows shared strips): a low-detail raster costs its distinct rows only.
+        # A row equal to the one before points at the same compressed bytes (TIFF allows shared
+        # strips): a low-detail raster costs its distinct rows only. One row per strip, unless
+        # every row is the same: then strips of many rows, all but the last one shared.
         fresh = np.ones(rows, dtype=bool)
-        if isinstance(data, BlockRaster):
-            fresh[1:] = data.row_of[1:] != data.row_of[:-1]
+        if isinstance(data, BlockRaster):  # compare the few distinct values of each row
+            fresh[1:] = np.any(data.grid[data.row_of[1:]] != data.grid[data.row_of[:-1]], axis=1)
         else:
             fresh[1:] = np.any(data[1:] != data[:-1], axis=1)
-        for row in np.flatnonzero(fresh):
-            values = data.row(row) if isinstance(data, BlockRaster) else data[row]
-            packed.append(zlib.compress(values.tobytes(), 6))
+        first_row = data.row(0) if isinstance(data, BlockRaster) else data[0]
+        if fresh[1:].any():
+            rows_per_strip = 1
+            for row in np.flatnonzero(fresh):
+                values = data.row(row) if isinstance(data, BlockRaster) else data[row]
+                packed.append(zlib.compress(values.tobytes(), 6))
+            group = np.cumsum(fresh) - 1
+        else:
+            full, rest = divmod(rows, rows_per_strip)
+            packed.append(zlib.compress(np.tile(first_row, rows_per_strip).tobytes(), 6))
+            if rest:
+                packed.append(zlib.compress(np.tile(first_row, rest).tobytes(), 6))
+            group = np.array([0] * full + [1] * bool(rest))
         lengths = np.array([len(p) for p in packed], dtype=np.int64)
-        group = np.cumsum(fresh) - 1
         counts = lengths[group].tolist()
         starts = (np.cumsum(lengths) - lengths)[group].tolist()
-    else:
+    strips = (rows + rows_per_strip - 1) // rows_per_strip
+    if not compress:
         counts = [min(rows_per_strip, rows - i * rows_per_strip) * row_bytes for i in range(strips)]
 
     geokeys = [1, 1, 0, 3,
@@ -79,7 +89,7 @@ def geotiff_parts(array: np.ndarray | BlockRaster, west: float, north: float, dx
         (273, _LONG, [0] * strips),  # filled in below, once the data offset is known
         (277, _SHORT, [1]),
         (278, _LONG, [rows_per_strip]),
-        (279, _LONG, counts),
+        (279, _SHORT if compress and max(counts) < 65536 else _LONG, counts),  # SHORT: a smaller table
         (284, _SHORT, [1]),
         (339, _SHORT, [_SAMPLE_FORMAT[data.dtype.kind]]),
         (33550, _DOUBLE, [dx, dy, 0.0]),

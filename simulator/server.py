@@ -240,7 +240,7 @@ class Handler(BaseHTTPRequestHandler):
             self._json(reply.status, reply.body)
             return
         if match:
-            self._json(404, {"detail": f"{match.group(2)} is not simulated: use /$value"})
+            self._json(404, {"detail": f"{match.group(2)} is not served here: Nodes are on the download host"})
             return
         self._json(404, {"detail": "Not Found"})
 
@@ -329,28 +329,12 @@ class Handler(BaseHTTPRequestHandler):
             self._nodes(method, product, user.name, node_request)
             return
         if method == "HEAD":
-            meta = services.store.ensure(product)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/zip")
-            self.send_header("Content-Length", str(meta.length))
-            self.send_header("Content-Disposition", f"attachment; filename={product.name}.zip")
-            self.record.status = 200
-            self._complete()
-            self.end_headers()
+            self._file_headers("application/zip", services.store.ensure(product).length, f"{product.name}.zip")
             return
-        if services.faults.storm():
-            self.record.fault = "storm429"
-            self._too_many()
-            return
-        if not services.take_slot(user.name):
-            self._too_many()
+        if not self._take_slot(user.name):
             return
         try:
-            status = services.faults.download_error()
-            if status is not None:
-                self.record.fault = f"error{status}"
-                self._json(status, {"detail": "Internal Server Error" if status == 500 else "Service Unavailable"},
-                           {"Retry-After": _retry_after(services)} if status == 503 else None)
+            if self._download_error():
                 return
             meta = services.store.ensure(product)
             self._stream(f"{product.name}.zip", meta.length, lambda: open(meta.path, "rb"), "application/zip",
@@ -361,19 +345,10 @@ class Handler(BaseHTTPRequestHandler):
     def _nodes(self, method: str, product, user: str, request: NodeRequest) -> None:
         """A listing or one file of a product, under the same faults and quota as ``$value``."""
         services = self.services
-        if services.faults.storm():
-            self.record.fault = "storm429"
-            self._too_many()
-            return
-        if not services.take_slot(user):
-            self._too_many()
+        if not self._take_slot(user):
             return
         try:
-            status = services.faults.download_error()
-            if status is not None:
-                self.record.fault = f"error{status}"
-                self._json(status, {"detail": "Internal Server Error" if status == 500 else "Service Unavailable"},
-                           {"Retry-After": _retry_after(services)} if status == 503 else None)
+            if self._download_error():
                 return
             meta = services.store.ensure(product)
             try:
@@ -387,18 +362,43 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(200, listing(node, f"{services.download_url}/Products({product.id})", request.names))
                 return
             if method == "HEAD":
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(node.size))
-                self.send_header("Content-Disposition", f"attachment; filename={node.name}")
-                self.record.status = 200
-                self._complete()
-                self.end_headers()
+                self._file_headers("application/octet-stream", node.size, node.name)
                 return
             self._stream(node.name, node.size, lambda: open_member(meta.path, node.member),
                          "application/octet-stream", sendfile=False)
         finally:
             services.release_slot(user)
+
+    def _file_headers(self, content_type: str, length: int, filename: str) -> None:
+        """The answer to HEAD on a file: its headers, no body."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Content-Disposition", f"attachment; filename={filename}")
+        self.record.status = 200
+        self._complete()
+        self.end_headers()
+
+    def _take_slot(self, user: str) -> bool:
+        """One of the user's download slots, or a 429 (a storm comes before the quota): release it after."""
+        if self.services.faults.storm():
+            self.record.fault = "storm429"
+            self._too_many()
+            return False
+        if not self.services.take_slot(user):
+            self._too_many()
+            return False
+        return True
+
+    def _download_error(self) -> bool:
+        """Whether a configured 5xx answered this request instead."""
+        status = self.services.faults.download_error()
+        if status is None:
+            return False
+        self.record.fault = f"error{status}"
+        self._json(status, {"detail": "Internal Server Error" if status == 500 else "Service Unavailable"},
+                   {"Retry-After": _retry_after(self.services)} if status == 503 else None)
+        return True
 
     def _too_many(self) -> None:
         limit = self.services.config.max_concurrent_downloads
@@ -416,8 +416,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
         self.send_header("Content-Disposition", f"attachment; filename={filename}")
+        self.record.status = 200  # before the headers go: a client holding them finds the status logged
         self.end_headers()
-        self.record.status = 200
         if faults.slow and services.stopping.wait(faults.slow):
             raise _Dropped
         bandwidth = services.config.bandwidth

@@ -15,8 +15,10 @@ import numpy as np
 _BANDS_30 = ((50, 3601), (60, 2401), (70, 1801), (80, 1201), (85, 721), (90, 361))
 _BANDS_90 = ((50, 1201), (60, 801), (70, 601), (80, 401), (85, 241), (90, 121))
 COARSE_STEP = 60
-"""Samples per degree of the "small" size's low-detail field (one minute of arc): a block of equal
-samples, so that whole rows repeat and DEFLATE shrinks a 3601 x 3601 raster to tens of kB."""
+"""Rows of distinct values per degree in the "small" size's low-detail field (one minute of arc),
+so that whole rows repeat and share one compressed strip."""
+COARSE_LON_STEP = 10
+"""Distinct values along a row per degree: few long runs, which DEFLATE packs near its limit."""
 
 
 def raster_shape(lat: int, resolution: int, size: str = "realistic") -> tuple[int, int]:
@@ -59,9 +61,6 @@ class BlockRaster(NamedTuple):
     def row(self, i: int) -> np.ndarray:
         return self.grid[self.row_of[i], self.col_of]
 
-    def sample(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        return self.grid[np.ix_(self.row_of[rows], self.col_of[cols])]
-
     def expand(self) -> np.ndarray:
         return self.grid[np.ix_(self.row_of, self.col_of)]
 
@@ -74,12 +73,12 @@ def elevation(lat: int, lon: int, rows: int, cols: int, seed: int) -> np.ndarray
 
 
 def coarse_elevation(lat: int, lon: int, rows: int, cols: int, seed: int) -> BlockRaster:
-    """The same field sampled on a one-minute grid (``COARSE_STEP``) and held constant between,
+    """The same field sampled on a grid of ``COARSE_STEP`` x ``COARSE_LON_STEP`` per degree and held constant between,
     for the "small" size; still a function of absolute coordinates, so neighbours agree on
     their shared edge (edges are whole degrees, on the grid)."""
     lons = lon + np.linspace(0.0, 1.0, cols)
     lats = (lat + 1) - np.linspace(0.0, 1.0, rows)
-    lons, col_of = np.unique(np.round(lons * COARSE_STEP) / COARSE_STEP, return_inverse=True)
+    lons, col_of = np.unique(np.round(lons * COARSE_LON_STEP) / COARSE_LON_STEP, return_inverse=True)
     lats, row_of = np.unique(np.round(lats * COARSE_STEP) / COARSE_STEP, return_inverse=True)
     return BlockRaster(_field(lat, lats, lons, seed), row_of.reshape(-1), col_of.reshape(-1))
 

@@ -136,6 +136,8 @@ PREVIEW_LAYERS = ("DEM", "EDM", "FLM", "HEM", "WBM", "SRC")
 """The six quick looks of a recorded product's PREVIEW/ (beside ``_QL.kml`` and ``_SRC.kml``)."""
 QUICKLOOK_ROWS = 694
 """Rows of a quick look: with the columns, about the 480 kB of a recorded one in "realistic"."""
+SMALL_QUICKLOOK_ROWS = 61
+"""Rows of a quick look in the "small" size: a client never reads them."""
 GSC_FILES = 4
 """A recorded CCM product's root holds four ``GSC_CR_ESA_COP-DEM_<dataset>_<date>_<time>.xml``."""
 
@@ -207,36 +209,45 @@ def write_product_zip(out, product: Product, size: str) -> None:
                 "WBM": (dem < np.float32(130.0)).astype(np.uint8),
                 "HEM": _height_error(dem, high, product.seed, lat, lon),
             }
-        else:  # the same layers without their texture, on the DEM's blocks
-            high = dem.grid > np.float32(np.median(dem.grid))
+        else:  # the same layers, constant: a few hundred bytes each, at the DEM's raster
+            high = np.zeros(dem.grid.shape, dtype=bool)
             layers = {
-                "EDM": dem.like(np.where(high, 3, 0).astype(np.uint8)),
-                "FLM": dem.like(np.zeros_like(high, dtype=np.uint8)),
-                "WBM": dem.like((dem.grid < np.float32(130.0)).astype(np.uint8)),
-                "HEM": dem.like(np.where(high, np.float32(1.5), np.float32(0.75))),
+                "EDM": dem.like(np.zeros(high.shape, dtype=np.uint8)),
+                "FLM": dem.like(np.zeros(high.shape, dtype=np.uint8)),
+                "WBM": dem.like(np.zeros(high.shape, dtype=np.uint8)),
+                "HEM": dem.like(np.full(high.shape, 1.0, dtype=np.float32)),
             }
         for layer, array in layers.items():
             write_tif(zf, f"{cell_dir}AUXFILES/{dsm}_{layer}.tif", array, True)
         zf.writestr(member(f"{cell_dir}AUXFILES/{dsm}_ACM.kml", True), _acm_kml(product))
         zf.writestr(member(f"{cell_dir}INFO/eula_F.pdf", True), _EULA_PDF)
-        pick_rows = np.linspace(0, rows - 1, QUICKLOOK_ROWS).round().astype(int)
-        qcols = round((QUICKLOOK_ROWS - 1) * (cols - 1) / (rows - 1)) + 1
+        ql_rows = QUICKLOOK_ROWS if realistic else SMALL_QUICKLOOK_ROWS
+        pick_rows = np.linspace(0, rows - 1, ql_rows).round().astype(int)
+        qcols = round((ql_rows - 1) * (cols - 1) / (rows - 1)) + 1
         pick_cols = np.linspace(0, cols - 1, qcols).round().astype(int)
-        small = dem[np.ix_(pick_rows, pick_cols)] if realistic else dem.sample(pick_rows, pick_cols)
-        span = float(small.max() - small.min()) or 1.0
-        sources = {"DEM": ((small - small.min()) * (255.0 / span)).astype(np.uint8),
-                   "SRC": np.full(small.shape, 1, dtype=np.uint8)}
+        layers["DEM"] = dem
+        layers["SRC"] = np.ones_like(high, dtype=np.uint8) if realistic else dem.like(np.ones_like(high, np.uint8))
         for layer in PREVIEW_LAYERS:
-            array = sources.get(layer)
-            if array is None:
-                source = layers[layer]
-                layer_values = source[np.ix_(pick_rows, pick_cols)] if realistic else source.sample(pick_rows,
-                                                                                                    pick_cols)
-                array = (layer_values * (255.0 / max(1.0, float(layer_values.max())))).astype(np.uint8)
+            array = _quicklook(layers[layer], pick_rows, pick_cols)
             write_tif(zf, f"{cell_dir}PREVIEW/{dsm}_{layer}_QL.tif", array, True,
-                      sx=1.0 / (qcols - 1), sy=1.0 / (QUICKLOOK_ROWS - 1))
+                      sx=1.0 / (qcols - 1), sy=1.0 / (ql_rows - 1))
         zf.writestr(member(f"{cell_dir}PREVIEW/{dsm}_QL.kml", True), _acm_kml(product))
         zf.writestr(member(f"{cell_dir}PREVIEW/{dsm}_SRC.kml", True), _acm_kml(product))
+
+
+def _quicklook(raster, pick_rows, pick_cols):
+    """A layer sampled at the quick look's rows and columns, stretched to bytes (a block raster
+    stays one: its blocks are simply picked)."""
+    import numpy as np
+
+    from simulator.terrain import BlockRaster
+
+    values = raster.grid if isinstance(raster, BlockRaster) else raster[np.ix_(pick_rows, pick_cols)]
+    low, span = float(values.min()), float(values.max() - values.min()) or 1.0
+    stretched = ((values - low) * (255.0 / span)).astype(np.uint8)
+    if isinstance(raster, BlockRaster):
+        return BlockRaster(stretched, raster.row_of[pick_rows], raster.col_of[pick_cols])
+    return stretched
 
 
 def gsc_names(product: Product) -> list[str]:

@@ -1,7 +1,6 @@
 """The simulator's Nodes API (single files of a product), with raw HTTP: listings, bytes, errors, quota, faults."""
 
 import io
-import re
 import threading
 import zipfile
 
@@ -9,6 +8,7 @@ import pytest
 import requests
 
 from simulator import Faults, User
+from tests.test_simulator_download import assert_zip_error
 
 POINT = "OData.CSC.Intersects(area=geography'SRID=4326;POINT(8.5 49.5)')"
 LISTING_KEYS = {"Id", "Name", "ContentLength", "ChildrenNumber", "Nodes"}
@@ -52,14 +52,6 @@ def walk_to_dem(sim, product, token):
     dem_folder = next(e for e in listing(cell["Nodes"]["uri"], token) if e["Name"] == "DEM")
     (dem,) = listing(dem_folder["Nodes"]["uri"], token)
     return root, cell, dem
-
-
-def assert_zip_error(reply, status, code):
-    assert reply.status_code == status, reply.text
-    body = reply.json()
-    assert set(body) == {"trace-id", "code", "message"}
-    assert re.fullmatch(r"[0-9a-f]{32}", body["trace-id"])
-    assert body["code"] == code
 
 
 def zip_of(sim, product, token):

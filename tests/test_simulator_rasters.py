@@ -207,3 +207,19 @@ def test_bytes_are_identical_across_caches_and_concurrent_generation(tmp_path):
     assert not list((tmp_path / "a").glob(".part-*"))
     for store in stores:
         store.close()
+
+
+def test_shared_strips_read_back_sample_for_sample():
+    """The small size's DEFLATE GeoTIFFs point repeated rows at one strip: GDAL reads every sample back."""
+    from rasterio.io import MemoryFile
+
+    from simulator.geotiff import geotiff_bytes
+    from simulator.terrain import coarse_elevation
+
+    for rows, cols in ((1201, 801), (3601, 3601)):
+        field = coarse_elevation(50, 7, rows, cols, 0)
+        constant = field.like(np.full(field.grid.shape, 1.5, dtype=np.float32))
+        for raster in (field, constant):
+            with MemoryFile(geotiff_bytes(raster, 7, 51, 1 / (cols - 1), 1 / (rows - 1))) as memory, \
+                    memory.open() as ds:
+                np.testing.assert_array_equal(ds.read(1), raster.expand())
