@@ -90,7 +90,7 @@ class TransferChoice:
             if listing <= SLOWER_BY * spared:
                 return
             self.switched = True
-        log.warning("Whole zips are faster here: the Nodes listings of a product take %.2f s, more than %g "
+        log.info("Whole zips are faster here: the Nodes listings of a product take %.2f s, more than %g "
                      "times the %.2f s its smaller file saves; the rest of the run downloads whole zips "
                      "(--transfer nodes keeps the Nodes API)", listing, SLOWER_BY, spared)
 
