@@ -10,6 +10,9 @@ read twice. A body that is short, long or altered is thrown away and fetched aga
 checksum) are retried with the shared :class:`~cdse_dem.retry.Backoff`; those it cannot (no
 CCM access, a refused token, 404) end at once with one line saying what to do.
 
+The same loop (:func:`fetch_file`, :func:`get_json`) serves the single files and listings of
+the Nodes API (:mod:`cdse_dem.nodes`), with a length but no checksum to verify as bytes arrive.
+
 A ``stop`` event aborts promptly even in the middle of a stalled body: a small watcher shuts
 the socket down, which wakes the blocked read at once (checking between 1 MiB chunks alone
 would wait for the next chunk, or for the read timeout).
