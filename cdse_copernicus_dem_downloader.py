@@ -74,6 +74,7 @@ def _minutes(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from cdse_dem.options import COLLECTIONS, COVERAGES, DEFAULT_COVERAGE, DELIVERIES, MODELS, RESOLUTIONS
+    from cdse_dem.transfer import Transfer
 
     parser = _Parser(
         prog="cdse_copernicus_dem_downloader.py",
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
              "than this run's (they are then not compared with the catalogue)")
     add("--workers", type=_workers, default=4, metavar="N",
         help="parallel downloads (default 4, the CDSE per-account limit; at most 16)")
+    add("--transfer", choices=[t.value for t in Transfer], default=Transfer.AUTO.value,
+        help="how each DEM is fetched: auto (default) the DEM file alone through CDSE's Nodes API, "
+             "the whole product zip when that fails; nodes: Nodes only (a failure fails the geocell); "
+             "zip: whole zips only")
     add("--max-minutes", type=_minutes, default=60.0, metavar="M",
         help="stop starting downloads after M minutes (default 60, the token refresh window); "
              "0: no limit, log in again when the window closes")

@@ -57,8 +57,9 @@ def _download(tool: Tool, tiles: list[str], cells: int, *args: str, **env: str) 
 
     with tempfile.TemporaryDirectory(prefix="cdse-bench-out-") as out:
         summary = Path(out) / "summary.json"
+        # whole zips: these figures are the zip pipeline's (bench_nodes.py compares it with the Nodes API)
         run = tool.run(*benchlib.tile_args(tiles), "--o", str(Path(out) / "dem"), "--summary-json", str(summary),
-                       "-q", *args, **env)
+                       "-q", "--transfer", "zip", *args, **env)
         totals = json.loads(summary.read_text())["totals"]
         if totals["downloaded"] != cells:
             raise SystemExit(f"expected {cells} geocells downloaded, got {totals}")

@@ -33,8 +33,8 @@ def _one_run(sim, env: dict, args: list[str]) -> dict:
     sim.clear_log()
     with tempfile.TemporaryDirectory(prefix="cdse-timeline-") as out:
         started = time.monotonic()
-        proc = subprocess.run([PYTHON, str(ENTRY), *args, "--o", str(Path(out) / "dem"), "-q"], env=env,
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run([PYTHON, str(ENTRY), *args, "--o", str(Path(out) / "dem"), "-q", "--transfer", "zip"],
+                              env=env, capture_output=True, text=True, check=False)
         ended = time.monotonic()
     if proc.returncode != 0:
         raise SystemExit(f"the tool exited {proc.returncode}:\n{proc.stderr[-2000:]}")

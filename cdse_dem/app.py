@@ -281,7 +281,8 @@ def _fetcher(args, credentials, http, endpoints, out_dir, cache):
 
     slots = SlotPool.for_account(endpoints.token_url, credentials.username, args.workers)
     return Fetcher(open_session=open_session, http=http, endpoints=endpoints, out_dir=out_dir, cache=cache,
-                   workers=args.workers, progress=open_bar(0, args.quiet), slots=slots)
+                   workers=args.workers, progress=open_bar(0, args.quiet), slots=slots,
+                   transfer=getattr(args, "transfer", None) or "auto")
 
 
 def _tile_plans(valid, kml_arg: str | None, coverage: str):

@@ -10,6 +10,10 @@ read twice. A body that is short, long or altered is thrown away and fetched aga
 checksum) are retried with the shared :class:`~cdse_dem.retry.Backoff`; those it cannot (no
 CCM access, a refused token, 404) end at once with one line saying what to do.
 
+The same loop (:func:`fetch_file`, :func:`get_json`) serves the single files and listings of
+the Nodes API (:mod:`cdse_dem.nodes`), with a length but no checksum to verify as bytes arrive;
+each request holds one of the account's connection slots (``slot``), never the waits between.
+
 A ``stop`` event aborts promptly even in the middle of a stalled body: a small watcher shuts
 the socket down, which wakes the blocked read at once (checking between chunks alone
 would wait for the next chunk, or for the read timeout). The same watcher abandons a body
@@ -22,11 +26,13 @@ transfers still running (the geocell is left for the next run).
 
 import hashlib
 import logging
+import os
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
@@ -48,6 +54,7 @@ STALL_WINDOW = 30.0  # seconds over which the floor is measured
 STALL_SILENCE = 30.0  # seconds without a byte (also the read timeout of the request itself)
 MAX_STALLS = 3  # a product that stalls this often fails: the server is not going to send it
 _MAX_ERROR_BODY = 64 * 1024
+MAX_JSON_BYTES = 4 * 1024 * 1024  # a Nodes listing is a few kB; more is not a listing
 _WATCH_INTERVAL = 0.2  # seconds; how late the stop watcher may notice a stop
 MAX_REDIRECTS = 3  # between CDSE's own download hosts; more is a loop
 # Answers that mean this tool built a wrong request (CDSE's documented download errors).
@@ -153,7 +160,7 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
                      backoff: Backoff | None = None, on_bytes: Callable[[int], None] | None = None,
                      stop: threading.Event | None = None, stall: StallLimits | None = None,
                      timeout: tuple[float, float] | None = None,
-                     clock: Callable[[], float] = time.monotonic) -> DownloadResult:
+                     clock: Callable[[], float] = time.monotonic, slot=None) -> DownloadResult:
     """Fetch ``product``'s zip into ``dest_dir`` (verified) and say where it is.
 
     ``on_bytes`` is told of every chunk written; when a try fails after some bytes, it gets
@@ -162,14 +169,85 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
     start), DownloadCancelled (``stop`` set), DiskFull, or DownloadFailed; the temporary
     file is removed in every such case.
     """
+    label = f"{product.name} ({product.id})" if product.name else product.id
+    expect = Expected(product.content_length, product.md5, product.blake3)
+    fetched = fetch_file(endpoints.product_url(product.id), Path(dest_dir), f"{product.id}.zip", session, http,
+                         endpoints, label=label, expect=expect, backoff=backoff, on_bytes=on_bytes, stop=stop,
+                         stall=stall, timeout=timeout, clock=clock, slot=slot)
+    return DownloadResult(product.id, fetched.path, fetched.bytes, fetched.attempts, fetched.seconds)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a body must be, as far as it is known before it arrives: length and digests."""
+
+    length: int | None = None
+    md5: str | None = None
+    blake3: str | None = None
+
+
+@dataclass
+class Fetched:
+    path: Path  # under a temporary name in the destination folder: the caller renames or deletes it
+    bytes: int
+    attempts: int  # requests made, the one that succeeded included
+    seconds: float
+    request_seconds: float = 0.0  # the request that succeeded, from its slot to its last byte
+
+
+def fetch_file(url: str, dest_dir: Path, final_name: str, session, http, endpoints, *, label: str,
+               expect: Expected | None = None, backoff: Backoff | None = None,
+               on_bytes: Callable[[int], None] | None = None, stop: threading.Event | None = None,
+               stall: StallLimits | None = None, timeout: tuple[float, float] | None = None,
+               clock: Callable[[], float] = time.monotonic, first: bool = True, durable: bool = False,
+               slot=None) -> Fetched:
+    """Stream ``url`` from the download host into a temporary for ``final_name`` in ``dest_dir``.
+
+    The one download loop of the tool (whole zips and single node files): the token, its
+    refresh on a 401, redirects between CDSE's download hosts, retries with backoff, stalls,
+    ``stop``, the time budget, progress and the length and digests of ``expect`` checked as
+    bytes arrive. ``first`` (the first request for a geocell) makes a spent time budget refuse
+    to start; ``durable`` fsyncs the file (it is to be renamed into place, not unpacked);
+    ``slot`` (a context manager taking one of the account's connections) is held for each
+    request, never during the waits between tries. Raises as :func:`download_product` does.
+    """
+    expect = expect or Expected()
+
+    def receive(reply, watch, label):
+        return _receive(reply, expect, Path(dest_dir), final_name, on_bytes, watch, label, durable)
+
+    began = time.monotonic()
+    (path, size), attempts, request = _with_retries(url, session, http, endpoints, receive, label=label,
+                                                    backoff=backoff, stop=stop, stall=stall, timeout=timeout,
+                                                    clock=clock, first=first, slot=slot)
+    return Fetched(path, size, attempts, time.monotonic() - began, request)
+
+
+def get_json(url: str, session, http, endpoints, *, label: str, backoff: Backoff | None = None,
+             stop: threading.Event | None = None, stall: StallLimits | None = None,
+             timeout: tuple[float, float] | None = None, clock: Callable[[], float] = time.monotonic,
+             first: bool = False, max_bytes: int = MAX_JSON_BYTES, slot=None):
+    """A small JSON answer of the download host (a Nodes listing), with the same token,
+    redirects, retries, stall and stop handling as a download, and how long its request took
+    (slot waits excluded). A body that is not JSON raises DownloadFailed."""
+    def receive(reply, watch, label):
+        return _read_json(reply, max_bytes, watch, label)
+
+    body, _, seconds = _with_retries(url, session, http, endpoints, receive, label=label, backoff=backoff,
+                                     stop=stop, stall=stall, timeout=timeout, clock=clock, first=first, slot=slot)
+    return body, seconds
+
+
+def _with_retries(url, session, http, endpoints, receive, *, label, backoff, stop, stall, timeout, clock, first,
+                  slot=None):
+    """Requests ``url`` until ``receive`` accepts a 200 answer.
+
+    Returns its result, the requests made, and the seconds of the one that succeeded."""
     backoff = backoff or Backoff()
     stall = stall or StallLimits()
     timeout = timeout or (10.0, stall.silence)
-    url = endpoints.product_url(product.id)
     if not endpoints.is_download_host(url):  # the token goes to the download host only
         raise DownloadFailed(f"refusing to send the access token to {_origin(url)} (not the download host)")
-    label = f"{product.name} ({product.id})" if product.name else product.id
-    began = time.monotonic()
     delays = backoff.delays()
     requests_made = 0
     tries = 0  # failures counted against the backoff: a 401 refresh is not one
@@ -179,13 +257,17 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
     watch = _Watch(stop, stall, clock, getattr(session, "out_of_time", None))
     while True:
         _raise_if_stopped(stop, label)
-        if requests_made == 0 and not session.may_start():
+        if first and requests_made == 0 and not session.may_start():
             raise BudgetExhausted(f"the time budget is spent: {label} not started")
-        token = session.access_token()
         requests_made += 1
+        token = None
         try:
-            zip_path, size = _attempt(product, url, token, Path(dest_dir), http, on_bytes, watch, timeout, label,
-                                      endpoints)
+            with slot if slot is not None else nullcontext():
+                _raise_if_stopped(stop, label)
+                token = session.access_token()
+                sent = time.monotonic()
+                result = _attempt(url, token, http, receive, watch, timeout, label, endpoints)
+                seconds = time.monotonic() - sent
         except _Redirect as redirect:
             redirects += 1
             if redirects > MAX_REDIRECTS:
@@ -219,12 +301,11 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
                         label, failure.problem, delay, tries + 1, backoff.attempts)
             _pause(delay, stop, label)
             continue
-        return DownloadResult(product.id, zip_path, size, requests_made, time.monotonic() - began)
+        return result, requests_made, seconds
 
 
-def _attempt(product, url, token, dest_dir, http, on_bytes, watch, timeout, label,
-             endpoints) -> tuple[Path, int]:
-    """One GET: the verified zip on 200, else the exception that says what to do next."""
+def _attempt(url, token, http, receive, watch, timeout, label, endpoints):
+    """One GET: what ``receive`` makes of a 200 answer, else the exception that says what to do next."""
     import requests
 
     headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
@@ -240,7 +321,7 @@ def _attempt(product, url, token, dest_dir, http, on_bytes, watch, timeout, labe
     with reply:
         status = reply.status_code
         if status == 200:
-            return _receive(product, reply, dest_dir, on_bytes, watch, label)
+            return receive(reply, watch, label)
         code, message, trace = _error_body(reply, watch.stop, label)
         detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if 300 <= status < 400:
@@ -265,21 +346,22 @@ def _attempt(product, url, token, dest_dir, http, on_bytes, watch, timeout, labe
         raise DownloadFailed(f"CDSE refused {label}: {detail}")
 
 
-def _receive(product, reply, dest_dir: Path, on_bytes, watch, label) -> tuple[Path, int]:
+def _receive(reply, expect: Expected, dest_dir: Path, final_name: str, on_bytes, watch,
+             label, durable: bool = False) -> tuple[Path, int]:
     """Stream a 200 body into a temporary file, checking length and checksums as bytes arrive."""
     import requests
 
-    expected = product.content_length
+    expected = expect.length
     announced = _int_or_none(reply.headers.get("Content-Length"))
     encoded = reply.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
     if announced is not None and not encoded:
         if expected is not None and announced != expected:
-            raise _Retry(f"the server announces {announced} bytes, the catalogue {expected}")
+            raise _Retry(f"the server announces {announced} bytes, {expected} are expected")
         expected = announced
-    md5 = hashlib.md5(usedforsecurity=False) if product.md5 else None
-    b3 = _blake3() if product.blake3 else None
+    md5 = hashlib.md5(usedforsecurity=False) if expect.md5 else None
+    b3 = _blake3() if expect.blake3 else None
 
-    temp, handle = create_temp_in(dest_dir, f"{product.id}.zip")
+    temp, handle = create_temp_in(dest_dir, final_name)
     received = reported = 0
     stop = watch.stop
     watcher = _Watcher(watch, reply)
@@ -300,14 +382,17 @@ def _receive(product, reply, dest_dir: Path, on_bytes, watch, label) -> tuple[Pa
                     reported += len(chunk)
                 if expected is not None and received > expected:
                     raise _Retry(f"more than the {expected} bytes announced")
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         watcher.raise_if_fired(label)  # the body was cut short by us, whatever it looks like
         if expected is not None and received != expected:
             _raise_if_stopped(stop, label)
             raise _Retry(f"connection dropped after {received} of {expected} bytes")
-        if md5 is not None and md5.hexdigest() != product.md5.strip().lower():
-            raise _Retry(f"MD5 mismatch ({md5.hexdigest()} received, {product.md5} in the catalogue)")
-        if b3 is not None and b3.hexdigest() != product.blake3.strip().lower():
-            raise _Retry(f"BLAKE3 mismatch ({b3.hexdigest()} received, {product.blake3} in the catalogue)")
+        if md5 is not None and md5.hexdigest() != expect.md5.strip().lower():
+            raise _Retry(f"MD5 mismatch ({md5.hexdigest()} received, {expect.md5} in the catalogue)")
+        if b3 is not None and b3.hexdigest() != expect.blake3.strip().lower():
+            raise _Retry(f"BLAKE3 mismatch ({b3.hexdigest()} received, {expect.blake3} in the catalogue)")
         ok = True
         return temp, received
     except (requests.RequestException, ConnectionError, TimeoutError) as exc:
@@ -327,6 +412,44 @@ def _receive(product, reply, dest_dir: Path, on_bytes, watch, label) -> tuple[Pa
             remove_quietly(temp)
             if reported and on_bytes is not None:
                 on_bytes(-reported)
+
+
+def _read_json(reply, max_bytes: int, watch, label):
+    """A whole, bounded JSON body, watched as a download is; a cut one is retried, one that is
+    not JSON is refused (its text scrubbed of our secrets)."""
+    import json
+
+    import requests
+
+    watcher = _Watcher(watch, reply)
+    raw = bytearray()
+    try:
+        for chunk in _chunks(reply):
+            watcher.meter.add(len(chunk), watch.clock())
+            watcher.raise_if_fired(label)
+            raw += chunk
+            if len(raw) > max_bytes:
+                break
+        watcher.raise_if_fired(label)  # the body was cut short by us, whatever it looks like
+        announced = _int_or_none(reply.headers.get("Content-Length"))
+        if announced is not None and len(raw) < announced:
+            _raise_if_stopped(watch.stop, label)
+            raise _Retry(f"connection dropped after {len(raw)} of {announced} bytes")
+    except (requests.RequestException, ConnectionError, TimeoutError) as exc:
+        _raise_if_stopped(watch.stop, label)
+        watcher.raise_if_fired(label)
+        if _is_read_timeout(exc):
+            raise _Stalled(f"transfer stalled: no byte for {watcher.meter.limits.silence:g} s") from None
+        raise _Retry(f"connection dropped during the answer ({type(exc).__name__})") from None
+    finally:
+        watcher.close()
+    if len(raw) > max_bytes:
+        raise DownloadFailed(f"{label}: the answer is larger than {max_bytes:,} bytes")
+    try:
+        return json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        text = " ".join(scrub(bytes(raw).decode("utf-8", "replace")).split())[:80]
+        raise DownloadFailed(f"{label}: the answer is not JSON ({text!r})") from None
 
 
 def _chunks(reply):

@@ -10,7 +10,14 @@ starts; those left are reported for the next run.
 Other runs may fill the same folder with the same account at once (``cdse_dem.locks``): a
 geocell is fetched under its lock file in the output folder, and is looked up in the JSON
 again once that lock is ours, so a geocell another run fetched meanwhile is taken as present;
-each download holds one of the account's connection slots on this machine.
+each request on the download host holds one of the account's connection slots on this machine.
+
+With the Nodes API (``--transfer auto``/``nodes``, :mod:`cdse_dem.nodes`), a geocell is first
+located by a few small listings in a pool of their own, so that they never hold a download
+worker; each listing takes one of the connection slots for its own request only (the quota
+counts it as a connection). The worker then streams the DEM file alone under the geocell's
+lock, checks it, renames it into place and records it.
+A product whose Nodes transfer fails goes the zip way (``auto``, :mod:`cdse_dem.transfer`).
 """
 
 import logging
@@ -27,6 +34,10 @@ from cdse_dem.plan import DOWNLOADED, FAILED, PRESENT, CellState
 
 log = logging.getLogger(__name__)
 EXTRACT_THREADS = 2
+# Nodes walks in flight (4 small listings each, one after the other). Every listing takes one of
+# the account's connections (``--workers`` slots, shared with the downloads: CDSE's quota counts
+# them alike) for its own request only, so more walks would only wait for slots.
+LISTING_THREADS = 4
 
 
 @dataclass
@@ -45,14 +56,22 @@ class Fetcher:
     """
 
     def __init__(self, *, open_session: Callable[[], object], http, endpoints, out_dir: Path, cache,
-                 workers: int, progress=None, slots: locks.SlotPool | None = None):
+                 workers: int, progress=None, slots: locks.SlotPool | None = None, transfer: str = "auto"):
+        from cdse_dem.connections import ConnectionSlot
+        from cdse_dem.transfer import TransferChoice
+
         self._open_session = open_session
+        self.transfer = TransferChoice(transfer)
+        self._nodes = None  # a NodeClient, once logged in
+        self._listings: ThreadPoolExecutor | None = None
         self._http, self._endpoints, self._out_dir, self._cache = http, endpoints, out_dir, cache
         self._workers = workers
         self.progress = progress
-        self._slots = slots  # the account's connections on this machine, shared with other runs
         self.session = None
         self.stop = threading.Event()
+        # one per request on the download host: this run's ``workers``, and the account's connections
+        # on this machine (``slots``), shared with its other runs
+        self._slots = ConnectionSlot(workers, slots, stop=self.stop)
         self.outcome = FetchOutcome()
         self._lock = threading.Lock()
         self._futures: list[Future] = []  # downloads and extractions not yet seen done
@@ -71,13 +90,21 @@ class Fetcher:
             self.session = self._open_session()
             self._downloads = ThreadPoolExecutor(self._workers, thread_name_prefix="download")
             self._extracts = ThreadPoolExecutor(EXTRACT_THREADS, thread_name_prefix="extract")
+            self._listings = ThreadPoolExecutor(LISTING_THREADS, thread_name_prefix="nodes")
+            from cdse_dem.nodes import NodeClient
+
+            self._nodes = NodeClient(self.session, self._http, self._endpoints, stop=self.stop, slot=self._slots,
+                                     wanted=self.transfer.use_nodes)
         if self.progress is not None:
             self.progress.total = (self.progress.total or 0) + sum(c.product.content_length or 0 for c in new)
             self.progress.refresh()
         for state in new:
             self._submitted.add(id(state))
             self.outcome.submitted += 1
-            future = self._downloads.submit(self._download, state)
+            if self.transfer.use_nodes():
+                future = self._listings.submit(self._locate, state)
+            else:
+                future = self._downloads.submit(self._download, state)
             self._download_futures.append(future)
             self._track(future)
 
@@ -98,6 +125,7 @@ class Fetcher:
             self.abort()
             raise
         self._shutdown()
+        self.transfer.report()
         return self.outcome
 
     def abort(self) -> None:
@@ -109,7 +137,7 @@ class Fetcher:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        for pool in (self._downloads, self._extracts):
+        for pool in (self._listings, self._downloads, self._extracts):  # each feeds the next
             if pool is not None:
                 pool.shutdown(wait=True)
         if self.session is not None:
@@ -131,7 +159,78 @@ class Fetcher:
         with self._lock:
             self.outcome.left.append(state.file_name)
 
-    def _download(self, state: CellState) -> None:
+    def _locate(self, state: CellState) -> None:
+        """The Nodes walk of one geocell, then its download queued (the file, or the zip on failure)."""
+        from cdse_dem.nodes import NodesFailed
+
+        if self.stop.is_set():
+            return
+        located = None
+        if self.transfer.use_nodes():
+            try:
+                located = self._nodes.locate_dem(state.product, state.file_name)
+            except NodesFailed as exc:
+                if not self._nodes_failed(state, exc):
+                    return
+            except DemError as exc:
+                self._give_up(state, exc)
+                return
+        if located is not None:
+            self._retotal(located.node.content_length - (state.product.content_length or 0))
+        future = self._downloads.submit(self._download, state, located)
+        with self._lock:
+            self._download_futures.append(future)
+        self._track(future)
+
+    def _give_up(self, state: CellState, exc: DemError) -> None:
+        """A geocell that cannot be fetched now: left for the next run, the end of the run, or failed."""
+        if isinstance(exc, BudgetExhausted):
+            self._left(state)
+        elif isinstance(exc, (AccessDenied, DiskFull)):
+            self._stop_all(state, exc)
+        elif not self.stop.is_set():
+            state.status, state.error = FAILED, str(exc)
+            log.error("%s: %s", state.file_name, exc)
+
+    def _nodes_failed(self, state: CellState, exc: DemError) -> bool:
+        """A Nodes failure: True when the product goes on as a zip, False when the geocell failed."""
+        if self.transfer.falls_back:
+            self.transfer.node_failed(state.file_name, str(exc))
+            return True
+        self._give_up(state, exc)
+        return False
+
+    def _retotal(self, delta: int) -> None:
+        """The progress total counts the bytes that will really come: a node file, not its zip."""
+        if self.progress is not None and delta:
+            with self._lock:
+                self.progress.total = max((self.progress.total or 0) + delta, 0)
+            self.progress.refresh()
+
+    def _fetch_node(self, state: CellState, located) -> bool:
+        """The DEM file alone, checked and renamed into place, then recorded; False: go the zip way."""
+        from cdse_dem.geocells import geocell_of_name
+        from cdse_dem.nodes import NodesFailed
+
+        _, resolution = geocell_of_name(state.file_name)
+        node = located.node
+        try:
+            got = self._nodes.fetch_dem(node, self._out_dir, state.file_name, cell=state.geocell, resolution=resolution,
+                                        on_bytes=self.progress.update if self.progress else None)
+        except NodesFailed as exc:
+            if self._nodes_failed(state, exc):
+                self._retotal((state.product.content_length or 0) - node.content_length)
+                return False
+            return True
+        self._cache.record(state.file_name, state.product.id)
+        state.status, state.file, state.bytes = DOWNLOADED, str(got.path), got.bytes
+        with self._lock:
+            self.outcome.bytes += got.bytes
+        log.info("DEM %s downloaded (Nodes) and stored", got.path.name)
+        self.transfer.node_fetched(state.product.content_length, got.bytes, located.listing_seconds, got.seconds)
+        return True
+
+    def _download(self, state: CellState, located=None) -> None:
         """Fetch one geocell under its lock; the lock passes to the extraction, which releases it."""
         if self.stop.is_set():
             return
@@ -153,12 +252,12 @@ class Fetcher:
             log.info("Took over the lock of %s left by %s: that run is gone", state.file_name, cell_lock.took_over)
         handed_over = False
         try:
-            handed_over = self._download_locked(state, cell_lock)
+            handed_over = self._download_locked(state, cell_lock, located)
         finally:
             if not handed_over:
                 cell_lock.release()
 
-    def _fetched_meanwhile(self, state: CellState) -> bool:
+    def _fetched_meanwhile(self, state: CellState, located=None) -> bool:
         """Whether another run completed this geocell, with this run's product, since the plan was
         made (read under its lock)."""
         from cdse_dem.integrity import dem_problem
@@ -171,55 +270,41 @@ class Fetcher:
             return False  # the damaged file the plan already decided to fetch again
         state.status, state.product_id = PRESENT, self._cache.product_id(state.file_name)
         log.info("%s was fetched by another run meanwhile: present", state.file_name)
-        if self.progress is not None and state.product.content_length:
-            self.progress.total = max(0, (self.progress.total or 0) - state.product.content_length)
-            self.progress.refresh()
+        self._retotal(-(located.node.content_length if located is not None else state.product.content_length or 0))
         return True
 
-    def _download_locked(self, state: CellState, cell_lock: locks.LockFile) -> bool:
-        """True when the extraction was queued (it then owns ``cell_lock``)."""
-        from cdse_dem.download import download_product
-
-        if self._fetched_meanwhile(state):
+    def _download_locked(self, state: CellState, cell_lock: locks.LockFile, located=None) -> bool:
+        """True when the extraction was queued (it then owns ``cell_lock``); a node file is
+        renamed into place and recorded here, under the lock."""
+        if self._fetched_meanwhile(state, located):
             return False
         if not self.session.may_start():
             self._left(state)
             return False
-        slot = None
-        if self._slots is not None:
-            slot = self._slots.acquire(stop=self.stop, on_wait=lambda: log.debug(
-                "Every download connection of the account is in use: %s waits", state.file_name))
-            if slot is None:
-                return False
-        try:
-            result = self._fetch(state, download_product)
-        finally:
-            if slot is not None:
-                slot.release()
+        result = self._fetch(state, located)
         if result is None:
             return False
         # the extraction pool closes after the download pool, so this submit always lands
         self._track(self._extracts.submit(self._extract, state, result, cell_lock))
         return True
 
-    def _fetch(self, state: CellState, download_product):
+    def _fetch(self, state: CellState, located=None):
+        """The node file, in place and recorded (None), or the verified zip to extract; None too
+        when the geocell failed or was left."""
+        from cdse_dem.download import download_product
+
         with self._lock:
             self._started += 1
             number = self._started
         log.info("Processing file n %d: %s", number, state.file_name)
         try:
+            if located is not None and self._fetch_node(state, located):
+                return None
             result = download_product(state.product, self._out_dir, self.session, self._http, self._endpoints,
-                                      on_bytes=self.progress.update if self.progress else None, stop=self.stop)
-        except BudgetExhausted:
-            self._left(state)
-            return None
-        except (AccessDenied, DiskFull) as exc:
-            self._stop_all(state, exc)
-            return None
+                                      on_bytes=self.progress.update if self.progress else None, stop=self.stop,
+                                      slot=self._slots)
         except DemError as exc:
-            if not self.stop.is_set():
-                state.status, state.error = FAILED, str(exc)
-                log.error("%s: %s", state.file_name, exc)
+            self._give_up(state, exc)
             return None
         log.info("File %s downloaded", state.product.id)
         return result

@@ -45,11 +45,13 @@ def expected_shape(cell: Geocell, resolution: int) -> tuple[int, int]:
     return _ROWS[resolution], columns
 
 
-def dem_problem(path: Path, *, resolution: int | None = None, cell: Geocell | None = None) -> str | None:
+def dem_problem(path: Path, *, resolution: int | None = None, cell: Geocell | None = None,
+                suffix: str | None = None) -> str | None:
     """None when ``path`` is a whole DEM of its cell; otherwise why not, in a few words.
 
     The cell and resolution come from the file name unless given; the format from its
-    suffix (``_DEM.tif`` GeoTIFF, ``_DEM.dt1``/``.dt2`` DTED).
+    suffix (``_DEM.tif`` GeoTIFF, ``_DEM.dt1``/``.dt2`` DTED) unless ``suffix`` is given
+    (a file still under its temporary name, checked before it is renamed into place).
     """
     path = Path(path)
     named = geocell_of_name(path.name)
@@ -68,7 +70,7 @@ def dem_problem(path: Path, *, resolution: int | None = None, cell: Geocell | No
         return "not a regular file"
     if size == 0:
         return "empty"
-    suffix = path.suffix.lower()
+    suffix = (suffix or path.suffix).lower()
     try:
         if suffix in (".tif", ".tiff"):
             return _geotiff_problem(path, size, cell, resolution)
@@ -78,7 +80,7 @@ def dem_problem(path: Path, *, resolution: int | None = None, cell: Geocell | No
             return _dted_problem(path, size, cell, resolution)
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
-    return f"not a DEM file type ({path.suffix or 'no suffix'})"
+    return f"not a DEM file type ({suffix or 'no suffix'})"
 
 
 def is_whole_dem(path: Path, **kwargs) -> bool:

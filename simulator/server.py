@@ -54,7 +54,7 @@ class Services:
         self.download_url = ""
         self._slots_lock = threading.Lock()
         self._slots: dict[str, int] = {}
-        self.peak_downloads: dict[str, int] = {}  # most $value requests of one user in flight at once
+        self.peak_downloads: dict[str, int] = {}  # most $value and Nodes requests of one user in flight at once
         self._connections_lock = threading.Lock()
         self.connections: set[socket.socket] = set()
 
@@ -369,6 +369,7 @@ class Handler(BaseHTTPRequestHandler):
         services = self.services
         if not self._take_slot(user):
             return
+        self.slot_user = user  # given back by _complete(), as for $value, or below if the reply never completes
         try:
             if self._download_error():
                 return
@@ -389,7 +390,9 @@ class Handler(BaseHTTPRequestHandler):
             self._stream(node.name, node.size, lambda: open_member(meta.path, node.member),
                          "application/octet-stream", sendfile=False)
         finally:
-            services.release_slot(user)
+            if self.slot_user is not None:
+                self.slot_user = None
+                services.release_slot(user)
 
     def _file_headers(self, content_type: str, length: int, filename: str) -> None:
         """The answer to HEAD on a file: its headers, no body."""

@@ -86,8 +86,14 @@ def served_dem(sim, product_id: str) -> tuple[str, bytes]:
 
 
 def downloads(sim) -> list:
-    """The download-host requests of the simulator's log."""
-    return [r for r in sim.request_log() if r.server == "download"]
+    """The file transfers of the simulator's log: ``$value`` requests of the download host, a whole zip
+    or a single file of the Nodes API (its listings are not transfers: see ``listings``)."""
+    return [r for r in sim.request_log() if r.server == "download" and r.path.endswith("/$value")]
+
+
+def listings(sim) -> list:
+    """The Nodes listings of the simulator's log."""
+    return [r for r in sim.request_log() if r.server == "download" and r.path.endswith("/Nodes")]
 
 
 def logins(sim) -> list:

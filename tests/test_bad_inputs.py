@@ -552,7 +552,7 @@ def test_disk_full_while_extracting(world, tmp_path, mounts):
     keep = disk / "keep.txt"
     keep.write_text("already here\n")
     world.snapshot(keep)
-    result = world.run("--t", "32UMA", "--o", disk, "--workers", "1")
+    result = world.run("--t", "32UMA", "--o", disk, "--workers", "1", "--transfer", "zip")  # zip, then extraction
     assert result.returncode == 1, result.output
     assert error_messages(result.stderr) == [f"no space left to write in {disk} (No space left on device)"]
     assert dem_files(disk) == {}  # nothing half-written under a final name

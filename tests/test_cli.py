@@ -11,7 +11,7 @@ from tests.helpers import DEMO_PASSWORD, DEMO_USER, downloads, logins, run_cli
 OPTIONS = ["--config", "--r", "-r", "--resolution", "--m", "-m", "--model", "--o", "-o", "--output", "--i", "-i",
            "--input", "--t", "-t", "--tile", "--reset", "--yes", "-d", "--delivery", "--collection", "--dry-run",
            "--workers", "--max-minutes", "--summary-json", "-v", "--verbose", "-q", "--quiet", "--log-file",
-           "--version", "--kml", "--kml-report"]
+           "--version", "--kml", "--kml-report", "--transfer"]
 
 
 def test_help_opens_with_the_version_line_and_lists_every_option():

@@ -42,12 +42,16 @@ class Run:
 
 
 def run_tile(sim, tmp_path, *args, env=None) -> Run:
-    """The tool on TILE into a fresh folder, with --summary-json and --log-file."""
+    """The tool on TILE into a fresh folder, with --summary-json and --log-file.
+
+    Whole zips (``--transfer zip``) unless ``args`` say otherwise: this table is the zip path's,
+    checksums included; the Nodes path and its fallback are tested in test_nodes_transfer.py."""
     out, summary, log_file = tmp_path / "dem", tmp_path / "summary.json", tmp_path / "run.log"
     for old in (summary, log_file):
         old.unlink(missing_ok=True)
     sim.clear_log()
-    result = run_cli("--t", TILE, "--o", out, "--summary-json", summary, "--log-file", log_file, *args,
+    transfer = () if "--transfer" in args else ("--transfer", "zip")
+    result = run_cli("--t", TILE, "--o", out, "--summary-json", summary, "--log-file", log_file, *transfer, *args,
                      env=env or cli_env(sim))
     records = sim.request_log()
     assert "Traceback" not in result.output

@@ -338,7 +338,8 @@ def test_a_signal_while_the_catalogue_is_slow_sends_no_further_search(hostile, t
 def test_a_second_signal_during_cleanup_leaves_no_temporary_and_no_traceback(hostile, tool_home, tmp_path):
     hostile.mode = h.TRICKLE
     out = tmp_path / "dem"
-    proc = _start(hostile, tmp_path, "--t", TILE, "--o", str(out))
+    # whole zips: this server trickles Nodes listings too, and a listing has no temporary file to watch for
+    proc = _start(hostile, tmp_path, "--t", TILE, "--o", str(out), "--transfer", "zip")
     _wait_for(lambda: out.is_dir() and any(p.name.startswith(".") for p in out.iterdir()), proc,
               "a download under way")
     proc.send_signal(signal.SIGINT)

@@ -99,9 +99,10 @@ def assert_clean(result: Result) -> None:
 
 
 def downloaded(sim, since: int) -> list[str]:
-    """Product ids the download host served since request ``since`` of the log."""
+    """Product ids the download host served a file of (a zip, or a node file: not a listing) since
+    request ``since`` of the log."""
     return [r.path.split("(")[1].split(")")[0] for r in sim.request_log()[since:]
-            if r.server == "download" and r.status == 200]
+            if r.server == "download" and r.status == 200 and r.path.endswith("/$value")]
 
 
 def run_as_pid(args: list, env: dict, plant) -> Result:

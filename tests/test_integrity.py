@@ -146,3 +146,18 @@ def test_a_dted_of_another_cell_or_level_is_rejected(tmp_path):
     assert "not S09_E026" in dem_problem(path)
     wrong_level = path.rename(tmp_path / "Copernicus_DSM_30_S09_00_E026_00_DEM.dt2")
     assert dem_problem(wrong_level) == "a .dt2 file at 90 m (expected .dt1)"
+
+
+@pytest.mark.parametrize("keep", [None, 3_000_000, 300])
+def test_a_node_file_under_its_temporary_name_is_checked_as_the_format_given(tmp_path, keep):
+    """A file from the Nodes API is checked before its rename: the temporary name says nothing."""
+    whole = _sim_geotiff(tmp_path / "whole.tif", Geocell(43, 2), 1201, 1201).read_bytes()
+    temp = tmp_path / ".Copernicus_DSM_30_N43_00_E002_00_DEM.tif.123-abcdef01.cdse-tmp"
+    temp.write_bytes(whole if keep is None else whole[:keep])
+    assert "not a DEM file type" in dem_problem(temp, resolution=90, cell=Geocell(43, 2))
+    problem = dem_problem(temp, resolution=90, cell=Geocell(43, 2), suffix=".tif")
+    if keep is None:
+        assert problem is None
+    else:  # cut in the image data, or inside the header (before the strip offsets are whole)
+        assert problem in ("truncated (3,000,000 bytes: image data reaches past the end)",
+                           "a TIFF without image data")

@@ -27,7 +27,8 @@ def test_soak_every_geocell_ends_whole_and_verified(make_sim, tool_home, tmp_pat
     reference = make_sim()  # same products, no faults, no cap: where the expected bytes come from
     out, summary_path, log_file = tmp_path / "dem", tmp_path / "summary.json", tmp_path / "soak.log"
     args = [arg for tile in TILES for arg in ("--t", tile)]
-    result = run_cli(*args, "--o", out, "--summary-json", summary_path, "--log-file", log_file,
+    # whole zips: corrupted bodies are among the faults, and only a zip has a checksum to catch them
+    result = run_cli(*args, "--o", out, "--summary-json", summary_path, "--log-file", log_file, "--transfer", "zip",
                      env=cli_env(sim), timeout=300)
     records = sim.request_log()
     assert result.returncode == 0, result.output[-5000:]
