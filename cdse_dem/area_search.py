@@ -41,8 +41,9 @@ def search_all(plan: plan_mod.Plan, catalogue, dataset_text: str, fetcher, threa
         for _, results, error in answers(work, areas, threads, catalogue.stop):
             if error is not None:
                 raise error  # a bug, not a service failure: _search turns those into results
+            # the results are the leaves of the area's halving: n answers took 2n - 1 searches
+            searches += 2 * len(results) - 1
             for area, answer, failure in results:
-                searches += 1
                 if failure is not None:
                     _failed(plan, tiles, area, str(failure))
                     continue

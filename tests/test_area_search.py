@@ -11,8 +11,13 @@ from cdse_dem.geocells import Geocell
 TEXT = dataset_filter("CCM", 90, "DGED", "2024_1")
 
 
+def pid(cell: Geocell) -> str:
+    """A product Id of the characters CDSE's UUIDs use (the client refuses any other: it goes into a URL)."""
+    return "id-" + cell.grid_id.replace("_", "-")
+
+
 def rec(cell: Geocell) -> dict:
-    return {"Id": f"id-{cell.grid_id}", "Name": f"{cell.grid_id}.DEM", "ContentLength": 10,
+    return {"Id": pid(cell), "Name": f"{cell.grid_id}.DEM", "ContentLength": 10,
             "Footprint": "", "Attributes": [{"Name": "gridId", "Value": cell.grid_id},
                                              {"Name": "dataset", "Value": "COP-DEM_GLO-90-DGED/2024_1"}]}
 
@@ -72,8 +77,8 @@ def test_land_found_sea_decided_neighbours_dropped_and_downloads_fed():
     searches = search_all(plan, FakeCatalogue(land), TEXT, fetcher, threads=2)
     assert searches == 1
     status = {c.grid_id: (s.status, s.product_id) for c, s in plan.cells.items()}
-    assert status == {"N10_E010": ("planned", "id-N10_E010"), "N10_E011": ("sea", None),
-                      "N11_E011": ("planned", "id-N11_E011")}
+    assert status == {"N10_E010": ("planned", "id-N10-E010"), "N10_E011": ("sea", None),
+                      "N11_E011": ("planned", "id-N11-E011")}
     assert sorted(c for batch in fetcher.added for c in batch) == cells((10, 10), (11, 11))
 
 

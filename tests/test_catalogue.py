@@ -1,5 +1,7 @@
 """Catalogue queries, product records and the choice among products: the pure core."""
 
+import json
+
 import pytest
 
 from cdse_dem.catalogue import Product, choose, parse_product, product_filter
@@ -94,13 +96,21 @@ def test_choose_drops_touching_neighbours_and_picks_one_per_cell_deterministical
 
 
 class _Reply:
+    """A 200 answer as the catalogue reads it: streamed (its size is capped as it is read)."""
+
     status_code = 200
 
     def __init__(self, body):
         self.body, self.headers = body, {}
 
-    def json(self):
-        return self.body
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return None
+
+    def iter_content(self, chunk_size=1):
+        yield json.dumps(self.body).encode()
 
 
 class _PagedHttp:
@@ -109,7 +119,7 @@ class _PagedHttp:
     def __init__(self, next_link, pages=3):
         self.next_link, self.pages, self.urls = next_link, pages, []
 
-    def get(self, url, timeout=None):
+    def get(self, url, timeout=None, stream=False):
         self.urls.append(url)
         n = len(self.urls)
         body = {"value": [record(Id=f"id-{n}")]}
