@@ -131,3 +131,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "real_kml" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("real-kml"))
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_from_earlier_tests():
+    """The secrets a run remembers (to scrub them from output) are process-wide: each test starts
+    with none, so a short token of one test never masks text in another."""
+    from cdse_dem.redact import forget_all
+
+    forget_all()
+    yield
+    forget_all()
