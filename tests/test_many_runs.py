@@ -194,8 +194,8 @@ EIGHT_RUNS = [[TILES[i % len(TILES)], TILES[(i + 1) % len(TILES)]] for i in rang
 
 @pytest.mark.parametrize("tile_sets", [ISSUE_RUNS, EIGHT_RUNS], ids=["3-runs", "8-runs"])
 def test_concurrent_runs_into_one_folder_fetch_each_geocell_once_within_the_account(
-        make_sim, tool_home, tmp_path, tile_sets, capsys, monkeypatch):
-    sim = make_sim(bandwidth=SLOWER)
+        make_sim, shared_data, tool_home, tmp_path, tile_sets, capsys, monkeypatch):
+    sim = make_sim(bandwidth=SLOWER, cells_dir=shared_data)  # the real lists: every cell of the six tiles
     runs = len(tile_sets)
     used = sorted({t for pair in tile_sets for t in pair})
     wanted = expected_names(sim, used, tmp_path, capsys, monkeypatch)

@@ -111,7 +111,7 @@ def test_ccm_has_every_delivery_and_its_attributes(nodup):
     assert all(p["S3Path"].startswith("/eodata/CCM/COP-DEM_GLO-90-DGED/SAR_DGE_90_A407/") for p in found)
 
 
-def test_ccm_records_as_recorded(nodup):
+def test_ccm_records_as_recorded(nodup, shared_data):  # S26_E112: a cell of the real lists only
     found = products(nodup, f"Collection/Name eq 'CCM' and {attr('gridId', 'S26_E112')} and "
                             f"{attr('productType', 'SAR_DGE_90_A407')}", expand="Attributes",
                      orderby="PublicationDate asc")

@@ -172,7 +172,7 @@ def eodag_url(sim, filter_, limit, skip, orderby="&$orderby=ContentDate/Start as
 
 @pytest.mark.parametrize("orderby", ["&$orderby=ContentDate/Start asc", "&$orderby=PublicationDate desc", ""],
                          ids=["start-asc", "publication-desc", "no-orderby"])
-def test_eodag_paging_by_skip_with_and_without_orderby(sim, orderby):
+def test_eodag_paging_by_skip_with_and_without_orderby(sim, orderby, shared_data):  # > 80 cells: real lists
     """eodag pages with $skip; CDSE orders nothing unless asked, so only an ordered search is whole."""
     box = [(5.5, 44.5), (16.5, 44.5), (16.5, 54.5), (5.5, 54.5), (5.5, 44.5)]
     filter_ = (f"Collection/Name eq 'CCM' and OData.CSC.Intersects(area=geography'SRID=4326;POLYGON (("
