@@ -83,10 +83,6 @@ def dem_problem(path: Path, *, resolution: int | None = None, cell: Geocell | No
     return f"not a DEM file type ({suffix or 'no suffix'})"
 
 
-def is_whole_dem(path: Path, **kwargs) -> bool:
-    return dem_problem(path, **kwargs) is None
-
-
 def _geotiff_problem(path: Path, size: int, cell: Geocell, resolution: int) -> str | None:
     import tifffile
 

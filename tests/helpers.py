@@ -133,6 +133,11 @@ def check_consistent(out: Path, sim=None) -> dict:
     return record
 
 
+def stored_credentials_env(sim, home: Path, **extra) -> dict:
+    """Stored credentials only (the environment's are blanked), the simulator, this tool home."""
+    return dict(sim.env, CDSE_DEM_HOME=str(home), CDSE_USERNAME="", CDSE_PASSWORD="", **extra)
+
+
 def filled_tool_home(home: Path, env: dict, username: str, password: str, tile: str = "32UMA") -> Path:
     """A tool home with ``username``'s credentials stored for this OS user and ``tile``'s DEMs downloaded
     by a real run (``env``: the simulator's, with the environment's credentials blanked)."""

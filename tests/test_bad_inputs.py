@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from simulator import Faults, SimulatorConfig, User, start_simulator
-from tests.helpers import ENTRY, Result, check_consistent, dem_files, filled_tool_home, run_cli
+from tests.helpers import ENTRY, Result, check_consistent, dem_files, filled_tool_home, run_cli, stored_credentials_env
 
 USER = "matrix.user@example.com"
 SECRET = "Qx7-distinctive-Pa55word-93zk"  # appears nowhere but in the simulator's account and the store
@@ -48,16 +48,11 @@ def matrix_sim(tmp_path_factory):
         yield sim
 
 
-def _env(sim, home: Path) -> dict:
-    """Stored credentials only (the environment's are blanked), the simulator, this tool home."""
-    return dict(sim.env, CDSE_DEM_HOME=str(home), CDSE_USERNAME="", CDSE_PASSWORD="")
-
-
 @pytest.fixture(scope="module")
 def template(matrix_sim, tmp_path_factory) -> Path:
     """A tool home with stored credentials and 32UMA's six DEMs downloaded by a real run."""
     home = tmp_path_factory.mktemp("matrix") / "home"
-    return filled_tool_home(home, _env(matrix_sim, home), USER, SECRET)
+    return filled_tool_home(home, stored_credentials_env(matrix_sim, home), USER, SECRET)
 
 
 @dataclass
@@ -71,7 +66,7 @@ class World:
         return self.home / "output_dir"
 
     def env(self, sim=None) -> dict:
-        return _env(sim or self.sim, self.home)
+        return stored_credentials_env(sim or self.sim, self.home)
 
     def run(self, *args, sim=None) -> Result:
         return run_cli(*args, env=self.env(sim))

@@ -22,7 +22,16 @@ from pathlib import Path
 import pytest
 
 from simulator import SimulatorConfig, User, start_simulator
-from tests.helpers import ENTRY, Result, check_consistent, dem_files, filled_tool_home, log_messages, run_cli
+from tests.helpers import (
+    ENTRY,
+    Result,
+    check_consistent,
+    dem_files,
+    filled_tool_home,
+    log_messages,
+    run_cli,
+    stored_credentials_env,
+)
 
 USER = "hostile.fs@example.com"
 SECRET = "Kd4-hostile-fs-Pa55word-71qv"
@@ -40,14 +49,10 @@ def hsim(tmp_path_factory):
         yield sim
 
 
-def _env(sim, home: Path, **extra) -> dict:
-    return dict(sim.env, CDSE_DEM_HOME=str(home), CDSE_USERNAME="", CDSE_PASSWORD="", **extra)
-
-
 @pytest.fixture(scope="module")
 def template(hsim, tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("hostile") / "home"
-    return filled_tool_home(home, _env(hsim, home), USER, SECRET)
+    return filled_tool_home(home, stored_credentials_env(hsim, home), USER, SECRET)
 
 
 @dataclass
@@ -65,7 +70,7 @@ class World:
         return self.home / "credentials"
 
     def env(self, **extra) -> dict:
-        return _env(self.sim, self.home, **extra)
+        return stored_credentials_env(self.sim, self.home, **extra)
 
     def run(self, *args, **extra) -> Result:
         return run_cli(*args, env=self.env(**extra))
