@@ -16,15 +16,13 @@ only the entries this change is about, so no run's entries are lost whatever the
 
 import json
 import logging
-import os
 import stat
 import threading
-import time
 from pathlib import Path
 
 from cdse_dem import locks
 from cdse_dem.errors import DemError, UsageError
-from cdse_dem.fsutil import NotRegular, atomic_write_json, read_regular
+from cdse_dem.fsutil import NotRegular, atomic_write_json, read_regular, set_aside
 from cdse_dem.paths import JSON_NAME
 
 log = logging.getLogger(__name__)
@@ -151,15 +149,9 @@ def _read(path: Path, *, set_aside: bool = True) -> dict[str, str]:
 
 
 def _set_aside(path: Path, why: str) -> dict[str, str]:
-    """Rename an unusable JSON out of the way (kept for the user to inspect); start empty."""
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
+    """Move an unusable JSON out of the way (kept for the user to inspect); start empty."""
     try:
-        os.replace(path, aside)
+        aside = set_aside(path, "corrupt")
     except OSError as exc:
         raise CacheError(
             f"{path} is unusable ({why}) and cannot be set aside: {exc.strerror or exc}"

@@ -11,14 +11,13 @@ then renamed into place: a file under its final name is always whole.
 """
 
 import logging
-import os
 import stat
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from cdse_dem.errors import DemError
-from cdse_dem.fsutil import create_temp_in, kind_of, raise_if_disk_full, remove_quietly, replace_into_place
+from cdse_dem.fsutil import atomic_writer, kind_of
 from cdse_dem.geocells import geocell_of_name
 
 log = logging.getLogger(__name__)
@@ -113,37 +112,23 @@ def extract_dem(zip_path: Path, out_dir: Path, expected_name: str | None = None)
         _check_member(info, base_name, zip_path)
         final = out_dir / base_name
         try:
-            temp, handle = create_temp_in(out_dir, base_name)
-        except OSError as exc:  # DiskFull passes through: it is a DemError already
-            raise ExtractError(f"cannot write in {out_dir}: {exc.strerror or exc}") from exc
-        try:
-            written = 0
-            with handle, zf.open(info) as src:
+            with atomic_writer(final) as handle, zf.open(info) as src:
+                written = 0
                 while True:
                     chunk = src.read(_CHUNK)  # the CRC is checked when the end is reached
                     if not chunk:
                         break
                     handle.write(chunk)
                     written += len(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if written != info.file_size:
-                raise ExtractError(
-                    f"{info.filename} in {zip_path}: {written} bytes read, {info.file_size} expected"
-                )
-            replace_into_place(temp, final)
+                if written != info.file_size:
+                    raise ExtractError(
+                        f"{info.filename} in {zip_path}: {written} bytes read, {info.file_size} expected"
+                    )
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            remove_quietly(temp)
             raise ExtractError(f"{info.filename} in {zip_path} is damaged ({exc})") from exc
         except (NotImplementedError, RuntimeError) as exc:  # unsupported compression, encryption
-            remove_quietly(temp)
             raise ExtractError(f"cannot extract {info.filename} from {zip_path} ({exc})") from exc
-        except OSError as exc:
-            remove_quietly(temp)
-            raise_if_disk_full(exc, out_dir)
+        except OSError as exc:  # a full disk is DiskFull already, a DemError that passes through
             raise ExtractError(f"cannot write {final}: {exc.strerror or exc}") from exc
-        except BaseException:
-            remove_quietly(temp)
-            raise
     log.debug("Extracted %s from %s", base_name, zip_path)
     return final

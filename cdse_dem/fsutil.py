@@ -21,6 +21,9 @@ import re
 import secrets
 import stat
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -159,17 +162,21 @@ def remove_quietly(path: Path | None) -> None:
         _let_go(path)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data`` all at once (``mode``: exact permissions, e.g. 0o600).
+@contextmanager
+def atomic_writer(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
+    """A binary handle whose bytes replace ``path`` all at once when the block ends without error.
 
-    Raises :class:`DiskFull` when the disk is full, and the OSError itself otherwise; in
-    every case the old file is untouched and no temporary is left behind.
+    The one way the tool writes a file: a temporary in the same folder (``mode``: its exact
+    permissions from the first byte, e.g. 0o600), fsynced, renamed over ``path``. An exception
+    in the block (a failed check of what was written, Ctrl-C) or while writing leaves the old
+    file untouched and no temporary behind; a full disk is :class:`DiskFull`, any other OSError
+    passes through.
     """
     path = Path(path)
     temp, handle = create_temp_in(path.parent, path.name, mode)
     try:
         with handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         replace_into_place(temp, path)
@@ -182,15 +189,37 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
         raise
 
 
-def atomic_write_text(path: Path, text: str, mode: int | None = None, encoding: str = "utf-8") -> None:
-    atomic_write_bytes(path, text.encode(encoding), mode)
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` all at once (see :func:`atomic_writer`)."""
+    with atomic_writer(path, mode) as handle:
+        handle.write(data)
 
 
 def atomic_write_json(path: Path, obj: Any, mode: int | None = None, *, indent: int | None = 2,
                       sort_keys: bool = True) -> None:
     """Write ``obj`` as UTF-8 JSON atomically; sorted keys keep files stable across runs (diffable)."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n"
-    atomic_write_text(path, text, mode)
+    atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def set_aside(path: Path, label: str) -> Path:
+    """Move a file the tool cannot use out of its way, kept as it was for the user to look at.
+
+    Its new name says what it is and when it was moved: ``<name>.<label>-<YYYYmmddTHHMMSS>``
+    (``dict_filename_dem_id.json.corrupt-20250101T120000``). Nothing already there is ever
+    replaced (an earlier copy set aside, a link someone put there): a counter is added instead.
+    Returns the new path; OSError when the file cannot be moved (the caller says what that means).
+    """
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.{label}-{stamp}")
+    n = 1
+    while os.path.lexists(aside):
+        aside = path.with_name(f"{path.name}.{label}-{stamp}-{n}")
+        n += 1
+    os.replace(path, aside)
+    fsync_dir(path.parent)
+    return aside
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cdse_dem import fsutil
 from cdse_dem.errors import CredentialError
 from cdse_dem.fsutil import DiskFull, atomic_write_bytes
 
@@ -328,9 +329,8 @@ class KeyStore:
 
         Only ``--reset`` does this: it is the user's explicit request to start again.
         """
-        aside = self.yaml_path.with_name(CREDENTIALS_FILE + ".unreadable")
         try:
-            os.replace(self.yaml_path, aside)
+            aside = fsutil.set_aside(self.yaml_path, "unreadable")
             with contextlib.suppress(FileNotFoundError):
                 self.key_path.unlink()
         except OSError as exc:

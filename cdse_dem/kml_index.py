@@ -15,14 +15,13 @@ together is never trusted: a warning, then a rebuild.
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from cdse_dem.errors import InputError
+from cdse_dem.fsutil import DiskFull, atomic_writer
 from cdse_dem.tiles import normalize_tile_id
 
 if TYPE_CHECKING:
@@ -180,23 +179,14 @@ def build_index(kml_path: Path) -> KmlIndex:
 
 
 def save_index(index: KmlIndex, path: Path, stamp: str) -> None:
-    """Write atomically (temporary file in the same folder, then rename); OSError on failure."""
+    """Write atomically, readable by all (a harmless public index); OSError (or DiskFull) on failure."""
     import numpy as np
 
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f, version=np.array(FORMAT_VERSION), stamp=np.array(stamp), names=index.names,
-                part_start=index.part_start, ring_start=index.ring_start, coords=index.coords,
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide a harmless public index from others
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path, mode=0o644) as f:
+        np.savez(
+            f, version=np.array(FORMAT_VERSION), stamp=np.array(stamp), names=index.names,
+            part_start=index.part_start, ring_start=index.ring_start, coords=index.coords,
+        )
 
 
 def load_index(path: Path, stamp: str) -> KmlIndex | None:
@@ -242,7 +232,7 @@ def open_index(kml_path: Path) -> KmlIndex:
     index = build_index(kml_path)
     try:
         save_index(index, path, stamp)
-    except OSError as exc:
+    except (OSError, DiskFull) as exc:
         log.warning("Could not store the KML index at %s (%s): it will be rebuilt next run", path, exc)
     log.info("KML index of %d tiles made in %.1f s", len(index), time.monotonic() - started)
     return index

@@ -220,11 +220,17 @@ def test_reset_yes_then_prompts_and_stores_new_credentials(cred_dir, monkeypatch
     assert "Password has been stored in credentials.yaml for username new@example.com" in caplog.text
 
 
-def test_reset_recovers_from_an_unreadable_file(cred_dir):
+def test_reset_recovers_from_an_unreadable_file(cred_dir, caplog):
     cred_dir.mkdir()
-    (cred_dir / "credentials.yaml").write_text("!!python/object/apply:os.system ['true']\n")
+    damaged = "!!python/object/apply:os.system ['true']\n"
+    (cred_dir / "credentials.yaml").write_text(damaged)
+    (cred_dir / "credentials.yaml.unreadable-19700101T000000").write_text("an earlier one, kept\n")
     assert reset_credentials(cred_dir, assume_yes=True, interactive=False, os_user="alice") == 0
     assert not (cred_dir / "credentials.yaml").exists()
-    assert (cred_dir / "credentials.yaml.unreadable").exists()
+    asides = sorted(p.name for p in cred_dir.glob("credentials.yaml.unreadable-*"))
+    assert len(asides) == 2 and asides[0] == "credentials.yaml.unreadable-19700101T000000"
+    assert (cred_dir / asides[1]).read_text() == damaged
+    assert (cred_dir / asides[0]).read_text() == "an earlier one, kept\n"
+    assert f"was unreadable: moved to {asides[1]} and the key pair deleted" in caplog.text
     with pytest.raises(CredentialError, match="no CDSE credentials"):
         obtain_credentials(cred_dir, HOST, interactive=False, os_user="alice")

@@ -155,18 +155,18 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_nothing(tmp_path, 
     """The temporary's writes go to /dev/full, so the kernel itself answers ENOSPC."""
     if not Path("/dev/full").exists():
         pytest.skip("/dev/full is needed to get a real ENOSPC")
-    import cdse_dem.extract as extract_module
     from cdse_dem import fsutil
 
     created = []
+    real_create = fsutil.create_temp_in
 
     def temp_on_full_disk(folder, final_name, mode=None):
-        path, handle = fsutil.create_temp_in(folder, final_name, mode)
+        path, handle = real_create(folder, final_name, mode)
         handle.close()
         created.append(path)
-        return path, open("/dev/full", "wb")  # closed by extract_dem
+        return path, open("/dev/full", "wb")  # closed by the atomic writer
 
-    monkeypatch.setattr(extract_module, "create_temp_in", temp_on_full_disk)
+    monkeypatch.setattr(fsutil, "create_temp_in", temp_on_full_disk)
     zip_path = make_zip(tmp_path / "product.zip", product_members())
 
     with pytest.raises(DemError) as err:

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import stat
 import subprocess
 import sys
 import zipfile
@@ -55,6 +56,8 @@ def test_first_use_builds_and_stores_the_index(small_kml, caplog):
     index = open_index(small_kml)
     assert index_path(small_kml) == small_kml.parent / "tiles.kml.index.npz"
     assert index_path(small_kml).is_file()
+    assert sorted(p.name for p in small_kml.parent.iterdir()) == ["tiles.kml", "tiles.kml.index.npz"]
+    assert stat.S_IMODE(index_path(small_kml).stat().st_mode) == 0o644  # others sharing the KML read it too
     assert "Indexing the tiling KML" in caplog.text
     assert len(index) == 2 and index.tile_ids() == ["01WCV", "32UMA"]
     assert "32UMA" in index and "33TXF" not in index
