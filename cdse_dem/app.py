@@ -189,9 +189,9 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
         plan_mod.mark_known_sea(plan, sea_record.is_sea)
     if sources is not None:
         if getattr(args, "keep_existing", False):
-            if plan.count(plan_mod.PRESENT):
+            if plan.count(plan_mod.Status.PRESENT):
                 log.info("--keep-existing: %d geocell(s) already present kept as they are",
-                         plan.count(plan_mod.PRESENT))
+                         plan.count(plan_mod.Status.PRESENT))
         else:
             plan_mod.mark_to_compare(plan, lambda name: sources.came_from(name, sea_record.key))
     http = new_http_session(args.workers + SEARCH_THREADS)
@@ -208,7 +208,7 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
             _print_plan(plan)
         else:
             log.info("There are %d DEM files expected", fetcher.outcome.submitted)
-            if fetcher.outcome.submitted == 0 and plan.count(plan_mod.PRESENT):
+            if fetcher.outcome.submitted == 0 and plan.count(plan_mod.Status.PRESENT):
                 log.info("Nothing to download: every DEM geocell is already in %s", out_dir)
             outcome = fetcher.finish()
             if fetcher.session is not None:
@@ -233,7 +233,7 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
     if not args.dry_run:
         from cdse_dem.gipp import end_of_work
 
-        complete = not (left or fatal or plan.count(plan_mod.FAILED) or plan.count(plan_mod.PLANNED))
+        complete = not (left or fatal or plan.count(plan_mod.Status.FAILED) or plan.count(plan_mod.Status.PLANNED))
         if not end_of_work(args.gipp, out_dir, settings.resolution, settings.model, complete=complete):
             status = EXIT_FAILED
     log.info("Process is finished")
@@ -258,8 +258,8 @@ def _record_what_the_catalogue_said(plan, sea_record, sources) -> None:
 
     if sea_record is None:
         return
-    sea_record.save(c.geocell for c in plan.cells.values() if c.status == plan_mod.SEA)
-    sources.save((c.file_name for c in plan.cells.values() if c.confirmed or c.status == plan_mod.DOWNLOADED),
+    sea_record.save(c.geocell for c in plan.cells.values() if c.status == plan_mod.Status.SEA)
+    sources.save((c.file_name for c in plan.cells.values() if c.confirmed or c.status == plan_mod.Status.DOWNLOADED),
                  sea_record.key)
 
 
@@ -293,7 +293,7 @@ def _tile_plans(valid, kml_arg: str | None, coverage: str):
     tile in 120 band-C tiles, and Sen2Cor needs the DEM under every pixel. With ``--coverage
     sen2cor`` (the default) every cell of Sen2Cor's rectangle is added (sen2cor.py).
     """
-    from cdse_dem.footprint import FootprintFinder, computed_footprints
+    from cdse_dem.footprint import FootprintFinder, FootprintSource, computed_footprints
     from cdse_dem.geocells import geocells_of_each
     from cdse_dem.plan import TilePlan
     from cdse_dem.sen2cor import cells_with_reasons
@@ -304,7 +304,7 @@ def _tile_plans(valid, kml_arg: str | None, coverage: str):
     finder = FootprintFinder(kml_path if kml_path.is_file() else None)
     footprints = finder.footprints([entry.tile for entry in valid])
     cells = geocells_of_each(f.parts for f in footprints)
-    from_kml = [i for i, f in enumerate(footprints) if f.source == "kml"]
+    from_kml = [i for i, f in enumerate(footprints) if f.source == FootprintSource.KML]
     if from_kml:
         true_areas = computed_footprints([footprints[i].tile for i in from_kml])
         for i, extra in zip(from_kml, geocells_of_each(f.parts for f in true_areas), strict=True):
@@ -324,11 +324,11 @@ def _search(plan, catalogue, settings, fetcher) -> None:
 
 
 def _exit_status(plan, invalid, left, fatal) -> int:
-    from cdse_dem.plan import FAILED
+    from cdse_dem.plan import Status
 
     if left:
         return EXIT_BUDGET
-    if fatal is not None or invalid or plan.count(FAILED):
+    if fatal is not None or invalid or plan.count(Status.FAILED):
         return EXIT_FAILED
     return EXIT_OK
 

@@ -13,6 +13,7 @@ from cdse_dem import plan as plan_mod
 from cdse_dem.background import answers
 from cdse_dem.catalogue import Answer, TooManyResults, parse_products, problem_lines
 from cdse_dem.errors import DemError
+from cdse_dem.footprint import FootprintSource
 from cdse_dem.geocells import Geocell
 from cdse_dem.search_areas import SearchArea, plan_search_areas, products_of_area
 
@@ -55,7 +56,8 @@ def search_all(plan: plan_mod.Plan, catalogue, dataset_text: str, fetcher, threa
                     log.info("%s came from product %s; this run chose %s: downloading it again",
                              other.state.file_name, other.recorded_id, other.state.product_id)
                 if fetcher is not None:
-                    fetcher.add([plan.cells[c] for c in sorted(area.cells) if plan.cells[c].status == plan_mod.PLANNED])
+                    fetcher.add([plan.cells[c] for c in sorted(area.cells)
+                                 if plan.cells[c].status == plan_mod.Status.PLANNED])
                 tiles.decided(area.cells)
     finally:
         catalogue.stop.set()  # searches still queued (an error, a Ctrl-C) are never sent
@@ -124,13 +126,14 @@ class _TileLines:
 
     def _header(self, tile) -> None:
         log.info("Tile_ID: %s", tile.tile)
-        log.info("Tile Found (footprint: %s)", "tiling KML" if tile.footprint_source == "kml" else "computed")
+        log.info("Tile Found (footprint: %s)",
+                 "tiling KML" if tile.footprint_source == FootprintSource.KML else "computed")
 
     def _report(self, tile, *, searched: bool) -> None:
         self._header(tile)
         if searched:
             log.info("DEM_LIST from url retrieved")
-        sea = [c.grid_id for c in tile.geocells if self.plan.cells[c].status == plan_mod.SEA]
+        sea = [c.grid_id for c in tile.geocells if self.plan.cells[c].status == plan_mod.Status.SEA]
         if sea:
             log.info("No DEM in CDSE (open sea) for %d of %d geocells%s: %s", len(sea), len(tile.geocells),
                      "" if searched else " (found by an earlier run)", " ".join(sea))

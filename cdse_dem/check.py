@@ -58,7 +58,7 @@ def run_check(args, settings, tile_plans, invalid, out_dir: Path) -> int:
     problems = folder_problems(out_dir, plan, settings.resolution)
     for state in plan.cells.values():
         if problems[state.file_name] is None:
-            state.status, state.file = plan_mod.PRESENT, str(out_dir / state.file_name)
+            state.status, state.file = plan_mod.Status.PRESENT, str(out_dir / state.file_name)
     log.info("Checking %s: %d of %d geocells have a whole DEM file there", out_dir,
              sum(p is None for p in problems.values()), len(problems))
     _search(plan, Catalogue(Endpoints.from_env().catalogue_url, new_http_session(SEARCH_THREADS)), settings, None)

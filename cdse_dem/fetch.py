@@ -30,7 +30,7 @@ from pathlib import Path
 from cdse_dem import locks
 from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError
 from cdse_dem.fsutil import DiskFull, raise_if_disk_full, remove_quietly
-from cdse_dem.plan import DOWNLOADED, FAILED, PRESENT, CellState
+from cdse_dem.plan import CellState, Status
 
 log = logging.getLogger(__name__)
 EXTRACT_THREADS = 2
@@ -153,7 +153,7 @@ class Fetcher:
         with self._lock:
             self.outcome.fatal = self.outcome.fatal or exc
         self.stop.set()
-        state.status, state.error = FAILED, str(exc)
+        state.status, state.error = Status.FAILED, str(exc)
 
     def _left(self, state: CellState) -> None:
         with self._lock:
@@ -189,7 +189,7 @@ class Fetcher:
         elif isinstance(exc, (AccessDenied, DiskFull)):
             self._stop_all(state, exc)
         elif not self.stop.is_set():
-            state.status, state.error = FAILED, str(exc)
+            state.status, state.error = Status.FAILED, str(exc)
             log.error("%s: %s", state.file_name, exc)
 
     def _nodes_failed(self, state: CellState, exc: DemError) -> bool:
@@ -223,7 +223,7 @@ class Fetcher:
                 return False
             return True
         self._cache.record(state.file_name, state.product.id)
-        state.status, state.file, state.bytes = DOWNLOADED, str(got.path), got.bytes
+        state.status, state.file, state.bytes = Status.DOWNLOADED, str(got.path), got.bytes
         with self._lock:
             self.outcome.bytes += got.bytes
         log.info("DEM %s downloaded (Nodes) and stored", got.path.name)
@@ -245,7 +245,7 @@ class Fetcher:
             except DiskFull as full:
                 self._stop_all(state, full)
                 return
-            state.status, state.error = FAILED, f"cannot lock it in {self._out_dir} ({exc.strerror or exc})"
+            state.status, state.error = Status.FAILED, f"cannot lock it in {self._out_dir} ({exc.strerror or exc})"
             log.error("%s: %s", state.file_name, state.error)
             return
         if cell_lock.took_over:
@@ -268,7 +268,7 @@ class Fetcher:
             return False  # not this run's product (an earlier run's, to replace), or not there
         if dem_problem(self._out_dir / name) is not None:
             return False  # the damaged file the plan already decided to fetch again
-        state.status, state.product_id = PRESENT, self._cache.product_id(state.file_name)
+        state.status, state.product_id = Status.PRESENT, self._cache.product_id(state.file_name)
         log.info("%s was fetched by another run meanwhile: present", state.file_name)
         self._retotal(-(located.node.content_length if located is not None else state.product.content_length or 0))
         return True
@@ -325,12 +325,12 @@ class Fetcher:
             self._stop_all(state, exc)
             return
         except DemError as exc:
-            state.status, state.error = FAILED, str(exc)
+            state.status, state.error = Status.FAILED, str(exc)
             log.error("%s: %s", state.file_name, exc)
             return
         finally:
             remove_quietly(result.zip_path)
-        state.status, state.file, state.bytes = DOWNLOADED, str(path), result.bytes
+        state.status, state.file, state.bytes = Status.DOWNLOADED, str(path), result.bytes
         with self._lock:
             self.outcome.bytes += result.bytes
         log.info("DEM %s extracted and stored", path.name)

@@ -16,6 +16,7 @@ import math
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,13 +42,20 @@ _WGS84_A = 6_378_137.0
 _WGS84_F = 1 / 298.257223563
 
 
+class FootprintSource(StrEnum):
+    """Where a footprint comes from; the value is what the plan, the summary and its JSON show."""
+
+    KML = "kml"  # the official tiling KML's polygons (straight lon/lat edges)
+    COMPUTED = "computed"  # the grid arithmetic (the true, curved edges)
+
+
 @dataclass(frozen=True)
 class Footprint:
     """A tile's lon/lat outline: one polygon, or two when it straddles ±180°."""
 
     tile: str
     parts: "tuple[Polygon, ...]"
-    source: str  # "kml" | "computed"
+    source: FootprintSource
 
     def query_parts(self, tolerance: float = 0.005) -> "tuple[Polygon, ...]":
         """Few-vertex polygons that contain the parts, for catalogue ``Intersects`` queries.
@@ -179,7 +187,7 @@ def _zone_footprints(epsg: int, members: "list[tuple[str, UtmTile]]", segments: 
     crosses = (rings[:, :, 0].max(axis=1) - rings[:, :, 0].min(axis=1)) > 180
     polygons = shapely.polygons(rings)
     return [
-        Footprint(tile=tile, parts=_split_at_antimeridian(ring) if across else (polygon,), source="computed")
+        Footprint(tile, _split_at_antimeridian(ring) if across else (polygon,), FootprintSource.COMPUTED)
         for (tile, _), polygon, ring, across in zip(members, polygons, rings, crosses, strict=True)
     ]
 
@@ -249,7 +257,7 @@ def kml_footprint(tile_id: str, rings: "Iterable[np.ndarray]") -> Footprint:
     import shapely
 
     parts = tuple(shapely.orient_polygons(shapely.Polygon(ring)) for ring in rings)
-    return Footprint(tile=tile_id, parts=parts, source="kml")
+    return Footprint(tile=tile_id, parts=parts, source=FootprintSource.KML)
 
 
 class FootprintFinder:

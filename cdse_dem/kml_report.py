@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cdse_dem.errors import UsageError
+from cdse_dem.footprint import FootprintSource
 from cdse_dem.fsutil import write_report
+from cdse_dem.plan import Status
 
 if TYPE_CHECKING:
     from cdse_dem.footprint import Footprint
@@ -20,22 +22,22 @@ if TYPE_CHECKING:
 
 # KML colours are aabbggrr
 STATUS_COLOURS = {
-    "downloaded": "00c000",  # green
-    "present": "c08000",  # blue: already on disk
-    "sea": "a0a0a0",  # grey: no DEM in CDSE (open sea)
-    "failed": "0000ff",  # red
-    "planned": "00ffff",  # yellow: dry run
+    Status.DOWNLOADED: "00c000",  # green
+    Status.PRESENT: "c08000",  # blue: already on disk
+    Status.SEA: "a0a0a0",  # grey: no DEM in CDSE (open sea)
+    Status.FAILED: "0000ff",  # red
+    Status.PLANNED: "00ffff",  # yellow: dry run
 }
 TILE_COLOUR = "0080ff"  # orange outline, no fill
 _DISPLAY_TOLERANCE = 1e-5  # degrees (~1 m): enough vertices for the curved edges, no more
 
 
 def write_kml_report(
-    path: Path, footprints: "Iterable[Footprint]", geocell_status: "Mapping[Geocell, str]", resolution: int
+    path: Path, footprints: "Iterable[Footprint]", geocell_status: "Mapping[Geocell, Status]", resolution: int
 ) -> None:
     """Write the tiles' footprints and the geocells styled by status to ``path`` (.kml or .kmz).
 
-    ``geocell_status`` maps each cell to one of STATUS_COLOURS' keys. A file is written to a temporary
+    ``geocell_status`` maps each cell to its status. A file is written to a temporary
     and renamed (a device or FIFO is written into); UsageError when it cannot be written.
     """
     import pygeoif
@@ -43,9 +45,6 @@ def write_kml_report(
     from fastkml import KML, Document, Folder, LineStyle, Placemark, PolyStyle, Style
     from fastkml.styles import StyleUrl
 
-    unknown = sorted({s for s in geocell_status.values() if s not in STATUS_COLOURS})
-    if unknown:
-        raise ValueError(f"unknown geocell status {unknown}; expected one of {sorted(STATUS_COLOURS)}")
     footprints = list(footprints)
     styles = [
         Style(id=f"cell-{status}", styles=[
@@ -60,12 +59,12 @@ def write_kml_report(
     for footprint in footprints:
         parts = [shapely.simplify(p, _DISPLAY_TOLERANCE, preserve_topology=True) for p in footprint.parts]
         geometry = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
-        source = "the official KML" if footprint.source == "kml" else "the grid arithmetic"
+        source = "the official KML" if footprint.source == FootprintSource.KML else "the grid arithmetic"
         tiles.append(Placemark(
             name=footprint.tile, description=f"Sentinel-2 tile {footprint.tile}; footprint from {source}",
             style_url=StyleUrl(url="#tile"), geometry=pygeoif.shape(geometry),
         ))
-    cells_by_status: dict[str, list] = {status: [] for status in STATUS_COLOURS}
+    cells_by_status: dict[Status, list] = {status: [] for status in STATUS_COLOURS}
     for cell, status in sorted(geocell_status.items()):
         box = shapely.segmentize(cell.polygon(), 0.1)  # parallels drawn as parallels, not chords
         cells_by_status[status].append(Placemark(

@@ -7,12 +7,22 @@ summary is written from, so the statuses here are the ones users see.
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from cdse_dem.catalogue import Product
 from cdse_dem.entries import Entry
+from cdse_dem.footprint import FootprintSource
 from cdse_dem.geocells import Geocell
 
-PLANNED, DOWNLOADED, PRESENT, SEA, FAILED = "planned", "downloaded", "present", "sea", "failed"
+
+class Status(StrEnum):
+    """What became of a geocell; the values are the words the summary, its JSON and the plan show."""
+
+    PLANNED = "planned"  # to be downloaded (where a dry run, or a run stopped early, leaves it)
+    DOWNLOADED = "downloaded"
+    PRESENT = "present"  # already complete in the output folder
+    SEA = "sea"  # the catalogue has no product for it: open sea
+    FAILED = "failed"
 
 
 @dataclass
@@ -21,7 +31,7 @@ class CellState:
 
     geocell: Geocell
     file_name: str
-    status: str = PLANNED
+    status: Status = Status.PLANNED
     product: Product | None = None
     product_id: str | None = None
     file: str | None = None
@@ -34,7 +44,7 @@ class CellState:
 class TilePlan:
     entry: Entry
     tile: str
-    footprint_source: str
+    footprint_source: FootprintSource
     geocells: list[Geocell]
     footprint: object = None  # the Footprint, for the KML report
     error: str | None = None
@@ -51,9 +61,9 @@ class Plan:
     compare: set[Geocell] = field(default_factory=set)
 
     def to_fetch(self) -> list[CellState]:
-        return [c for c in self.cells.values() if c.status == PLANNED and c.product is not None]
+        return [c for c in self.cells.values() if c.status == Status.PLANNED and c.product is not None]
 
-    def count(self, status: str) -> int:
+    def count(self, status: Status) -> int:
         return sum(1 for c in self.cells.values() if c.status == status)
 
 
@@ -73,52 +83,41 @@ def start_plan(tiles: list[TilePlan], file_name: Callable[[Geocell], str],
             state = CellState(cell, name)
             known = recorded_id(name)
             if known is not None:
-                state.status, state.product_id = PRESENT, known
+                state.status, state.product_id = Status.PRESENT, known
             plan.cells[cell] = state
     return plan
 
 
 def tiles_to_search(plan: Plan) -> list[TilePlan]:
     """Tiles with a geocell not yet on disk: those the catalogue answers for, told tile by tile."""
-    return [t for t in plan.tiles if any(plan.cells[c].status != PRESENT for c in t.geocells)]
-
-
-KEEP, REFETCH = "keep", "refetch"
-
-
-def present_decision(recorded_id: str, chosen_id: str | None, keep_existing: bool) -> str:
-    """A file already present, recorded as coming from ``recorded_id``, against this run's choice.
-
-    Refetched when the catalogue chose another product (an earlier run asked for another
-    delivery or collection), unless ``--keep-existing``; kept when the catalogue has nothing
-    for the cell (it stays what the user already has).
-    """
-    if chosen_id is None or chosen_id == recorded_id or keep_existing:
-        return KEEP
-    return REFETCH
+    return [t for t in plan.tiles if any(plan.cells[c].status != Status.PRESENT for c in t.geocells)]
 
 
 @dataclass(frozen=True)
 class OtherProduct:
-    """A present file whose recorded product is not the one this run chose."""
+    """A present file whose recorded product is not the one this run chose: it is fetched again."""
 
     state: CellState
     recorded_id: str
-    decision: str  # KEEP (--keep-existing) or REFETCH
 
 
 def _compare_present(state: CellState, product: Product | None) -> OtherProduct | None:
-    """A present file against this run's choice: confirmed, kept, or planned again."""
+    """A present file against this run's choice (see :func:`mark_to_compare`).
+
+    Confirmed when the catalogue chose its product; kept as it is when the catalogue has nothing
+    for the cell (it stays what the user already has); planned again when the catalogue chose
+    another product (an earlier run asked for another delivery or collection).
+    """
     if product is None or product.id == state.product_id:
         state.confirmed = product is not None
         return None
-    other = OtherProduct(state, state.product_id, present_decision(state.product_id, product.id, False))
-    state.product, state.product_id, state.status = product, product.id, PLANNED
+    other = OtherProduct(state, state.product_id)
+    state.product, state.product_id, state.status = product, product.id, Status.PLANNED
     return other
 
 
-def tile_counts(plan: Plan, tile: TilePlan) -> dict[str, int]:
-    counts = {s: 0 for s in (DOWNLOADED, PRESENT, SEA, FAILED, PLANNED)}
+def tile_counts(plan: Plan, tile: TilePlan) -> dict[Status, int]:
+    counts = dict.fromkeys(Status, 0)
     for cell in tile.geocells:
         counts[plan.cells[cell].status] += 1
     return counts
@@ -126,18 +125,18 @@ def tile_counts(plan: Plan, tile: TilePlan) -> dict[str, int]:
 
 def mark_known_sea(plan: Plan, is_known_sea: Callable[[Geocell], bool]) -> list[Geocell]:
     """Cells an earlier run's completed search found to be open sea: ``sea`` without a new search."""
-    known = [cell for cell, state in plan.cells.items() if state.status == PLANNED and state.product is None
-             and is_known_sea(cell)]
+    known = [cell for cell, state in plan.cells.items()
+             if state.status == Status.PLANNED and state.product is None and is_known_sea(cell)]
     for cell in known:
-        plan.cells[cell].status = SEA
+        plan.cells[cell].status = Status.SEA
     return known
 
 
 def mark_to_compare(plan: Plan, confirmed: Callable[[str], bool]) -> int:
     """Present cells whose file is not known to come from this run's dataset are searched too, so
     that a file of another delivery or collection is noticed (``confirmed(file_name)``: known)."""
-    plan.compare = {cell for cell, state in plan.cells.items()
-                    if state.status == PRESENT and state.product_id is not None and not confirmed(state.file_name)}
+    plan.compare = {cell for cell, state in plan.cells.items() if state.status == Status.PRESENT
+                    and state.product_id is not None and not confirmed(state.file_name)}
     return len(plan.compare)
 
 
@@ -145,7 +144,7 @@ def cells_to_search(plan: Plan) -> list[Geocell]:
     """Cells neither complete on disk nor known to be sea (and present ones to compare): only
     those need the catalogue."""
     return sorted(cell for cell, state in plan.cells.items()
-                  if (state.status == PLANNED and state.product is None) or cell in plan.compare)
+                  if (state.status == Status.PLANNED and state.product is None) or cell in plan.compare)
 
 
 def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Product],
@@ -162,7 +161,7 @@ def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Produ
     instead of being called open sea: the record we could not place may be its product.
 
     Present cells to compare (``plan.compare``) are planned again when the chosen product is
-    not the one recorded for them (see :func:`present_decision`); those are returned, for the log.
+    not the one recorded for them (see :func:`_compare_present`); those are returned, for the log.
     """
     problems = list(problems)
     bad_cells = {p.geocell for p in problems if p.geocell is not None}
@@ -176,18 +175,18 @@ def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Produ
             if other is not None:
                 others.append(other)
             continue
-        if state.status == PRESENT or state.product is not None:
+        if state.status == Status.PRESENT or state.product is not None:
             continue
         product = chosen.get(cell)
         if cell in bad_cells:
-            state.status, state.error = FAILED, "the CDSE catalogue answered a record for it that cannot be used"
+            state.status, state.error = Status.FAILED, "the CDSE catalogue answered a record for it that cannot be used"
         elif product is not None:
             state.product, state.product_id = product, product.id
-            state.status, state.error = PLANNED, None
+            state.status, state.error = Status.PLANNED, None
         elif unplaced:
-            state.status, state.error = FAILED, "the CDSE catalogue answered products that could not be placed"
-        elif state.status != FAILED:
-            state.status = SEA
+            state.status, state.error = Status.FAILED, "the CDSE catalogue answered products that could not be placed"
+        elif state.status != Status.FAILED:
+            state.status = Status.SEA
     return others
 
 
@@ -196,5 +195,5 @@ def cells_failed(plan: Plan, cells: Iterable[Geocell], error: str) -> None:
     """A failed search decides nothing: its cells are failed (never sea)."""
     for cell in cells:
         state = plan.cells[cell]
-        if state.status in (PLANNED, SEA) and state.product is None:
-            state.status, state.error = FAILED, error
+        if state.status in (Status.PLANNED, Status.SEA) and state.product is None:
+            state.status, state.error = Status.FAILED, error

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from cdse_dem.errors import UsageError
 from cdse_dem.geocells import Geocell, geocell_of_name
-from cdse_dem.plan import SEA, Plan, TilePlan
+from cdse_dem.plan import Plan, Status, TilePlan
 
 # A cell name, optionally followed by the DEM layer's suffix: how Sen2Cor's list spells them.
 _LIST_LINE_RE = re.compile(r"Copernicus_DSM_(?:10|30)_[NS]\d{2}_00_[EW]\d{3}_00(_DEM\.tif)?")
@@ -105,7 +105,7 @@ def tile_readiness(plan: Plan, tile: TilePlan, problems: Mapping[str, str | None
         problem = problems.get(state.file_name, "missing")
         if problem is None:
             present += 1
-        elif state.product is None and state.status == SEA:
+        elif state.product is None and state.status == Status.SEA:
             if missing_list is None or cell in missing_list.cells:
                 sea += 1
             else:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdse_dem.entries import Entry
-from cdse_dem.plan import DOWNLOADED, FAILED, PLANNED, PRESENT, SEA, Plan, tile_counts
+from cdse_dem.plan import Plan, Status, tile_counts
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +29,21 @@ def summary_lines(plan: Plan, invalid: list[Entry], totals: Totals, left: list[s
     width = max([len(t.tile) for t in plan.tiles] + [4])
     for tile in plan.tiles:
         c = tile_counts(plan, tile)
-        parts = [f"{c[DOWNLOADED]} downloaded", f"{c[PRESENT]} already present", f"{c[SEA]} open sea (no DEM)",
-                 f"{c[FAILED]} failed"]
-        if c[PLANNED]:
-            parts.append(f"{c[PLANNED]} not done")
+        parts = [f"{c[Status.DOWNLOADED]} downloaded", f"{c[Status.PRESENT]} already present",
+                 f"{c[Status.SEA]} open sea (no DEM)", f"{c[Status.FAILED]} failed"]
+        if c[Status.PLANNED]:
+            parts.append(f"{c[Status.PLANNED]} not done")
         fetched = sum(plan.cells[cell].bytes for cell in tile.geocells)
         lines.append(f"  {tile.tile:<{width}}  {len(tile.geocells)} geocells: " + ", ".join(parts)
                      + (f"; {fetched / 1e6:.1f} MB" if fetched else ""))
     for entry in invalid:
         lines.append(f"  invalid entry {entry.message}")
     lines.append(
-        f"  Total: {plan.count(DOWNLOADED)} downloaded, {plan.count(PRESENT)} already present, "
-        f"{plan.count(SEA)} open sea, {plan.count(FAILED)} failed; "
+        f"  Total: {plan.count(Status.DOWNLOADED)} downloaded, {plan.count(Status.PRESENT)} already present, "
+        f"{plan.count(Status.SEA)} open sea, {plan.count(Status.FAILED)} failed; "
         f"{totals.bytes_downloaded / 1e6:.1f} MB in {totals.seconds:.1f} s ({totals.rate_mb_s():.1f} MB/s)")
     for cell in plan.cells.values():
-        if cell.status == FAILED:
+        if cell.status == Status.FAILED:
             lines.append(f"  failed: {cell.file_name} ({cell.error or 'unknown error'})")
     if left:
         lines.append(f"  Left for the next run ({len(left)}): " + ", ".join(left))
@@ -74,11 +74,11 @@ def summary_dict(plan: Plan, invalid: list[Entry], totals: Totals, exit_status: 
         "totals": {
             "tiles": len(plan.tiles),
             "geocells": len(plan.cells),
-            "downloaded": plan.count(DOWNLOADED),
-            "present": plan.count(PRESENT),
-            "sea": plan.count(SEA),
-            "failed": plan.count(FAILED),
-            "planned": plan.count(PLANNED),
+            "downloaded": plan.count(Status.DOWNLOADED),
+            "present": plan.count(Status.PRESENT),
+            "sea": plan.count(Status.SEA),
+            "failed": plan.count(Status.FAILED),
+            "planned": plan.count(Status.PLANNED),
             "bytes": totals.bytes_downloaded,
             "seconds": round(totals.seconds, 3),
             "mb_per_s": round(totals.rate_mb_s(), 3),

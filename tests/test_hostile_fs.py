@@ -281,7 +281,7 @@ def test_a_refused_member_fails_its_geocell_and_the_run_goes_on(tmp_path):
     from cdse_dem.cache import NameIdCache
     from cdse_dem.fetch import Fetcher
     from cdse_dem.geocells import Geocell
-    from cdse_dem.plan import FAILED, CellState
+    from cdse_dem.plan import CellState, Status
 
     out = tmp_path / "out"
     out.mkdir()
@@ -292,7 +292,7 @@ def test_a_refused_member_fails_its_geocell_and_the_run_goes_on(tmp_path):
     fetcher = Fetcher(open_session=None, http=None, endpoints=None, out_dir=out, cache=NameIdCache(out),
                       workers=1)
     fetcher._extract_locked(state, SimpleNamespace(zip_path=zip_path, bytes=100))
-    assert state.status == FAILED and "a symbolic link, not a regular file" in state.error
+    assert state.status == Status.FAILED and "a symbolic link, not a regular file" in state.error
     assert list(out.iterdir()) == []  # no DEM, no record, the zip removed
 
 
@@ -351,15 +351,6 @@ def test_a_folder_without_provenance_is_compared_once_then_known(world):
     second = world.run("--t", TILE)
     assert second.returncode == 0, second.output
     assert world.sim.request_log()[since:] == []
-
-
-def test_the_decision_keep_or_refetch():
-    from cdse_dem.plan import KEEP, REFETCH, present_decision
-
-    assert present_decision("a", "a", keep_existing=False) == KEEP
-    assert present_decision("a", "b", keep_existing=False) == REFETCH
-    assert present_decision("a", "b", keep_existing=True) == KEEP
-    assert present_decision("a", None, keep_existing=False) == KEEP  # nothing chosen: what is there stays
 
 
 # --- row 14: a recorded file that is not a whole DEM is fetched again --------------------------
@@ -622,9 +613,7 @@ def test_the_plan_hook_replans_a_present_cell_once_and_reports_it():
     from cdse_dem.entries import Entry
     from cdse_dem.geocells import Geocell
     from cdse_dem.plan import (
-        PLANNED,
-        PRESENT,
-        REFETCH,
+        Status,
         TilePlan,
         apply_area,
         cells_to_search,
@@ -645,10 +634,10 @@ def test_the_plan_hook_replans_a_present_cell_once_and_reports_it():
     assert cells_to_search(plan) == [a, b, c]
     first = apply_area(plan, [a, b], {a: product(a, "new-a"), b: product(b, f"old-{b.grid_id}")})
     second = apply_area(plan, [b, c], {b: product(b, "never-compared-twice")})
-    assert [(o.state.geocell, o.recorded_id, o.decision) for o in first] == [(a, f"old-{a.grid_id}", REFETCH)]
+    assert [(o.state.geocell, o.recorded_id) for o in first] == [(a, f"old-{a.grid_id}")]
     assert second == []
-    assert plan.cells[a].status == PLANNED and plan.cells[a].product_id == "new-a"
-    assert plan.cells[b].status == PRESENT and plan.cells[b].product_id == f"old-{b.grid_id}"
+    assert plan.cells[a].status == Status.PLANNED and plan.cells[a].product_id == "new-a"
+    assert plan.cells[b].status == Status.PRESENT and plan.cells[b].product_id == f"old-{b.grid_id}"
     assert plan.cells[b].confirmed
-    assert plan.cells[c].status == PRESENT and not plan.cells[c].confirmed  # nothing chosen: what is there stays
-    assert plan.cells[d].status == PRESENT and cells_to_search(plan) == []
+    assert plan.cells[c].status == Status.PRESENT and not plan.cells[c].confirmed  # nothing chosen: what is there stays
+    assert plan.cells[d].status == Status.PRESENT and cells_to_search(plan) == []

@@ -4,10 +4,7 @@ from cdse_dem.catalogue import Product, choose
 from cdse_dem.entries import Entry
 from cdse_dem.geocells import Geocell
 from cdse_dem.plan import (
-    FAILED,
-    PLANNED,
-    PRESENT,
-    SEA,
+    Status,
     TilePlan,
     apply_area,
     cells_failed,
@@ -42,7 +39,7 @@ def test_shared_geocells_planned_once_and_present_ones_skipped():
     t1, t2 = tile("AAAAA", [A, B]), tile("BBBBB", [B, C])
     plan = start_plan([t1, t2], names, lambda n: "old-id" if n == names(C) else None)
     assert list(plan.cells) == [A, B, C]
-    assert plan.cells[C].status == PRESENT and plan.cells[C].product_id == "old-id"
+    assert plan.cells[C].status == Status.PRESENT and plan.cells[C].product_id == "old-id"
     apply_products(plan, t1, [product(A, "a"), product(B, "b"), product(D, "touching")])
     apply_products(plan, t2, [product(B, "b")])
     assert [c.product_id for c in plan.to_fetch()] == ["a", "b"]
@@ -60,9 +57,9 @@ def test_sea_is_not_failure_and_failed_search_fails_only_unfound_cells():
     plan = start_plan([t1, t2], names, lambda n: None)
     apply_products(plan, t1, [product(B, "b")])
     cells_failed(plan, t2.geocells, "catalogue down")
-    assert plan.cells[A].status == SEA
-    assert plan.cells[B].status == PLANNED
-    assert plan.cells[C].status == FAILED and plan.cells[C].error == "catalogue down"
+    assert plan.cells[A].status == Status.SEA
+    assert plan.cells[B].status == Status.PLANNED
+    assert plan.cells[C].status == Status.FAILED and plan.cells[C].error == "catalogue down"
 
 
 def test_a_later_answer_does_not_touch_a_cell_already_decided():
@@ -78,5 +75,5 @@ def test_known_sea_cells_and_present_ones_are_not_searched():
     t1, t2 = tile("AAAAA", [A, B]), tile("BBBBB", [C, D])
     plan = start_plan([t1, t2], names, lambda n: "x" if n == names(A) else None)
     assert mark_known_sea(plan, lambda cell: cell in (A, C)) == [C]  # A is present: not sea
-    assert plan.cells[C].status == SEA and plan.cells[A].status == PRESENT
+    assert plan.cells[C].status == Status.SEA and plan.cells[A].status == Status.PRESENT
     assert cells_to_search(plan) == [B, D]
