@@ -106,24 +106,6 @@ class NameIdCache:
 
         self._change(add)
 
-    def forget_missing(self) -> list[str]:
-        """Drop entries whose file is gone (deleted by the user, never finished): they are fetched again."""
-        gone: list[str] = []
-
-        def drop(entries: dict[str, str]) -> bool:
-            gone.extend(sorted(name for name in entries if not self._file_present(name)))
-            for name in gone:
-                del entries[name]
-            return bool(gone)
-
-        if not self.path.exists():
-            return gone
-        self._change(drop)
-        if gone:
-            log.info("%d file(s) recorded in %s are missing and will be downloaded again",
-                     len(gone), self.path)
-        return gone
-
 
 def _read(path: Path, *, set_aside: bool = True) -> dict[str, str]:
     """The record in ``path``: empty when missing; an unusable one is set aside (or, without

@@ -14,12 +14,18 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, urlsplit
+
+import shapely
 
 from cdse_dem.endpoints import origin_text, same_origin
 from cdse_dem.errors import ServiceError
 from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, geocell_of_name, parse_grid_id
 from cdse_dem.retry import Backoff, retry_after, wait_for
+
+if TYPE_CHECKING:
+    from shapely import Polygon
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +85,15 @@ def dataset_filter(collection: str, resolution: int, model: str, delivery: str) 
     )
 
 
-def intersects(area_wkt: str) -> str:
-    return f"OData.CSC.Intersects(area=geography'SRID=4326;{area_wkt}')"
+def intersects(area: "Polygon") -> str:
+    """The ``Intersects`` clause of a lon/lat polygon, as CDSE documents it: ``...;POLYGON((lon lat,lon lat,...))``.
 
-
-def product_filter(collection: str, resolution: int, model: str, delivery: str, area_wkt: str) -> str:
-    """The ``$filter`` of one search, in the form CDSE documents."""
-    return f"{dataset_filter(collection, resolution, model, delivery)} and {intersects(area_wkt)}"
-
-
-def area_wkt(polygon) -> str:
-    """A lon/lat polygon as the catalogue takes it: ``POLYGON((lon lat,...))``, 6 decimals (~0.1 m)."""
-    ring = ",".join(f"{x:.6f} {y:.6f}".replace(".000000", "") for x, y in polygon.exterior.coords)
-    return f"POLYGON(({ring}))"
+    shapely writes the WKT (6 decimals at most, ~0.1 m; whole degrees without any); the spaces it
+    puts after each comma and before the parentheses are left out, as in CDSE's own examples,
+    since each would take three characters of the URL (``%20``).
+    """
+    wkt = shapely.to_wkt(area, rounding_precision=6, trim=True).replace(", ", ",").replace(" (", "(")
+    return f"OData.CSC.Intersects(area=geography'SRID=4326;{wkt}')"
 
 
 def search_url(catalogue_url: str, filter_text: str) -> str:

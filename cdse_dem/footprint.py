@@ -57,21 +57,6 @@ class Footprint:
     parts: "tuple[Polygon, ...]"
     source: FootprintSource
 
-    def query_parts(self, tolerance: float = 0.005) -> "tuple[Polygon, ...]":
-        """Few-vertex polygons that contain the parts, for catalogue ``Intersects`` queries.
-
-        A densified part has ~440 vertices, too long for a URL; grown by ``2·tolerance``
-        degrees, then simplified by ``tolerance``, each still contains its part. The extra
-        margin only finds neighbouring products, which geocell filtering drops.
-        """
-        import shapely
-
-        world = shapely.box(-180, -90, 180, 90)
-        grown = shapely.buffer(list(self.parts), 2 * tolerance, join_style="mitre")
-        simple = shapely.simplify(grown, tolerance, preserve_topology=True)
-        clipped = shapely.intersection(simple, world)
-        return tuple(shapely.orient_polygons(p) for geometry in clipped for p in _polygons_of(geometry))
-
 
 @dataclass(frozen=True)
 class UtmTile:
@@ -153,7 +138,7 @@ def _unit_ring(segments: int) -> "np.ndarray":
     return ring
 
 
-def computed_footprints(tile_ids: Sequence[str], segments: int = SEGMENTS_PER_EDGE) -> list[Footprint]:
+def computed_footprints(tile_ids: Sequence[str]) -> list[Footprint]:
     """Footprints for many tiles at once: one projection call per UTM zone, polygons in bulk.
 
     Work goes in chunks of one zone and at most ``_CHUNK`` tiles, so memory stays small
@@ -170,16 +155,16 @@ def computed_footprints(tile_ids: Sequence[str], segments: int = SEGMENTS_PER_ED
     found: dict[str, Footprint] = {}
     for epsg, members in by_epsg.items():
         for start in range(0, len(members), _CHUNK):
-            for footprint in _zone_footprints(epsg, members[start : start + _CHUNK], segments):
+            for footprint in _zone_footprints(epsg, members[start : start + _CHUNK]):
                 found[footprint.tile] = footprint
     return [found[t] for t in tiles]
 
 
-def _zone_footprints(epsg: int, members: "list[tuple[str, UtmTile]]", segments: int) -> list[Footprint]:
+def _zone_footprints(epsg: int, members: "list[tuple[str, UtmTile]]") -> list[Footprint]:
     import numpy as np
     import shapely
 
-    unit = _unit_ring(segments)
+    unit = _unit_ring(SEGMENTS_PER_EDGE)
     xs = np.array([u.x_min for _, u in members], dtype=np.float64)[:, None] + TILE_SIZE * unit[:, 0]
     ys = np.array([u.y_max for _, u in members], dtype=np.float64)[:, None] + TILE_SIZE * unit[:, 1]
     _to_lonlat(epsg).transform(xs, ys, inplace=True)  # contiguous arrays: no copies
@@ -190,11 +175,6 @@ def _zone_footprints(epsg: int, members: "list[tuple[str, UtmTile]]", segments: 
         Footprint(tile, _split_at_antimeridian(ring) if across else (polygon,), FootprintSource.COMPUTED)
         for (tile, _), polygon, ring, across in zip(members, polygons, rings, crosses, strict=True)
     ]
-
-
-def computed_footprint(tile_id: str) -> Footprint:
-    """The tile's true outline in lon/lat, from the grid arithmetic alone (no KML needed)."""
-    return computed_footprints([tile_id])[0]
 
 
 def corners_lonlat(tile_ids: Sequence[str]) -> "np.ndarray":
@@ -293,10 +273,6 @@ class FootprintFinder:
         except InputError as exc:
             log.warning("%s; tile footprints are computed from the grid instead", exc)
             return None
-
-    @property
-    def uses_kml(self) -> bool:
-        return self._kml_index() is not None
 
     def footprint(self, tile_id: str) -> Footprint:
         """The tile's footprint; InputError when ``tile_id`` is not a Sentinel-2 tile."""

@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from shapely import Polygon
 
-    from cdse_dem.footprint import Footprint
-
 _RESOLUTION_CODE = {90: "30", 30: "10"}  # arc-seconds ×10 in the product names: 3" and 1"
 _DTED_SUFFIX = {90: ".dt1", 30: ".dt2"}
 _GRID_ID_RE = re.compile(r"([NS])(\d{2})_([EW])(\d{3})")
@@ -86,23 +84,18 @@ def geocell_of_name(name: str) -> tuple[Geocell, int] | None:
     return cell, 90 if code == "30" else 30
 
 
-_NUMBER_PAIR_RE = re.compile(r"(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s+(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
-
-
-def geocell_of_footprint_wkt(wkt: str) -> Geocell | None:
+def geocell_of_footprint_wkt(text: str) -> Geocell | None:
     """The cell a DEM product's ``Footprint`` covers, for products without a ``gridId``.
 
-    Takes ``geography'SRID=4326;POLYGON ((lon lat, ...))'`` or plain WKT. A product
-    footprint is its cell, perhaps with a margin of a pixel or two: the cell is the one
-    holding the centre of the footprint's bounds. None when the footprint is not about one
-    cell's size (a margin over 0.1°) or cannot be read.
+    Takes ``geography'SRID=4326;POLYGON ((lon lat, ...))'`` (what CDSE answers), EWKT or plain
+    WKT, read by shapely. A product footprint is its cell, perhaps with a margin of a pixel or
+    two: the cell is the one holding the centre of the footprint's bounds. None when the
+    footprint is not about one cell's size (a margin over 0.1°) or is not a readable geometry.
     """
-    pairs = _NUMBER_PAIR_RE.findall(wkt.split(";", 1)[-1])
-    if len(pairs) < 3:
+    geometry = _geometry_of(text)
+    if geometry is None or geometry.is_empty:
         return None
-    lons = [float(x) for x, _ in pairs]
-    lats = [float(y) for _, y in pairs]
-    west, east, south, north = min(lons), max(lons), min(lats), max(lats)
+    west, south, east, north = geometry.bounds
     if not (0.8 <= east - west <= 1.2 and 0.8 <= north - south <= 1.2):
         return None
     lat, lon = math.floor((south + north) / 2), math.floor((west + east) / 2)
@@ -111,6 +104,24 @@ def geocell_of_footprint_wkt(wkt: str) -> Geocell | None:
     try:
         return Geocell(lat, lon)
     except ValueError:
+        return None
+
+
+def _geometry_of(text: str):
+    """The shapely geometry of an OData ``geography'...'`` literal, EWKT or WKT; None if it is none."""
+    import shapely
+    from shapely.errors import ShapelyError
+
+    body = text.strip()
+    quote = body.find("'")
+    if quote > 0 and body.endswith("'") and body[:quote].lower() in ("geography", "geometry"):
+        body = body[quote + 1 : -1]
+    srid, semicolon, wkt = body.partition(";")
+    if semicolon and srid.strip().upper().startswith("SRID"):
+        body = wkt
+    try:
+        return shapely.from_wkt(body)
+    except (ShapelyError, TypeError):
         return None
 
 
@@ -151,14 +162,3 @@ def geocells_of_each(parts_per_item: "Iterable[Iterable[Polygon]]") -> list[list
         for hit in np.flatnonzero(overlap):
             result[owners[hit]].add(Geocell(*cells[hit]))
     return [sorted(found) for found in result]
-
-
-def geocells_of(footprint: "Footprint") -> list[Geocell]:
-    """The tile's cells: sorted, each overlapping the footprint's area (touching is not enough)."""
-    return geocells_of_each([footprint.parts])[0]
-
-
-def union_of_geocells(footprints: "Iterable[Footprint]") -> list[Geocell]:
-    """Every cell any of the tiles needs, once (adjacent tiles share cells), sorted."""
-    return sorted({cell for cells in geocells_of_each(fp.parts for fp in footprints) for cell in cells})
-

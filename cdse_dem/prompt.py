@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import sys
-from collections.abc import Callable
 
 from cdse_dem.errors import CredentialError
 
@@ -66,32 +65,30 @@ def tell(message: str) -> None:
     sys.stderr.flush()
 
 
-def ask_username(ask: Callable[[str], str] | None = None, say: Callable[[str], None] | None = None) -> str:
-    ask, say = ask or read_line, say or tell
+def ask_username() -> str:
     for _ in range(MAX_ATTEMPTS):
-        name = ask(USERNAME_PROMPT).strip()
+        name = read_line(USERNAME_PROMPT).strip()
         problem = username_problem(name)
         if problem is None:
             return name
-        say(problem)
+        tell(problem)
     raise CredentialError(f"no valid user name after {MAX_ATTEMPTS} attempts")
 
 
-def ask_password(ask: Callable[[str], str] | None = None, say: Callable[[str], None] | None = None) -> str:
-    ask, say = ask or read_secret, say or tell
+def ask_password() -> str:
     for _ in range(MAX_ATTEMPTS):
-        first = ask(PASSWORD_PROMPT)
-        second = ask(PASSWORD_AGAIN_PROMPT) if first else ""
+        first = read_secret(PASSWORD_PROMPT)
+        second = read_secret(PASSWORD_AGAIN_PROMPT) if first else ""
         problem = password_problem(first, second)
         if problem is None:
             return first
-        say(problem)
+        tell(problem)
     raise CredentialError(f"no confirmed password after {MAX_ATTEMPTS} attempts")
 
 
-def confirm(question: str, ask: Callable[[str], str] | None = None) -> bool:
+def confirm(question: str) -> bool:
     """True only for an explicit yes: the default of a destructive question is no."""
-    return (ask or read_line)(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    return read_line(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def read_totp() -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from urllib.parse import quote
 
+import shapely
+
 from cdse_dem.catalogue import Product, choose, intersects, search_url
 from cdse_dem.geocells import Geocell
 
@@ -48,13 +50,12 @@ class Rect:
                 for lat in range(max(self.south - 1, -90), min(self.north + 1, 90))
                 for lon in range(self.west - 1, self.east + 1)}
 
-    def wkt(self) -> str:
-        """The closed ring counter-clockwise from the south-east corner, as ``area_wkt`` writes a box."""
-        w, s, e, n = self.west, self.south, self.east, self.north
-        return f"POLYGON(({e} {s},{e} {n},{w} {n},{w} {s},{e} {s}))"
+    def polygon(self) -> shapely.Polygon:
+        """The rectangle as a lon/lat box (its ring counter-clockwise from the south-east corner)."""
+        return shapely.box(self.west, self.south, self.east, self.north)
 
     def clause(self) -> str:
-        return intersects(self.wkt())
+        return intersects(self.polygon())
 
     def halves(self) -> "tuple[Rect, Rect]":
         """Two rectangles covering this one, cut across its longer side."""
@@ -96,11 +97,11 @@ class SearchArea:
         return SearchArea((first,)), SearchArea((second,))
 
 
-def rectangles(cells: Iterable[Geocell], max_touched: int = MAX_TOUCHED_CELLS) -> list[Rect]:
+def rectangles(cells: Iterable[Geocell]) -> list[Rect]:
     """Wanted cells as few rectangles: runs along each row, stacked while rows repeat the run.
 
     Exactly the wanted cells are covered, each once; no rectangle is wider than
-    ``MAX_RECT_WIDTH`` nor reaches more than ``max_touched`` cells.
+    ``MAX_RECT_WIDTH`` nor reaches more than ``MAX_TOUCHED_CELLS`` cells.
     """
     rows: dict[int, list[int]] = {}
     for cell in set(cells):
@@ -122,7 +123,7 @@ def rectangles(cells: Iterable[Geocell], max_touched: int = MAX_TOUCHED_CELLS) -
         for west, east in runs_by_row[lat]:
             below = open_rects.pop((west, east), None)
             if below is not None and below.north == lat and \
-                    (east - west + 2) * (lat + 1 - below.south + 2) <= max_touched:
+                    (east - west + 2) * (lat + 1 - below.south + 2) <= MAX_TOUCHED_CELLS:
                 still_open[(west, east)] = Rect(below.south, west, lat + 1, east)
             else:
                 if below is not None:
@@ -134,8 +135,7 @@ def rectangles(cells: Iterable[Geocell], max_touched: int = MAX_TOUCHED_CELLS) -
     return sorted(rects)
 
 
-def plan_search_areas(cells: Iterable[Geocell], catalogue_url: str, dataset_text: str,
-                      max_touched: int = MAX_TOUCHED_CELLS) -> list[SearchArea]:
+def plan_search_areas(cells: Iterable[Geocell], catalogue_url: str, dataset_text: str) -> list[SearchArea]:
     """The searches that cover ``cells``: few, each URL at most ``MAX_URL_LENGTH`` characters.
 
     Rectangles are packed in south-to-north, west-to-east order, so each search holds
@@ -149,10 +149,10 @@ def plan_search_areas(cells: Iterable[Geocell], catalogue_url: str, dataset_text
     current: list[Rect] = []
     touched: set[tuple[int, int]] = set()
     length = fixed
-    for rect in rectangles(cells, max_touched):
+    for rect in rectangles(cells):
         clause = len(quote(rect.clause(), safe=""))
         reach = touched | rect.touched()
-        if current and (len(reach) > max_touched or length + separator + clause > MAX_URL_LENGTH):
+        if current and (len(reach) > MAX_TOUCHED_CELLS or length + separator + clause > MAX_URL_LENGTH):
             areas.append(SearchArea(tuple(current)))
             current, reach, length = [rect], rect.touched(), fixed + clause
         else:

@@ -23,7 +23,6 @@ COLUMNS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # 100 km column letters over all three set
 ROWS = "ABCDEFGHJKLMNPQRSTUV"  # 100 km row letters
 
 TILE_IDS_FILE = Path(__file__).resolve().parent / "data" / "s2_tile_ids.bin"
-TILE_COUNT = 56_686  # Placemarks in the official KML
 
 _MAGIC = b"S2TILEIDS1\n"
 _HEADER = struct.Struct(">I")  # number of tiles, checked against the bitmap on load

@@ -174,3 +174,21 @@ def whole_dem_bytes(file_name: str) -> bytes:
                          np.zeros(cols, dtype=np.intp))
     header, data = geotiff_parts(raster, cell.lon, cell.lat + 1, 1 / (cols - 1), 1 / (rows - 1))
     return header + (data if isinstance(data, bytes) else data.tobytes())
+
+
+# --- one tile's geometry (the library works on batches of tiles) --------------------------------
+
+def computed_footprint(tile: str):
+    """The footprint of one tile computed from the grid (``computed_footprints`` of a list of one)."""
+    from cdse_dem.footprint import computed_footprints
+
+    (footprint,) = computed_footprints([tile])
+    return footprint
+
+
+def geocells_of(footprint) -> list:
+    """The sorted geocells one footprint overlaps (``geocells_of_each`` of a list of one)."""
+    from cdse_dem.geocells import geocells_of_each
+
+    (cells,) = geocells_of_each([footprint.parts])
+    return cells

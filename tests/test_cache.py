@@ -130,18 +130,6 @@ def test_setting_aside_twice_keeps_both_copies(out_dir):
     assert kept == [b"{first", b"{second"]
 
 
-def test_forget_missing_drops_entries_whose_file_is_gone(out_dir):
-    (out_dir / A).write_bytes(b"GeoTIFF")
-    (out_dir / JSON).write_text(json.dumps({A: ID_A, B: ID_B}), encoding="utf-8")
-    cache = NameIdCache.load(out_dir)
-
-    assert cache.forget_missing() == [B]
-
-    assert cache.entries() == {A: ID_A}
-    assert on_disk(out_dir) == {A: ID_A}
-    assert cache.forget_missing() == []
-
-
 def test_records_from_many_threads_all_reach_the_file(out_dir):
     cache = NameIdCache.load(out_dir)
     expected = {f"Copernicus_DSM_30_N{t:02d}_00_E{i:03d}_00_DEM.tif": f"id-{t}-{i}"

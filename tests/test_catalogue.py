@@ -3,40 +3,34 @@
 import json
 
 import pytest
+import shapely
 
-from cdse_dem.catalogue import Product, choose, parse_product, product_filter
+from cdse_dem.catalogue import Product, choose, dataset_filter, intersects, parse_product
 from cdse_dem.geocells import Geocell
+from cdse_dem.search_areas import Rect, SearchArea
 
-AREA = "POLYGON((7 49,8 49,8 50,7 50,7 49))"
 
-
-def test_ccm_filter_is_the_real_query():
-    assert product_filter("CCM", 90, "DGED", "2024_1", AREA) == (
+def test_ccm_search_is_the_real_query():
+    area = SearchArea((Rect(south=49, west=7, north=50, east=8),))
+    assert area.filter_text(dataset_filter("CCM", 90, "DGED", "2024_1")) == (
         "Collection/Name eq 'CCM' and Attributes/OData.CSC.StringAttribute/any(att:att/Name eq 'dataset' "
         "and att/OData.CSC.StringAttribute/Value eq 'COP-DEM_GLO-90-DGED/2024_1') and "
-        "OData.CSC.Intersects(area=geography'SRID=4326;POLYGON((7 49,8 49,8 50,7 50,7 49))')")
+        "OData.CSC.Intersects(area=geography'SRID=4326;POLYGON((8 49,8 50,7 50,7 49,8 49))')")
 
 
 @pytest.mark.parametrize("resolution, model, product_type", [
     (30, "DGED", "DGE_30"), (90, "DGED", "DGE_90"), (30, "DTED", "DTE_30"), (90, "DTED", "DTE_90")])
 def test_cop_dem_filter_uses_product_type(resolution, model, product_type):
-    text = product_filter("COP-DEM", resolution, model, "2024_1", AREA)
-    assert text.startswith("Collection/Name eq 'COP-DEM' and ")
-    assert f"att/Name eq 'productType' and att/OData.CSC.StringAttribute/Value eq '{product_type}')" in text
+    assert dataset_filter("COP-DEM", resolution, model, "2024_1") == (
+        "Collection/Name eq 'COP-DEM' and Attributes/OData.CSC.StringAttribute/any(att:att/Name eq 'productType' "
+        f"and att/OData.CSC.StringAttribute/Value eq '{product_type}')")
 
 
-def test_query_polygon_contains_the_tile_and_is_short():
-    from shapely import wkt
-
-    from cdse_dem.catalogue import area_wkt
-    from cdse_dem.footprint import computed_footprint
-
-    footprint = computed_footprint("32UMA")
-    (query,) = footprint.query_parts()
-    text = area_wkt(query)
-    assert text.startswith("POLYGON((") and text.endswith("))")
-    assert wkt.loads(text).contains(footprint.parts[0])
-    assert len(text) < 400
+def test_an_area_is_written_as_cdse_documents_it():
+    """No space after a comma or before a parenthesis (each costs 3 characters of URL), at most 6 decimals."""
+    polygon = shapely.Polygon([(-179.5, -16.8), (180, -16.8), (180, -16.2), (7.123456789, -16.2), (-179.5, -16.8)])
+    assert intersects(polygon) == ("OData.CSC.Intersects(area=geography'SRID=4326;"
+                                   "POLYGON((-179.5 -16.8,180 -16.8,180 -16.2,7.123457 -16.2,-179.5 -16.8))')")
 
 
 def record(**over):

@@ -15,20 +15,20 @@ from pathlib import Path
 import pytest
 import requests
 
-from cdse_dem.catalogue import Catalogue, parse_product, product_filter
+from cdse_dem.catalogue import Catalogue, dataset_filter, parse_product
 from cdse_dem.credentials import Credentials
 from cdse_dem.download import DownloadCancelled, DownloadFailed, download_product
 from cdse_dem.endpoints import Endpoints
 from cdse_dem.errors import AccessDenied, BudgetExhausted
 from cdse_dem.extract import extract_dem
 from cdse_dem.retry import Backoff
+from cdse_dem.search_areas import Rect, SearchArea
 from cdse_dem.session import CdseSession
 from simulator import Faults, User
 
 DEMO = Credentials("demo@example.com", "demo")
 NOCCM = Credentials("noccm@example.com", "noccm")
 QUICK = Backoff(attempts=5, base=0.01, cap=0.05)
-INSIDE_N50_E007 = "POLYGON((7.2 50.2,7.8 50.2,7.8 50.8,7.2 50.8,7.2 50.2))"
 DEM_90 = "Copernicus_DSM_30_N50_00_E007_00_DEM.tif"
 
 
@@ -67,7 +67,8 @@ class Client:
 
     def product(self, collection="CCM"):
         """The catalogue's 90 m DGED product of geocell N50_E007."""
-        filter_text = product_filter(collection, 90, "DGED", "2024_1", INSIDE_N50_E007)
+        cell = SearchArea((Rect(south=50, west=7, north=51, east=8),))
+        filter_text = cell.filter_text(dataset_filter(collection, 90, "DGED", "2024_1"))
         records = Catalogue(self.sim.catalogue_url, self.http).search(filter_text)
         products = [p for p in map(parse_product, records) if p and p.geocell.grid_id == "N50_E007"]
         assert len(products) == 1

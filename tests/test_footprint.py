@@ -8,7 +8,8 @@ import shapely
 from pyproj import Geod, Transformer
 
 from cdse_dem.errors import InputError
-from cdse_dem.footprint import FootprintFinder, computed_footprint, computed_footprints, utm_tile
+from cdse_dem.footprint import FootprintFinder, computed_footprints, utm_tile
+from tests.helpers import computed_footprint, geocells_of
 
 GEOD = Geod(ellps="WGS84")
 
@@ -88,20 +89,6 @@ def test_01WCV_is_cut_in_two_at_the_antimeridian():
         assert np.allclose(sorted(y), [7_890_240, 8_000_040], atol=1.0)
 
 
-def test_query_parts_contain_the_footprint_with_few_vertices():
-    for tile in ("32UMA", "01WCV", "24XWT", "58CEU"):
-        footprint = computed_footprint(tile)
-        query = footprint.query_parts()
-        assert len(query) == len(footprint.parts)
-        for coarse, part in zip(query, footprint.parts, strict=True):
-            assert coarse.contains(part)
-            assert len(coarse.exterior.coords) <= 40
-            assert -180 <= coarse.bounds[0] and coarse.bounds[2] <= 180
-            # a margin of about 0.01°, more at the mitred sharp corners of high-latitude tiles
-            assert shapely.hausdorff_distance(coarse, part) <= 0.05
-            assert coarse.area <= part.area * 1.1
-
-
 def test_batch_and_single_agree_and_keep_order():
     tiles = ["32UMA", "01WCV", "t33txf", "32UMA"]
     batch = computed_footprints(tiles)
@@ -125,7 +112,6 @@ def test_without_kml_footprints_are_computed_and_logged(tmp_path, caplog):
     finder = FootprintFinder(tmp_path / "absent.kml")
     footprint = finder.footprint("32uma")
     assert footprint.source == "computed" and footprint.tile == "32UMA"
-    assert not finder.uses_kml
     assert f"Tiling KML not found at {tmp_path / 'absent.kml'}" in caplog.text
     assert "Footprint of 32UMA: computed" in caplog.text
     assert FootprintFinder(None).footprint("01WCV").source == "computed"
@@ -154,7 +140,7 @@ def test_with_the_real_kml_footprints_are_its_polygons(real_kml, caplog):
 
 
 def test_the_known_tiles_get_the_same_cells_from_the_kml(real_kml):
-    from cdse_dem.geocells import geocells_of, parse_grid_id
+    from cdse_dem.geocells import parse_grid_id
 
     def grid(lats, lons):
         return sorted(parse_grid_id(f"{a}_{o}") for a in lats for o in lons)

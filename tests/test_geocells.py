@@ -10,16 +10,9 @@ when the whole tile lies on one side of the central meridian.
 import pytest
 import shapely
 
-from cdse_dem.footprint import Footprint, computed_footprint
-from cdse_dem.geocells import (
-    Geocell,
-    geocell_of_footprint_wkt,
-    geocell_of_name,
-    geocells_of,
-    geocells_of_each,
-    parse_grid_id,
-    union_of_geocells,
-)
+from cdse_dem.footprint import Footprint
+from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, geocell_of_name, parse_grid_id
+from tests.helpers import computed_footprint, geocells_of
 
 
 def ids(cells):
@@ -87,6 +80,19 @@ def test_geocell_of_a_product_footprint():
     assert geocell_of_footprint_wkt("POLYGON ((7 50, 9 50, 9 51, 7 51, 7 50))") is None  # two cells wide
     assert geocell_of_footprint_wkt("POLYGON ((7.5 50.5, 8.5 50.5, 8.5 51.5, 7.5 51.5, 7.5 50.5))") is None
     assert geocell_of_footprint_wkt("nonsense") is None
+    assert geocell_of_footprint_wkt("SRID=4326;MULTIPOLYGON (((7 50, 8 50, 8 51, 7 51, 7 50)))") == Geocell(50, 7)
+
+
+@pytest.mark.parametrize("footprint", [
+    "geography'SRID=4326;POLYGON ((7 50, 8 50, 8 51, 7 51))'",  # ring not closed
+    "geography'SRID=4326;POLYGON ((7 50, 8 50, 8 51, 7 51, 7 50)) 9 52'",  # trailing numbers
+    "geography'SRID=4326;POINT (7.5 50.5)'",
+    "geography'SRID=4326;POLYGON EMPTY'",
+    "geography'SRID=4326;POLYGON ((nan 50, 8 50, 8 51, nan 51, nan 50))'",
+    "",
+])
+def test_a_footprint_that_is_no_cell_sized_geometry_names_no_cell(footprint):
+    assert geocell_of_footprint_wkt(footprint) is None
 
 
 def test_a_polygon_on_degree_lines_takes_no_cell_it_only_touches():
@@ -138,14 +144,6 @@ def test_24XWT_in_band_X():
     # -30.9°, so the southern row reaches W031 too.
     lons = ["W040", "W039", "W038", "W037", "W036", "W035", "W034", "W033", "W032", "W031"]
     assert geocells_of(computed_footprint("24XWT")) == grid(["N82", "N83"], lons)
-
-
-def test_union_counts_each_shared_cell_once():
-    footprints = [computed_footprint(t) for t in ("32UMA", "31TCJ", "32UMA")]
-    union = union_of_geocells(footprints)
-    assert len(union) == 10
-    assert union == sorted(set(geocells_of(footprints[0]) + geocells_of(footprints[1])))
-    assert geocells_of_each([]) == []
 
 
 def test_cell_polygon():

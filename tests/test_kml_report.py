@@ -6,9 +6,9 @@ import pytest
 from fastkml import KML
 
 from cdse_dem.errors import UsageError
-from cdse_dem.footprint import computed_footprint
 from cdse_dem.geocells import Geocell
 from cdse_dem.kml_report import write_kml_report
+from tests.helpers import computed_footprint
 
 STATUS = {
     Geocell(49, 7): "downloaded",

@@ -92,7 +92,7 @@ def test_scattered_cells_are_few_searches_with_short_urls_and_every_cell_once():
 
 
 def test_a_search_reaches_a_bounded_number_of_cells():
-    areas = plan_search_areas(block(-40, -180, 40, 180), REAL_CATALOGUE, CCM_90, max_touched=2500)
+    areas = plan_search_areas(block(-40, -180, 40, 180), REAL_CATALOGUE, CCM_90)
     for area in areas:
         reach = set().union(*(r.touched() for r in area.rects))
         assert len(reach) <= 2500
