@@ -1,57 +1,139 @@
-"""requirements.txt, pyproject.toml and environment.yml list the same packages at the same versions."""
+"""Packaging for a shared environment: ranges in pyproject.toml, exact pins for `make`, the tool alone.
 
-import re
+pyproject.toml declares what the code needs as ranges (a user installs the tool beside other
+packages); requirements.txt, requirements-dev.txt and environment.yml pin the versions `make`
+and conda install, which must lie within those ranges. The wheel holds the tool, not the simulator.
+"""
+
+import ast
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
+from email.parser import Parser
+from importlib.metadata import packages_distributions
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+PYTHONS = ("3.11", "3.12")  # every version requirements.txt pins for
 
 
-def pins(lines, python="3.12"):
-    """{package: version} for ``python``: lines with a python_version marker for another version are skipped."""
+def requirement_lines(path) -> list[Requirement]:
+    """The requirements of a requirements file (comments, blank lines and ``-r`` includes skipped)."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [Requirement(line) for line in lines if line and not line.startswith("-")]
+
+
+def for_python(requirements, python: str) -> dict[str, Requirement]:
+    """{canonical name: requirement} of those whose marker holds on ``python`` (and outside any extra)."""
     found = {}
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        spec, _, marker = line.partition(";")
-        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*[=]=?\s*([0-9][^\s,;]*)", spec.strip())
-        if not match:
-            continue
-        condition = re.fullmatch(r'\s*python_version\s*(>=|<)\s*"([0-9.]+)"\s*', marker) if marker else None
-        if marker and not condition:
-            raise AssertionError(f"unexpected marker in {line!r}")
-        if condition:
-            wanted = tuple(map(int, condition.group(2).split(".")))
-            have = tuple(map(int, python.split(".")))
-            if (have >= wanted) != (condition.group(1) == ">="):
-                continue
-        found[match.group(1).lower().replace("_", "-")] = match.group(2)
+    for req in requirements:
+        if req.marker is None or req.marker.evaluate({"python_version": python, "extra": ""}):
+            name = canonicalize_name(req.name)
+            assert name not in found, f"{req.name} listed twice for Python {python}"
+            found[name] = req
     return found
 
 
-def test_three_package_lists_agree(root):
-    requirements = pins((root / "requirements.txt").read_text().splitlines())
-    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
-    project = pins(pyproject["project"]["dependencies"])
+def pinned(requirements, python: str) -> dict[str, str]:
+    """{canonical name: version} of ``==`` pins; anything else in a pin file is an error."""
+    pins = {}
+    for name, req in for_python(requirements, python).items():
+        (spec,) = req.specifier
+        assert spec.operator == "==", f"{req} is not an exact pin"
+        pins[name] = spec.version
+    return pins
+
+
+def project(root) -> dict:
+    return tomllib.loads((root / "pyproject.toml").read_text())["project"]
+
+
+def dev_group(root) -> list[str]:
+    return tomllib.loads((root / "pyproject.toml").read_text())["dependency-groups"]["dev"]
+
+
+def test_the_pinned_versions_lie_within_the_declared_ranges(root):
+    ranges = [Requirement(r) for r in project(root)["dependencies"]]
+    dev_ranges = [Requirement(r) for r in dev_group(root)]
+    runtime_pins = requirement_lines(root / "requirements.txt")
+    dev_pins = requirement_lines(root / "requirements-dev.txt")
+    for python in PYTHONS:
+        for declared, pins in ((ranges, runtime_pins), (dev_ranges, dev_pins)):
+            wanted, versions = for_python(declared, python), pinned(pins, python)
+            assert set(versions) == set(wanted), python
+            for name, version in versions.items():
+                assert wanted[name].specifier.contains(version), f"{name}=={version} is outside {wanted[name]}"
+
+
+def test_the_declared_dependencies_are_ranges_not_pins(root):
+    for text in project(root)["dependencies"] + dev_group(root):
+        req = Requirement(text)
+        operators = {spec.operator for spec in req.specifier}
+        assert ">=" in operators, f"{text}: no lower bound"
+        assert not operators & {"==", "===", "~="}, f"{text}: a pin, not a range"
+        assert req.marker is None, f"{text}: a range needs no marker per Python version"
+
+
+def test_the_conda_environment_pins_what_requirements_txt_pins(root):
     env = yaml.safe_load((root / "environment.yml").read_text())
-    conda = pins(d for d in env["dependencies"] if isinstance(d, str))
-    python = conda.pop("python")
-    assert requirements == project == conda
-    assert python == "3.12"
-    assert {"requests", "cryptography", "pyyaml", "lxml", "shapely", "fastkml"} <= set(requirements)
+    conda = {}
+    for dependency in env["dependencies"]:
+        name, _, version = dependency.partition("=")
+        conda[canonicalize_name(name)] = version
+    assert conda.pop("python") == "3.12"
+    assert conda == pinned(requirement_lines(root / "requirements.txt"), "3.12")
 
 
-def test_python_311_gets_a_complete_set_too(root):
-    for_312 = pins((root / "requirements.txt").read_text().splitlines())
-    for_311 = pins((root / "requirements.txt").read_text().splitlines(), python="3.11")
-    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
-    assert set(for_311) == set(for_312)
-    assert for_311 == pins(pyproject["project"]["dependencies"], python="3.11")
+def test_every_distribution_the_tool_imports_is_declared_and_nothing_else(root):
+    imported = set()
+    for source in [*sorted((root / "cdse_dem").glob("*.py")), root / "cdse_copernicus_dem_downloader.py"]:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"cdse_dem"}
+    distributions = packages_distributions()
+    unknown = sorted(m for m in third_party if m not in distributions)
+    assert unknown == [], f"imported but not installed here: {unknown}"
+    needed = {canonicalize_name(d) for m in third_party for d in distributions[m]}
+    declared = {canonicalize_name(Requirement(r).name) for r in project(root)["dependencies"]}
+    assert needed == declared
 
 
-def test_dev_extra_matches_requirements_dev(root):
-    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
-    dev = pins(pyproject["project"]["optional-dependencies"]["dev"])
-    listed = pins((root / "requirements-dev.txt").read_text().splitlines())
-    assert dev == listed
+def test_the_wheel_holds_the_tool_and_not_the_simulator(root, tmp_path):
+    """Built as ``pip install .`` builds it (an isolated build environment with setuptools)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "NOTICE", "cdse_copernicus_dem_downloader.py"):
+        shutil.copy2(root / name, source / name)
+    for folder in ("cdse_dem", "simulator"):  # the simulator is there, as in a checkout, and stays out
+        shutil.copytree(root / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check",
+         "--wheel-dir", str(tmp_path / "dist"), str(source)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = (tmp_path / "dist").glob("cdse_copernicus_dem_downloader-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        metadata = Parser().parsestr(archive.read(metadata_name).decode("utf-8"))
+        (entry_points_name,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        entry_points = archive.read(entry_points_name).decode("utf-8")
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"cdse_dem", "cdse_copernicus_dem_downloader.py"}
+    assert {"cdse_dem/__init__.py", "cdse_dem/data/configuration.xsd", "cdse_dem/data/s2_tile_ids.bin"} <= set(names)
+    assert "cdse-copernicus-dem-downloader = cdse_copernicus_dem_downloader:main" in entry_points
+    requires = metadata.get_all("Requires-Dist")
+    assert requires and not [r for r in requires if "==" in r]  # nor any extra (the test tools are a group)
+    declared = {canonicalize_name(Requirement(r).name) for r in project(root)["dependencies"]}
+    assert {canonicalize_name(Requirement(r).name) for r in requires} == declared
 
 
 def test_ci_runs_make_test(root):
