@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from copy import copy
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -43,7 +44,7 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnection
 from urllib3.util.retry import RequestHistory, Retry
 
 from cdse_dem import __version__
-from cdse_dem.endpoints import origin
+from cdse_dem.endpoints import Endpoints, origin
 from cdse_dem.errors import EXIT_INTERRUPTED, DemError
 from cdse_dem.retry import MAX_RETRY_AFTER, retry_after
 
@@ -214,6 +215,7 @@ def tries_of(reply) -> int:
 
 
 def is_timeout(error: BaseException) -> bool:
+    """True for a connect or read timeout (not for a refused connection)."""
     if isinstance(error, NewConnectionError):  # a refused connection is a ConnectTimeoutError to urllib3
         return False
     return isinstance(error, (ReadTimeoutError, ConnectTimeoutError, requests.Timeout, TimeoutError))
@@ -265,9 +267,9 @@ class DownloadToken(AuthBase):
         self.token = token
 
     def bearing(self, token: str) -> DownloadToken:
-        """The same hosts, with ``token``."""
-        auth = DownloadToken((), token)
-        auth.hosts = self.hosts
+        """The same hosts, with ``token`` (the session's current one, for one request)."""
+        auth = copy(self)
+        auth.token = token
         return auth
 
     def allows(self, url: str) -> bool:
@@ -305,7 +307,7 @@ class NoNetrcSession(requests.Session):
         return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
 
-def new_http_session(pool_size: int = 4, endpoints=None) -> NoNetrcSession:
+def new_http_session(pool_size: int = 4, endpoints: Endpoints | None = None) -> NoNetrcSession:
     """A pooled session; with ``endpoints``, identity and catalogue requests are retried by their
     policies (mounted here, once: mounting on a session other threads use is not safe)."""
     session = NoNetrcSession(pool_size)

@@ -60,10 +60,6 @@ class FakeClock:
         with self._lock:
             self.now += seconds
 
-    def sleep(self, seconds: float) -> None:
-        """A sleep that passes on this clock only: for code that waits, as a retry does."""
-        self.advance(seconds)
-
 
 def cli_env(sim, **extra) -> dict:
     """Environment for a CLI run against ``sim`` with the demo account."""

@@ -276,5 +276,6 @@ def test_retry_after_is_read_in_seconds_or_as_a_date_capped_at_a_minute_and_igno
     retry = catalogue_retry()
     assert retry.get_retry_after(Answer("2.5")) == 2.5
     assert retry.get_retry_after(Answer("3600")) == 60.0
-    assert 55 <= retry.get_retry_after(Answer(formatdate(time.time() + 58, usegmt=True))) <= 58
+    assert retry.get_retry_after(Answer(formatdate(time.time() + 3600, usegmt=True))) == 60.0
+    assert retry.get_retry_after(Answer(formatdate(time.time() - 3600, usegmt=True))) == 0.0
     assert retry.get_retry_after(Answer("soon")) is None
