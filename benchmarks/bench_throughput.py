@@ -8,7 +8,7 @@ ratio compares runs of the same session. Per repetition, in this order:
 - the default run: 24 GLO-90 geocells (12 adjacent tiles in central Spain, 38°N–42°N, all on
   land, so every product is 1201x1201 and the same size), the whole process timed;
 - the one-at-a-time run of the same geocells, as the reference tool works: ``--workers 1`` and
-  ``CDSE_DEM_FRESH_CONNECTIONS=1`` (a new connection per request);
+  a new connection per request (the tool run through ``fresh_connections.py``);
 - the same with ``--workers 1`` alone (one kept-alive connection): one at a time without the
   cost of new connections, hence the stricter comparison (see the README: the fresh-connection
   mode also pays for retries of connections the server had closed);
@@ -34,6 +34,7 @@ CELLS_30 = 6
 THROUGHPUT_TARGET = 0.90  # of the ceiling, for the 24-cell run
 SPEEDUP_TARGET = 3.5  # default run against one-at-a-time
 MEMORY_TARGET_MB = 150.0
+FRESH_CONNECTIONS = Path(__file__).resolve().parent / "fresh_connections.py"  # the tool, a connection per request
 
 
 def _sizes(sim: Simulator, product_ids: list[str]) -> list[int]:
@@ -52,14 +53,14 @@ def _checked_plan(tool: Tool, tiles: list[str], cells: int, *args: str) -> list[
     return sorted({c["product_id"] for t in summary["tiles"] for c in t["geocells"]})
 
 
-def _download(tool: Tool, tiles: list[str], cells: int, *args: str, **env: str) -> benchlib.Run:
+def _download(tool: Tool, tiles: list[str], cells: int, *args: str, entry: Path = benchlib.ENTRY) -> benchlib.Run:
     import json
 
     with tempfile.TemporaryDirectory(prefix="cdse-bench-out-") as out:
         summary = Path(out) / "summary.json"
         # whole zips: these figures are the zip pipeline's (bench_nodes.py compares it with the Nodes API)
         run = tool.run(*benchlib.tile_args(tiles), "--o", str(Path(out) / "dem"), "--summary-json", str(summary),
-                       "-q", "--transfer", "zip", *args, **env)
+                       "-q", "--transfer", "zip", *args, entry=entry)
         totals = json.loads(summary.read_text())["totals"]
         if totals["downloaded"] != cells:
             raise SystemExit(f"expected {cells} geocells downloaded, got {totals}")
@@ -79,8 +80,7 @@ def run(repeat: int = 3) -> list[Row]:
             default, reference, serial, glo30 = [], [], [], []
             for _ in range(repeat):
                 default.append(_download(tool, TILES_90, CELLS_90))
-                reference.append(_download(tool, TILES_90, CELLS_90, "--workers", "1",
-                                           CDSE_DEM_FRESH_CONNECTIONS="1"))
+                reference.append(_download(tool, TILES_90, CELLS_90, "--workers", "1", entry=FRESH_CONNECTIONS))
                 serial.append(_download(tool, TILES_90, CELLS_90, "--workers", "1"))
                 glo30.append(_download(tool, TILES_30, CELLS_30, "--r", "30"))
         finally:
@@ -110,7 +110,7 @@ def run(repeat: int = 3) -> list[Row]:
         Row(f"1. throughput, {CELLS_30} GLO-30 geocells (tile {TILES_30[0]}), whole process",
             f"{t_30:.2f} s, {bytes_30 / MB:.1f} MB, {bytes_30 / MB / t_30:.1f} MB/s = "
             f"{bytes_30 / t_30 / ceiling:.0%} of the {cap} ceiling", "(6 files on 4 connections: <= 75 %)"),
-        Row("2. one at a time (--workers 1, CDSE_DEM_FRESH_CONNECTIONS=1), same 24 geocells",
+        Row("2. one at a time (--workers 1, a new connection per request), same 24 geocells",
             f"{t_reference:.2f} s, {bytes_90 / MB / t_reference:.1f} MB/s; {lost:g} retries after a reused "
             "closed connection per run"),
         Row("2. default run vs one at a time (ratio per repetition, median)",

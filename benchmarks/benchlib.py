@@ -144,8 +144,9 @@ class Tool:
         env.update(extra)
         return env
 
-    def run(self, *args: str, expected: int = 0, **extra_env: str) -> Run:
-        return run_process([PYTHON, str(ENTRY), *args], env=self.env(**extra_env)).check(expected)
+    def run(self, *args: str, expected: int = 0, entry: Path = ENTRY, **extra_env: str) -> Run:
+        """The command line (or ``entry``, a wrapper of it) with ``args``, in this tool home."""
+        return run_process([PYTHON, str(entry), *args], env=self.env(**extra_env)).check(expected)
 
     def plan(self, tiles: Iterable[str], *args: str) -> dict:
         """The ``--dry-run`` summary of ``tiles``: what the tool would fetch."""

@@ -194,7 +194,7 @@ def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
                          plan.count(plan_mod.Status.PRESENT))
         else:
             plan_mod.mark_to_compare(plan, lambda name: sources.came_from(name, sea_record.key))
-    http = new_http_session(args.workers + SEARCH_THREADS)
+    http = new_http_session(args.workers + SEARCH_THREADS, endpoints)
     catalogue = Catalogue(endpoints.catalogue_url, http)
     fetcher = None if args.dry_run else _fetcher(args, credentials, http, endpoints, out_dir, cache)
     totals = Totals()

@@ -12,17 +12,29 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, urlsplit
 
+import requests
 import shapely
+from urllib3.exceptions import MaxRetryError
 
-from cdse_dem.endpoints import origin_text, same_origin
+from cdse_dem.endpoints import origin, origin_text
 from cdse_dem.errors import ServiceError
 from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, geocell_of_name, parse_grid_id
-from cdse_dem.retry import Backoff, retry_after, wait_for
+from cdse_dem.http import (
+    ATTEMPTS,
+    RETRY_STATUSES,
+    BadAnswer,
+    RetryCancelled,
+    catalogue_problem,
+    catalogue_retry,
+    gave_up,
+    retry_waits,
+    tries_of,
+)
 
 if TYPE_CHECKING:
     from shapely import Polygon
@@ -252,19 +264,22 @@ class SearchCancelled(Exception):
 class Catalogue:
     """Searches the catalogue over a shared HTTP session, with timeouts and retries.
 
-    ``stop`` (set on Ctrl-C) ends a search before its next request and cuts its retry waits
-    short, so an interrupted run sends no further search.
+    Requests are retried by the session's catalogue adapter (``http.catalogue_retry``, mounted
+    by ``new_http_session(..., endpoints)``); a whole answer that is no page (not JSON, cut
+    short) is asked for again here, under the same policy. ``stop`` (set on Ctrl-C) ends a
+    search before its next request and cuts its retry waits short, so an interrupted run sends
+    no further search; ``sleep`` replaces those waits (tests).
     """
 
-    def __init__(self, catalogue_url: str, http, *, backoff: Backoff | None = None,
-                 timeout: tuple[float, float] = (10.0, 30.0), stop: threading.Event | None = None,
-                 max_page_bytes: int = MAX_PAGE_BYTES):
+    def __init__(self, catalogue_url: str, http, *, timeout: tuple[float, float] = (10.0, 30.0),
+                 stop: threading.Event | None = None, max_page_bytes: int = MAX_PAGE_BYTES,
+                 sleep: Callable[[float], None] | None = None):
         self.catalogue_url = catalogue_url.rstrip("/")
         self.http = http
-        self.backoff = backoff or Backoff()
         self.timeout = timeout
         self.stop = stop or threading.Event()
         self.max_page_bytes = max_page_bytes
+        self.sleep = sleep
 
     def search(self, filter_text: str) -> list[dict]:
         """Every record matching ``filter_text``, following ``@odata.nextLink`` to the end.
@@ -295,7 +310,8 @@ class Catalogue:
         if not isinstance(link, str):
             raise ServiceError(f"CDSE catalogue answered a nextLink that is not a URL ({type(link).__name__});"
                                " search stopped")
-        if not same_origin(link, self.catalogue_url):
+        here = origin(link)
+        if here is None or here != origin(self.catalogue_url):
             raise ServiceError(f"CDSE catalogue answered a nextLink to another host ({origin_text(link)});"
                                " not followed, search stopped")
         if link in seen:
@@ -307,43 +323,49 @@ class Catalogue:
         return link
 
     def _get_json(self, url: str) -> dict:
-        import requests
+        """The page at ``url``. The adapter retries what a request fails by; an answer that is
+        no page is tried again here, as the adapter would (its log line, its waits, its count)."""
+        retry = catalogue_retry()
+        try:
+            with retry_waits(sleep=self.sleep, stop=self.stop):
+                while True:
+                    if self.stop.is_set():
+                        raise SearchCancelled()
+                    page = self._page(url)
+                    if isinstance(page, dict):
+                        return page
+                    try:
+                        retry = retry.increment("GET", url, error=BadAnswer(page))
+                    except MaxRetryError:
+                        raise ServiceError(f"CDSE catalogue gave {page} after {retry.tries} tries"
+                                           f" ({_short(url)})") from None
+                    retry.sleep()
+        except RetryCancelled:
+            raise SearchCancelled() from None
 
-        delays = self.backoff.delays()
-        while True:
-            if self.stop.is_set():
-                raise SearchCancelled()
-            problem, wait = None, None
-            try:
-                reply = self.http.get(url, timeout=self.timeout, stream=True)
-            except requests.RequestException as exc:
-                problem = f"no answer ({type(exc).__name__})"
-            else:
-                with reply:
-                    if reply.status_code == 200:
-                        try:
-                            page = json.loads(self._body(reply, url))
-                        except requests.RequestException as exc:
-                            problem = f"no whole answer ({type(exc).__name__})"
-                        except ValueError:
-                            problem = "an answer that is not JSON"
-                        else:
-                            if isinstance(page, dict):
-                                return page
-                            problem = "an answer that is not a JSON object"
-                    elif reply.status_code == 429 or reply.status_code >= 500:
-                        problem, wait = f"HTTP {reply.status_code}", retry_after(reply.headers)
-                    else:
-                        raise ServiceError(f"CDSE catalogue refused the search: HTTP {reply.status_code}"
-                                           f" {_detail(reply)}")
-            delay = next(delays, None)
-            if delay is None:
-                raise ServiceError(f"CDSE catalogue gave {problem} after {self.backoff.attempts} tries"
+    def _page(self, url: str) -> dict | str:
+        """One request: the page, or what was wrong with a whole answer (to try again); ServiceError
+        when the service refused or stayed unusable after the adapter's retries."""
+        try:
+            reply = self.http.get(url, timeout=self.timeout, stream=True)
+        except requests.RequestException as exc:
+            tries = ATTEMPTS if gave_up(exc) else 1
+            raise ServiceError(f"CDSE catalogue gave {catalogue_problem(exc)} after {tries} tries"
+                               f" ({_short(url)})") from None
+        with reply:
+            status = reply.status_code
+            if status == 200:
+                try:
+                    page = json.loads(self._body(reply, url))
+                except requests.RequestException as exc:
+                    return f"no whole answer ({type(exc).__name__})"
+                except ValueError:
+                    return "an answer that is not JSON"
+                return page if isinstance(page, dict) else "an answer that is not a JSON object"
+            if status in RETRY_STATUSES:
+                raise ServiceError(f"CDSE catalogue gave HTTP {status} after {tries_of(reply)} tries"
                                    f" ({_short(url)})")
-            delay = wait_for(delay, wait)
-            log.warning("CDSE catalogue gave %s; retrying in %.1f s", problem, delay)
-            if self.stop.wait(delay):
-                raise SearchCancelled()
+            raise ServiceError(f"CDSE catalogue refused the search: HTTP {status} {_detail(reply)}")
 
     def _body(self, reply, url: str) -> bytes:
         """The page's bytes, read no further than ``max_page_bytes`` (ServiceError past it, not retried)."""

@@ -61,7 +61,8 @@ def run_check(args, settings, tile_plans, invalid, out_dir: Path) -> int:
             state.status, state.file = plan_mod.Status.PRESENT, str(out_dir / state.file_name)
     log.info("Checking %s: %d of %d geocells have a whole DEM file there", out_dir,
              sum(p is None for p in problems.values()), len(problems))
-    _search(plan, Catalogue(Endpoints.from_env().catalogue_url, new_http_session(SEARCH_THREADS)), settings, None)
+    endpoints = Endpoints.from_env()
+    _search(plan, Catalogue(endpoints.catalogue_url, new_http_session(SEARCH_THREADS, endpoints)), settings, None)
     verdicts = [tile_readiness(plan, tile, problems, missing_list) for tile in plan.tiles]
     ready = all(v.ready for v in verdicts)
     status = EXIT_OK if ready and not invalid else EXIT_FAILED

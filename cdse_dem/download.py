@@ -1,14 +1,15 @@
 """Downloading one product zip, verified as it arrives, retried when the network misbehaves.
 
 The bytes come straight from the download host (the catalogue's redirect would strip the
-token, and a token must never reach any other host), in 1 MiB chunks written to a temporary
-file in the destination folder while MD5 (and BLAKE3 when the catalogue gives it) and the
-length are computed on the fly: memory stays flat whatever the size, and a product is never
-read twice. A body that is short, long or altered is thrown away and fetched again from zero
-(CDSE serves no ``Range``). Only a 200 answer is ever written: an error body never becomes a
-"zip". Failures that another try can cure (dropped connections, timeouts, 429, 5xx, a bad
-checksum) are retried with the shared :class:`~cdse_dem.retry.Backoff`; those it cannot (no
-CCM access, a refused token, 404) end at once with one line saying what to do.
+token, and a token must never reach any other host: :class:`~cdse_dem.http.DownloadToken`
+adds it for CDSE's download hosts only, and a redirect is followed only between them), in
+1 MiB chunks written to a temporary file in the destination folder while MD5 (and BLAKE3 when
+the catalogue gives it) and the length are computed on the fly: memory stays flat whatever the
+size, and a product is never read twice. A body that is short, long or altered is thrown away
+and fetched again from zero (CDSE serves no ``Range``). Only a 200 answer is ever written: an
+error body never becomes a "zip". Failures that another try can cure (dropped connections,
+timeouts, 429, 5xx, a bad checksum) are retried with :class:`~cdse_dem.retry.Backoff`; those
+it cannot (no CCM access, a refused token, 404) end at once with one line saying what to do.
 
 The same loop (:func:`fetch_file`, :func:`get_json`) serves the single files and listings of
 the Nodes API (:mod:`cdse_dem.nodes`), with a length but no checksum to verify as bytes arrive;
@@ -40,6 +41,7 @@ from urllib.parse import urljoin
 from cdse_dem.endpoints import origin_text as _origin
 from cdse_dem.errors import EXIT_INTERRUPTED, AccessDenied, BudgetExhausted, DemError
 from cdse_dem.fsutil import create_temp_in, raise_if_disk_full, remove_quietly
+from cdse_dem.http import DownloadToken
 from cdse_dem.redact import scrub
 from cdse_dem.retry import Backoff, retry_after, wait_for
 
@@ -246,8 +248,9 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
     backoff = backoff or Backoff()
     stall = stall or StallLimits()
     timeout = timeout or (10.0, stall.silence)
-    if not endpoints.is_download_host(url):  # the token goes to the download host only
-        raise DownloadFailed(f"refusing to send the access token to {_origin(url)} (not the download host)")
+    auth = DownloadToken(endpoints.token_hosts)
+    if not auth.allows(url):  # the token goes to CDSE's download hosts only
+        raise DownloadFailed(f"refusing to send the access token to {_origin(url)} (not a CDSE download host)")
     delays = backoff.delays()
     requests_made = 0
     tries = 0  # failures counted against the backoff: a 401 refresh is not one
@@ -266,7 +269,7 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
                 _raise_if_stopped(stop, label)
                 token = session.access_token()
                 sent = time.monotonic()
-                result = _attempt(url, token, http, receive, watch, timeout, label, endpoints)
+                result = _attempt(url, auth.bearing(token), http, receive, watch, timeout, label)
                 seconds = time.monotonic() - sent
         except _Redirect as redirect:
             redirects += 1
@@ -304,13 +307,13 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
         return result, requests_made, seconds
 
 
-def _attempt(url, token, http, receive, watch, timeout, label, endpoints):
+def _attempt(url, auth: DownloadToken, http, receive, watch, timeout, label):
     """One GET: what ``receive`` makes of a 200 answer, else the exception that says what to do next."""
     import requests
 
-    headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
     try:
-        reply = http.get(url, headers=headers, stream=True, allow_redirects=False, timeout=timeout)
+        reply = http.get(url, auth=auth, headers={"Accept-Encoding": "identity"}, stream=True,
+                         allow_redirects=False, timeout=timeout)
     except (requests.Timeout, requests.ConnectionError) as exc:
         _raise_if_stopped(watch.stop, label)
         if isinstance(exc, requests.ReadTimeout):
@@ -326,7 +329,7 @@ def _attempt(url, token, http, receive, watch, timeout, label, endpoints):
         detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if 300 <= status < 400:
             location = urljoin(url, reply.headers.get("Location") or "")
-            if reply.headers.get("Location") and endpoints.may_receive_token(location):
+            if reply.headers.get("Location") and auth.allows(location):
                 raise _Redirect(location)
             where = _origin(reply.headers.get("Location") or "")
             raise DownloadFailed(f"the download host redirected {label} to {where or 'elsewhere'};"

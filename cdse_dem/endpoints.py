@@ -1,9 +1,8 @@
 """The three CDSE service addresses, real by default, overridable by environment.
 
 CDSE's two download hosts (and the configured one, e.g. a local simulator) are the only
-ones that ever receive the access token; the token URL receives the credentials. Keeping
-the hosts in one record lets the download code refuse to send the token anywhere else
-(a redirect to a foreign host must not carry it).
+ones that ever receive the access token (``token_hosts``, used by ``http.DownloadToken``);
+the token URL receives the credentials.
 """
 
 import os
@@ -38,21 +37,11 @@ class Endpoints:
         """Where a product's bytes are fetched: the download host, never the catalogue."""
         return f"{self.download_url}/Products({product_id})/$value"
 
-    def is_download_host(self, url: str) -> bool:
-        """True when ``url`` points at the configured download host (scheme, host, port)."""
-        return origin(url) == origin(self.download_url)
-
-    def may_receive_token(self, url: str) -> bool:
-        """True for CDSE's two download hosts and the configured one: the token goes nowhere else."""
-        return self.is_download_host(url) or origin(url) in {origin(host) for host in CDSE_DOWNLOAD_HOSTS}
-
-
-def same_origin(url: str, other: str) -> bool:
-    """True when both URLs name the same scheme, host and port (a malformed port matches nothing)."""
-    try:
-        return origin(url) == origin(other)
-    except ValueError:
-        return False
+    @property
+    def token_hosts(self) -> tuple[str, ...]:
+        """Where the access token may go: the configured download host and CDSE's two
+        (``http.DownloadToken`` adds it for these hosts only)."""
+        return (self.download_url, *CDSE_DOWNLOAD_HOSTS)
 
 
 def origin_text(url: str) -> str:
@@ -61,7 +50,12 @@ def origin_text(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"[:100] if parts.netloc else url[:100]
 
 
-def origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    default_port = {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or default_port
+def origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of ``url``, the default port filled in; None for a malformed port
+    (it names no host of ours)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    return parts.scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(parts.scheme)

@@ -1,8 +1,10 @@
-"""How long to wait before trying CDSE again.
+"""How long the download loop waits before trying CDSE again.
 
-One policy for identity, catalogue and download, so that every retry in the tool backs off
-the same way: exponential, capped, with full jitter (many workers retrying in step would
-hit the 4-connection quota together), and ``Retry-After`` honoured when the server sends it.
+The identity and catalogue requests are retried by urllib3 (``http.ServiceRetry``); the download
+keeps a loop of its own (checksums, token refresh and cancellation need it), which backs off in
+the same spirit: exponential, capped, with jitter (many workers retrying in step would hit the
+4-connection quota together), and ``Retry-After`` honoured when the server sends it, up to 60 s
+(both loops read it with :func:`retry_after`).
 """
 
 import random

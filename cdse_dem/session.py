@@ -5,7 +5,13 @@ refreshed for ``refresh_expires_in`` seconds after the login (3600). Each login 
 session and an account may hold 100, so the tool logs in once per run, not per download.
 The guide promises "at most 60 minutes of work", which the refresh window enforces by
 itself; ``--max-minutes`` bounds the work too, and ``--max-minutes 0`` lifts both limits by
-logging in again (with the same credentials) each time the refresh window closes.
+logging in again (with the same credentials) each time the refresh window closes. The rules of
+that time budget are a small object of their own (:class:`Budget`), which the session feeds
+with its tokens.
+
+Token requests are retried by the HTTP session (``http.identity_retry``: 429, 5xx, no
+connection, a timeout), one log line per retry; what is left here is one request and what its
+answer means.
 
 Every run that logged in logs out at its end (Keycloak's logout end point with the refresh
 token), whatever the end, so a chain of short runs never piles up the account's sessions.
@@ -29,9 +35,19 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
+
 from cdse_dem.endpoints import origin_text
 from cdse_dem.errors import AuthRejected, BudgetExhausted, ServiceError
-from cdse_dem.retry import Backoff, retry_after, wait_for
+from cdse_dem.http import (
+    ATTEMPTS,
+    RETRY_STATUSES,
+    gave_up,
+    identity_problem,
+    new_http_session,
+    retry_waits,
+    tries_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +122,75 @@ def _seconds(reply: dict, key: str) -> float | None:
         return None
 
 
+class Budget:
+    """How long a run may go on starting downloads (``--max-minutes``), from its first login.
+
+    With ``max_minutes`` > 0 no new download starts once that many minutes have passed since
+    the login, or once the CDSE refresh window closes before the current access token lapses
+    (no refresh would follow it), whichever comes first; transfers still running stop at
+    ``max_minutes`` (``out_of_time``). With 0 there is no limit: the session logs in again
+    whenever the refresh window closes (``logs_in_again``). Once a reason to stop is known it
+    stays, and ``may_start`` logs it once.
+    """
+
+    def __init__(self, max_minutes: float = 60, clock: Callable[[], float] = time.monotonic):
+        if max_minutes < 0:
+            raise ValueError("max_minutes must be >= 0")
+        self.max_minutes = max_minutes
+        self._clock = clock
+        self.started: float | None = None
+        self._reason: str | None = None
+        self._logged = False
+
+    @property
+    def logs_in_again(self) -> bool:
+        """``--max-minutes 0``: a closed refresh window means a new login, not the end of the run."""
+        return self.max_minutes == 0
+
+    def start(self, at: float) -> None:
+        """The first login was sent at ``at``: the minutes count from there."""
+        if self.started is None:
+            self.started = at
+
+    def may_start(self, tokens: Tokens | None) -> bool:
+        """Whether a NEW download may start, given the session's current ``tokens``."""
+        reason = self._reason
+        if reason is None and self.max_minutes > 0:
+            now = self._clock()
+            if self.started is not None and now - self.started > self.max_minutes * 60:
+                reason = f"the time budget of {self.max_minutes:g} minutes is spent"
+            elif tokens is not None and tokens.window_closes_first(now):
+                reason = "the CDSE refresh window (from the login) is closing"
+        if reason is None:
+            return True
+        if not self._logged:
+            self._logged = True
+            log.info("No new download starts: %s", reason)
+        self._reason = reason
+        return False
+
+    def out_of_time(self) -> bool:
+        """True once ``max_minutes`` have passed since the login: transfers still running stop too."""
+        if self.max_minutes <= 0 or self.started is None:
+            return False
+        return self._clock() - self.started > self.max_minutes * 60
+
+    def end(self, reason: str) -> None:
+        """No new download starts from now on, because of ``reason`` (``may_start`` says it)."""
+        self._reason = reason
+
+    def end_now(self, reason: str) -> None:
+        """As ``end``, said at once as a warning, unless a reason was known already."""
+        if self._reason is None:
+            log.warning("No new download starts: %s", reason)
+            self._reason, self._logged = reason, True
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why no new download starts (for the run's final message), else None."""
+        return self._reason
+
+
 class _Refused(Exception):
     """The identity service answered 4xx to a grant: ``status``, ``error``, ``description``."""
 
@@ -118,16 +203,16 @@ class CdseSession:
     """One CDSE login for the whole run, shared by every download worker (thread-safe)."""
 
     def __init__(self, credentials, endpoints, *, http=None, max_minutes: float = 60,
-                 clock: Callable[[], float] = time.monotonic, backoff: Backoff | None = None,
+                 clock: Callable[[], float] = time.monotonic,
                  timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
-                 sleep: Callable[[float], None] = time.sleep,
+                 sleep: Callable[[float], None] | None = None, stop: threading.Event | None = None,
                  ask_totp: Callable[[], str] | None = None):
-        if max_minutes < 0:
-            raise ValueError("max_minutes must be >= 0")
+        """``http``: the run's HTTP session (``new_http_session(..., endpoints)``, whose identity
+        adapter retries token requests); None: one of its own. ``sleep`` replaces the waits
+        between those retries (tests); ``stop`` ends them (RetryCancelled)."""
+        self.budget = Budget(max_minutes, clock)
         if http is None:
-            from cdse_dem.http import new_http_session
-
-            http = new_http_session()
+            http = new_http_session(endpoints=endpoints)
             self._owns_http = True
         else:
             self._owns_http = False
@@ -135,19 +220,15 @@ class CdseSession:
         self._credentials = credentials
         self._token_url = endpoints.token_url
         self._host = urlsplit(self._token_url).netloc or self._token_url
-        self.max_minutes = max_minutes
         self._clock = clock
-        self._backoff = backoff or Backoff()
         self._timeout = timeout
         self._sleep = sleep
+        self._stop = stop
         self._ask_totp = ask_totp  # a fresh two-factor code from the user; None: nobody to ask
         self._totp_used: set[str] = set()
         self._lock = threading.Lock()
         self._tokens: Tokens | None = None
-        self._started: float | None = None
-        self._stop_reason: str | None = None
         self._session_ended: str | None = None
-        self._stop_logged = False
         self.logins = 0
         self.refreshes = 0
         self.logouts = 0
@@ -187,37 +268,17 @@ class CdseSession:
             return self._current().access
 
     def may_start(self) -> bool:
-        """Whether a NEW download may start: False once the time budget is spent.
-
-        With ``max_minutes`` > 0 the budget ends at ``max_minutes`` after the login, or when
-        the refresh window closes before the current access token lapses (no refresh would
-        follow it), whichever comes first. With 0 there is no limit.
-        """
-        reason = self._stop_reason
-        if reason is None and self.max_minutes > 0:
-            now, tokens = self._clock(), self._tokens
-            if self._started is not None and now - self._started > self.max_minutes * 60:
-                reason = f"the time budget of {self.max_minutes:g} minutes is spent"
-            elif tokens is not None and tokens.window_closes_first(now):
-                reason = "the CDSE refresh window (from the login) is closing"
-        if reason is None:
-            return True
-        if not self._stop_logged:
-            self._stop_logged = True
-            log.info("No new download starts: %s", reason)
-        self._stop_reason = reason
-        return False
+        """Whether a NEW download may start: False once the time budget is spent (:class:`Budget`)."""
+        return self.budget.may_start(self._tokens)
 
     def out_of_time(self) -> bool:
-        """True once ``max_minutes`` have passed since the login: transfers still running stop too."""
-        if self.max_minutes <= 0 or self._started is None:
-            return False
-        return self._clock() - self._started > self.max_minutes * 60
+        """True once ``--max-minutes`` have passed since the login: transfers still running stop too."""
+        return self.budget.out_of_time()
 
     @property
     def stop_reason(self) -> str | None:
-        """Why ``may_start()`` last said False (for the run's final message), else None."""
-        return self._stop_reason
+        """Why no new download starts (for the run's final message), else None."""
+        return self.budget.stop_reason
 
     def logout(self) -> None:
         """End the CDSE session (frees one of the account's 100); a failure is only a debug line."""
@@ -273,16 +334,13 @@ class CdseSession:
         self._tokens = self._parse(reply, sent_at)
         self._session_ended = None
         self.logins += 1
-        if self._started is None:
-            self._started = sent_at
+        self.budget.start(sent_at)
 
     def _fresh_totp(self, code: str) -> str:
         """A two-factor code never sent before in this run: the configured one, then typed ones."""
         while code in self._totp_used:
             if self._ask_totp is None:
-                if self._stop_reason is None:
-                    log.warning("No new download starts: %s", TOTP_NEEDED)
-                    self._stop_reason, self._stop_logged = TOTP_NEEDED, True
+                self.budget.end_now(TOTP_NEEDED)
                 raise BudgetExhausted(f"{TOTP_NEEDED}; a new run with a fresh code resumes the work")
             code = self._ask_totp().strip()
         self._totp_used.add(code)
@@ -321,11 +379,11 @@ class CdseSession:
         elif reason is None:
             reason = ("the CDSE refresh window has closed" if tokens.refresh
                       else "CDSE gave no refresh token")
-        if self.max_minutes == 0:
+        if self.budget.logs_in_again:
             log.info("Logging in again: %s", reason)
             self._login_locked()
             return
-        self._stop_reason = reason
+        self.budget.end(reason)
         if not rejected and tokens.access_expiry > self._clock():
             return
         raise BudgetExhausted(f"{reason}; no new download starts, a new run resumes the work")
@@ -335,46 +393,33 @@ class CdseSession:
     def _post(self, form: dict[str, str]) -> Any:
         """POST ``form`` to the token URL: the parsed JSON of a 200, ``_Refused`` for a 4xx.
 
-        Unreachable, timed out, 429 and 5xx are retried with the shared backoff; then a
-        ServiceError naming the identity host. Nothing of the form (password, refresh token)
-        or of the reply ever reaches a log line or an exception.
+        Unreachable, timed out, 429 and 5xx are retried by the HTTP session's identity adapter;
+        what reaches this point once they are spent is a ServiceError naming the identity host.
+        Nothing of the form (password, refresh token) or of the reply ever reaches a log line
+        or an exception.
         """
-        import requests
-
-        delays = self._backoff.delays()
-        tries = 0
-        while True:
-            tries += 1
-            wait: float | None = None
-            try:
+        try:
+            with retry_waits(sleep=self._sleep, stop=self._stop):
                 resp = self._http.post(self._token_url, data=form, timeout=self._timeout,
                                        headers={"Accept": "application/json"}, allow_redirects=False)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                problem = "timed out" if isinstance(exc, requests.Timeout) else "cannot connect"
-            except requests.RequestException as exc:
-                raise self._service_error(f"cannot be asked for a token ({type(exc).__name__})") from None
-            else:
-                status = resp.status_code
-                if 300 <= status < 400:  # the form holds the password: it goes to the token URL only
-                    where = origin_text(resp.headers.get("Location") or "")
-                    raise self._service_error(f"redirected the login to {where or 'elsewhere'} (HTTP {status});"
-                                              " not followed, so that the password goes nowhere else")
-                if status == 200:
-                    try:
-                        return resp.json()
-                    except ValueError:
-                        raise self._service_error("answered HTTP 200 without a JSON token") from None
-                if status == 429 or status >= 500:
-                    problem = f"HTTP {status}"
-                    wait = retry_after(resp.headers)
-                else:
-                    raise _Refused(status, *_error_of(resp))
-            delay = next(delays, None)
-            if delay is None:
-                raise self._service_error(f"did not answer usably after {tries} tries ({problem})")
-            delay = wait_for(delay, wait)
-            log.warning("Identity service at %s: %s; trying again in %.1f s", self._host, problem, delay)
-            self._sleep(delay)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            tries = ATTEMPTS if gave_up(exc) else 1
+            raise self._service_error(f"did not answer usably after {tries} tries ({identity_problem(exc)})") from None
+        except requests.RequestException as exc:
+            raise self._service_error(f"cannot be asked for a token ({type(exc).__name__})") from None
+        status = resp.status_code
+        if 300 <= status < 400:  # the form holds the password: it goes to the token URL only
+            where = origin_text(resp.headers.get("Location") or "")
+            raise self._service_error(f"redirected the login to {where or 'elsewhere'} (HTTP {status});"
+                                      " not followed, so that the password goes nowhere else")
+        if status == 200:
+            try:
+                return resp.json()
+            except ValueError:
+                raise self._service_error("answered HTTP 200 without a JSON token") from None
+        if status in RETRY_STATUSES:
+            raise self._service_error(f"did not answer usably after {tries_of(resp)} tries (HTTP {status})")
+        raise _Refused(status, *_error_of(resp))
 
     def _parse(self, reply: Any, sent_at: float) -> Tokens:
         from cdse_dem.redact import remember

@@ -6,7 +6,7 @@ and tests can build a configuration without starting anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +130,9 @@ class SimulatorConfig:
     port: int = 0
     download_port: int = 0
     host: str = "127.0.0.1"
+    clock: Callable[[], float] | None = field(default=None, repr=False, compare=False)
+    """The identity service's clock (token lifetimes, refresh windows, sessions); None: time.monotonic.
+    A test hands the same fake clock to the client's session, so that lifetimes pass without waiting."""
 
     def __post_init__(self) -> None:
         if self.size not in ("small", "realistic"):

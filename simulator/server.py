@@ -43,7 +43,7 @@ class Services:
     def __init__(self, config: SimulatorConfig, catalogue: Catalogue, store: ZipStore) -> None:
         self.config = config
         self.identity = IdentityService(config.users, config.access_lifetime, config.refresh_lifetime,
-                                        config.max_sessions)
+                                        config.max_sessions, clock=config.clock or time.monotonic)
         self.catalogue = catalogue
         self.store = store
         self.faults = FaultInjector(config.faults, config.seed)

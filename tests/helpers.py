@@ -5,11 +5,14 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "cdse_copernicus_dem_downloader.py"
+# the same command line, with the identity and catalogue retries made without their waits
+NO_RETRY_WAITS = ROOT / "tests" / "cli_without_retry_waits.py"
 
 
 @dataclass
@@ -24,14 +27,14 @@ class Result:
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120,
-            stdin: str | None = None) -> Result:
-    """Run ``cdse_copernicus_dem_downloader.py`` with ``args``; ``env`` adds to os.environ."""
+            stdin: str | None = None, entry: Path = ENTRY) -> Result:
+    """Run ``cdse_copernicus_dem_downloader.py`` (or ``entry``) with ``args``; ``env`` adds to os.environ."""
     full_env = dict(os.environ)
     full_env.pop("PYTHONWARNINGS", None)
     if env:
         full_env.update({k: str(v) for k, v in env.items()})
     proc = subprocess.run(
-        [sys.executable, str(ENTRY), *map(str, args)],
+        [sys.executable, str(entry), *map(str, args)],
         env=full_env, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
         input=stdin if stdin is not None else "", check=False,
     )
@@ -39,6 +42,23 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
 
 
 DEMO_USER, DEMO_PASSWORD = "demo@example.com", "demo"
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told: ``make_sim(clock=clock)`` and
+    ``CdseSession(..., clock=clock)`` share it, so token lifetimes, refresh windows and time
+    budgets pass at once (``advance``), and a loaded machine cannot make them late."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
 
 
 def cli_env(sim, **extra) -> dict:

@@ -25,7 +25,16 @@ from pathlib import Path
 import pytest
 
 from simulator import Faults, SimulatorConfig, User, start_simulator
-from tests.helpers import ENTRY, Result, check_consistent, dem_files, filled_tool_home, run_cli, stored_credentials_env
+from tests.helpers import (
+    ENTRY,
+    NO_RETRY_WAITS,
+    Result,
+    check_consistent,
+    dem_files,
+    filled_tool_home,
+    run_cli,
+    stored_credentials_env,
+)
 
 USER = "matrix.user@example.com"
 SECRET = "Qx7-distinctive-Pa55word-93zk"  # appears nowhere but in the simulator's account and the store
@@ -68,8 +77,8 @@ class World:
     def env(self, sim=None) -> dict:
         return stored_credentials_env(sim or self.sim, self.home)
 
-    def run(self, *args, sim=None) -> Result:
-        return run_cli(*args, env=self.env(sim))
+    def run(self, *args, sim=None, entry=ENTRY) -> Result:
+        return run_cli(*args, env=self.env(sim), entry=entry)
 
     def snapshot(self, *extra: Path) -> None:
         """Remember the bytes of every file of the home (and of ``extra`` files): all must survive."""
@@ -482,8 +491,9 @@ def test_corrupt_credentials_yaml(world, content, reason):
 # --- the catalogue ----------------------------------------------------------------------------
 
 def test_catalogue_that_never_answers_json(world, make_sim):
+    # the retries without their waits (~15 s): test_catalogue.py checks those, in-process
     sim = make_sim(users=[User(USER, SECRET)], faults=Faults(catalogue_garbage_rate=1.0))
-    result = world.run("--t", "31TCJ", sim=sim)
+    result = world.run("--t", "31TCJ", sim=sim, entry=NO_RETRY_WAITS)
     assert result.returncode == 1
     assert error_messages(result.stderr) == [
         f"Tile 31TCJ: CDSE catalogue gave an answer that is not JSON after 6 tries ({sim.catalogue_url}/Products)"]

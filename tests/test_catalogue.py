@@ -1,6 +1,7 @@
 """Catalogue queries, product records and the choice among products: the pure core."""
 
 import json
+import time
 
 import pytest
 import shapely
@@ -155,3 +156,129 @@ def test_product_without_grid_id_or_footprint_takes_the_cell_from_eop_identifier
     rec = record(Footprint="", Attributes=[
         {"Name": "eopIdentifier", "Value": "urn:eop:DLR:CDEM90:Copernicus_DSM_30_S26_00_E112_00:V2957"}])
     assert parse_product(rec).geocell == Geocell(-26, 112)
+
+
+# --- retries, against the simulator (the waits injected: none is sat out) -------------------------
+
+@pytest.fixture
+def small_sim(make_sim, tmp_path_factory):
+    """``make_sim`` with a two-cell product list (indexing the real lists is slow)."""
+    cells = tmp_path_factory.mktemp("cells")
+    for name in ("copdem_glo30_cells.txt", "copdem_glo90_cells.txt"):
+        (cells / name).write_text("N50_E007\nN50_E008\n")
+    return lambda **overrides: make_sim(cells_dir=cells, **overrides)
+
+
+def _searcher(sim, **options):
+    from cdse_dem.catalogue import Catalogue
+    from cdse_dem.endpoints import Endpoints
+    from cdse_dem.http import new_http_session
+
+    http = new_http_session(endpoints=Endpoints(sim.token_url, sim.catalogue_url, sim.download_url))
+    return Catalogue(sim.catalogue_url, http, **options)
+
+
+def _searches(sim) -> list:
+    return [r for r in sim.request_log() if r.path.endswith("/Products")]
+
+
+AREA = "POLYGON((7 49,8 49,8 50,7 50,7 49))"
+
+
+def product_filter(collection: str, resolution: int, model: str, delivery: str, wkt: str) -> str:
+    """A search's ``$filter`` as the run sends it: the dataset, and an area written out by hand."""
+    return (f"{dataset_filter(collection, resolution, model, delivery)} and "
+            f"OData.CSC.Intersects(area=geography'SRID=4326;{wkt}')")
+
+
+BACKOFF = [0.0, 1.0, 2.0, 4.0, 8.0]  # urllib3's (factor 0.5) before tries 2..6, each up to 0.5 s longer
+INSIDE_N50_E007 = "POLYGON((7.2 50.2,7.8 50.2,7.8 50.8,7.2 50.8,7.2 50.2))"
+
+
+def test_a_catalogue_that_never_answers_json_is_one_error_after_six_tries(small_sim, caplog):
+    import logging
+
+    from cdse_dem.errors import ServiceError
+    from simulator import Faults
+
+    sim = small_sim(faults=Faults(catalogue_garbage_rate=1.0))
+    waits = []
+    with caplog.at_level(logging.WARNING, logger="cdse_dem"), pytest.raises(ServiceError) as info:
+        _searcher(sim, sleep=waits.append).search(product_filter("CCM", 90, "DGED", "2024_1", AREA))
+    assert str(info.value) == ("CDSE catalogue gave an answer that is not JSON after 6 tries"
+                               f" ({sim.catalogue_url}/Products)")
+    assert [r.fault for r in _searches(sim)] == ["garbage"] * 6
+    assert len(waits) == 5
+    for wait, backoff in zip(waits, BACKOFF, strict=True):
+        assert backoff <= wait <= backoff + 0.5
+    assert [r.getMessage() for r in caplog.records] == [
+        f"CDSE catalogue gave an answer that is not JSON; retrying in {wait:.1f} s" for wait in waits]
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_a_catalogue_error_is_retried_waiting_as_asked_then_answers(small_sim, caplog, status):
+    import logging
+
+    from simulator import Faults
+
+    sim = small_sim(faults=Faults(catalogue_error_first=2, catalogue_error_status=status, retry_after=3))
+    waits = []
+    with caplog.at_level(logging.WARNING, logger="cdse_dem"):
+        records = _searcher(sim, sleep=waits.append).search(
+            product_filter("CCM", 90, "DGED", "2024_1", INSIDE_N50_E007))
+    assert [parse_product(r).geocell for r in records] == [Geocell(50, 7)]
+    assert [r.status for r in _searches(sim)] == [status, status, 200]
+    if status == 503:  # the simulator's catalogue sends Retry-After with a 503 only: 3 s, longer than the backoff
+        assert waits == [3.0, 3.0]
+    else:  # the backoff: none before the second try, 1 s (and up to 0.5 s of jitter) before the third
+        assert waits[0] == 0.0 and 1.0 <= waits[1] <= 1.5
+    assert [r.getMessage() for r in caplog.records] == [
+        f"CDSE catalogue gave HTTP {status}; retrying in {wait:.1f} s" for wait in waits]
+
+
+def test_a_catalogue_that_stays_in_error_names_the_last_status(small_sim):
+    from cdse_dem.errors import ServiceError
+    from simulator import Faults
+
+    sim = small_sim(faults=Faults(catalogue_error_rate=1.0, retry_after=0))
+    with pytest.raises(ServiceError) as info:
+        _searcher(sim, sleep=lambda seconds: None).search(product_filter("CCM", 90, "DGED", "2024_1", AREA))
+    assert str(info.value) == f"CDSE catalogue gave HTTP 503 after 6 tries ({sim.catalogue_url}/Products)"
+    assert len(_searches(sim)) == 6
+
+
+def test_a_stop_during_a_retry_wait_ends_the_search_with_no_further_request(small_sim):
+    import threading
+
+    from cdse_dem.catalogue import SearchCancelled
+    from simulator import Faults
+
+    sim = small_sim(faults=Faults(catalogue_error_rate=1.0, retry_after=50))  # a wait no test could sit out
+    stop = threading.Event()
+
+    def stop_once_refused():
+        while not _searches(sim):
+            stop.wait(0.005)
+        stop.set()
+
+    threading.Thread(target=stop_once_refused, daemon=True).start()
+    with pytest.raises(SearchCancelled):
+        _searcher(sim, stop=stop).search(product_filter("CCM", 90, "DGED", "2024_1", AREA))
+    assert len(_searches(sim)) == 1
+
+
+def test_retry_after_is_read_in_seconds_or_as_a_date_capped_at_a_minute_and_ignored_when_unreadable():
+    from email.utils import formatdate
+
+    from cdse_dem.http import catalogue_retry
+
+    class Answer:
+        def __init__(self, value):
+            self.headers = {"Retry-After": value}
+
+    retry = catalogue_retry()
+    assert retry.get_retry_after(Answer("2.5")) == 2.5
+    assert retry.get_retry_after(Answer("3600")) == 60.0
+    assert retry.get_retry_after(Answer(formatdate(time.time() + 3600, usegmt=True))) == 60.0
+    assert retry.get_retry_after(Answer(formatdate(time.time() - 3600, usegmt=True))) == 0.0
+    assert retry.get_retry_after(Answer("soon")) is None

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from simulator import Faults, User
-from tests.helpers import Result, check_consistent, cli_env, dem_files, max_concurrent, run_cli
+from tests.helpers import ENTRY, NO_RETRY_WAITS, Result, check_consistent, cli_env, dem_files, max_concurrent, run_cli
 
 TILE = "32UMA"
 CELLS = 6
@@ -41,18 +41,20 @@ class Run:
         return [r for r in self.records if r.grant_type == "password"]
 
 
-def run_tile(sim, tmp_path, *args, env=None) -> Run:
+def run_tile(sim, tmp_path, *args, env=None, entry=ENTRY) -> Run:
     """The tool on TILE into a fresh folder, with --summary-json and --log-file.
 
     Whole zips (``--transfer zip``) unless ``args`` say otherwise: this table is the zip path's,
-    checksums included; the Nodes path and its fallback are tested in test_nodes_transfer.py."""
+    checksums included; the Nodes path and its fallback are tested in test_nodes_transfer.py.
+    ``entry``: the command line, or the same without the waits between identity and catalogue
+    retries (where the backoff alone would take seconds)."""
     out, summary, log_file = tmp_path / "dem", tmp_path / "summary.json", tmp_path / "run.log"
     for old in (summary, log_file):
         old.unlink(missing_ok=True)
     sim.clear_log()
     transfer = () if "--transfer" in args else ("--transfer", "zip")
     result = run_cli("--t", TILE, "--o", out, "--summary-json", summary, "--log-file", log_file, *transfer, *args,
-                     env=env or cli_env(sim))
+                     env=env or cli_env(sim), entry=entry)
     records = sim.request_log()
     assert "Traceback" not in result.output
     data = json.loads(summary.read_text()) if summary.exists() else None
@@ -231,8 +233,8 @@ def test_a_catalogue_5xx_is_retried(make_sim, reference, tool_home, tmp_path, st
 # --- identity -------------------------------------------------------------------------------
 
 def test_an_identity_5xx_is_retried_then_one_login(make_sim, reference, tool_home, tmp_path):
-    sim = make_sim(faults=Faults(identity_error_first=2, retry_after=0.5))
-    run = run_tile(sim, tmp_path)
+    sim = make_sim(faults=Faults(identity_error_first=2, retry_after=0))
+    run = run_tile(sim, tmp_path, entry=NO_RETRY_WAITS)  # the waits: test_session.py
     assert [r.status for r in run.logins] == [503, 503, 200]
     host = sim.token_url.split("/")[2]
     assert len(re.findall(rf"\| WARNING Identity service at {re.escape(host)}: HTTP 503; trying again in [\d.]+ s$",
@@ -242,11 +244,12 @@ def test_an_identity_5xx_is_retried_then_one_login(make_sim, reference, tool_hom
 
 def test_an_identity_service_that_stays_down_is_one_clear_line(make_sim, reference, tool_home, tmp_path):
     sim = make_sim(faults=Faults(identity_error_rate=1.0, retry_after=0.1))
-    run = run_tile(sim, tmp_path)
+    run = run_tile(sim, tmp_path, entry=NO_RETRY_WAITS)  # the waits and their lengths: test_session.py
     assert run.result.returncode == 1
     host = sim.token_url.split("/")[2]
     assert error_messages(run.result.stderr) == [
         f"The CDSE identity service at {host} did not answer usably after 6 tries (HTTP 503)"]
+    assert len(run.logins) == 6
     assert run.downloads == [] and dem_files(run.out) == {}
 
 
@@ -277,9 +280,12 @@ def test_a_refresh_window_that_closes_stops_new_downloads_and_a_rerun_resumes(ma
     assert 0 < totals["downloaded"] < CELLS and totals["planned"] == CELLS - totals["downloaded"]
     assert "Left for the next run" in run.result.stdout
     check_consistent(run.out)
-    again = run_tile(sim, tmp_path, "--workers", "1", "--max-minutes", "0")
+    # the next run, against the reference (the same products, served at full speed); --max-minutes 0 is
+    # test_budget.py's
+    again = run_tile(reference, tmp_path, "--workers", "1")
     assert again.result.returncode == 0, again.result.output
     assert again.summary["totals"]["present"] == totals["downloaded"]
+    assert len(again.downloads) == CELLS - totals["downloaded"]
     assert len(check_consistent(again.out, reference)) == CELLS
 
 

@@ -1,13 +1,16 @@
-"""The simulator's identity service, with raw HTTP: grants, replies, lifetimes, sessions, TOTP."""
+"""The simulator's identity service, with raw HTTP: grants, replies, lifetimes, sessions, TOTP.
+
+Lifetimes pass on a ``FakeClock`` given to the simulator, never by waiting.
+"""
 
 import base64
 import json
-import time
 
 import pytest
 import requests
 
 from simulator import User, totp
+from tests.helpers import FakeClock
 
 REPLY_KEYS = {"access_token", "expires_in", "refresh_token", "refresh_expires_in", "token_type",
               "not-before-policy", "session_state", "scope"}
@@ -79,33 +82,40 @@ def test_refresh_grant_gives_a_new_access_token_within_the_window(make_sim):
 
 
 def test_refresh_is_refused_once_the_window_of_the_login_closed(make_sim):
-    sim = make_sim(access_lifetime=1, refresh_lifetime=2)
+    clock = FakeClock()
+    sim = make_sim(access_lifetime=1, refresh_lifetime=2, clock=clock)
     first = login(sim).json()
     assert first["refresh_expires_in"] == 2
-    time.sleep(1.1)
+    clock.advance(1.1)
     middle = post(sim, grant_type="refresh_token", refresh_token=first["refresh_token"])
     assert middle.status_code == 200
     assert middle.json()["refresh_expires_in"] < 1  # the window runs from the login, not the refresh
-    time.sleep(1.0)
+    clock.advance(0.85)
+    assert post(sim, grant_type="refresh_token", refresh_token=middle.json()["refresh_token"]).status_code == 200
+    clock.advance(0.1)
     late = post(sim, grant_type="refresh_token", refresh_token=middle.json()["refresh_token"])
     assert late.status_code == 400
     assert late.json() == {"error": "invalid_grant", "error_description": "Token is not active"}
 
 
 def test_access_token_expires_after_its_lifetime(make_sim):
-    sim = make_sim(access_lifetime=1)
+    clock = FakeClock()
+    sim = make_sim(access_lifetime=1, clock=clock)
     token = login(sim).json()["access_token"]
     search = requests.get(f"{sim.catalogue_url}/Products", params={"$top": "1", "$select": "Id"}, timeout=10)
     url = f"{sim.download_url}/Products({search.json()['value'][0]['Id']})/$value"
     assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
-    time.sleep(1.2)
+    clock.advance(0.95)
+    assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
+    clock.advance(0.1)
     late = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert late.status_code == 401
     assert late.json()["code"] == "DAT-ZIP-109"
 
 
 def test_session_cap_per_user_and_sessions_end_with_their_window(make_sim):
-    sim = make_sim(max_sessions=3, refresh_lifetime=1.5,
+    clock = FakeClock()
+    sim = make_sim(max_sessions=3, refresh_lifetime=1.5, clock=clock,
                    users=[User("a@example.com", "pa"), User("b@example.com", "pb")])
     assert [login(sim, "a@example.com", "pa").status_code for _ in range(3)] == [200, 200, 200]
     refused = login(sim, "a@example.com", "pa")
@@ -113,7 +123,9 @@ def test_session_cap_per_user_and_sessions_end_with_their_window(make_sim):
     assert refused.json()["error_description"] == "There are too many sessions"
     assert login(sim, "b@example.com", "pb").status_code == 200  # the cap is per user
     assert sim.active_sessions("a@example.com") == 3
-    time.sleep(1.6)
+    clock.advance(1.45)
+    assert login(sim, "a@example.com", "pa").status_code == 400  # not yet
+    clock.advance(0.1)
     assert login(sim, "a@example.com", "pa").status_code == 200
 
 

@@ -15,6 +15,7 @@ import requests
 from cdse_dem.catalogue import Product
 from cdse_dem.download import DownloadFailed, download_product
 from cdse_dem.endpoints import Endpoints
+from cdse_dem.http import DownloadToken
 from cdse_dem.retry import Backoff
 from tests.helpers import cli_env, dem_files, run_cli
 
@@ -63,14 +64,19 @@ def foreign():
 
 
 def test_only_cdse_download_hosts_and_the_configured_one_may_receive_the_token():
-    endpoints = Endpoints(download_url="http://127.0.0.1:8123/odata/v1")
-    assert endpoints.may_receive_token("https://download.dataspace.copernicus.eu/odata/v1/Products(x)/$value")
-    assert endpoints.may_receive_token("https://zipper.dataspace.copernicus.eu/odata/v1/Products(x)/$value")
-    assert endpoints.may_receive_token("http://127.0.0.1:8123/elsewhere")
-    for url in ("https://catalogue.dataspace.copernicus.eu/odata/v1/Products(x)/$value",
-                "https://identity.dataspace.copernicus.eu/", "http://download.dataspace.copernicus.eu/x",
-                "https://download.dataspace.copernicus.eu.evil.example/x", "http://127.0.0.1:8124/x"):
-        assert not endpoints.may_receive_token(url), url
+    auth = DownloadToken(Endpoints(download_url="http://127.0.0.1:8123/odata/v1").token_hosts).bearing("secret")
+    allowed = ("https://download.dataspace.copernicus.eu/odata/v1/Products(x)/$value",
+               "https://zipper.dataspace.copernicus.eu/odata/v1/Products(x)/$value",
+               "https://DOWNLOAD.dataspace.copernicus.eu:443/x", "http://127.0.0.1:8123/elsewhere")
+    refused = ("https://catalogue.dataspace.copernicus.eu/odata/v1/Products(x)/$value",
+               "https://identity.dataspace.copernicus.eu/", "http://download.dataspace.copernicus.eu/x",
+               "https://download.dataspace.copernicus.eu.evil.example/x", "http://127.0.0.1:8124/x")
+    for url in allowed + refused:
+        request = requests.Request("GET", url, headers={"Authorization": "Basic someone-else"}).prepare()
+        expected = "Bearer secret" if url in allowed else None
+        assert auth(request).headers.get("Authorization") == expected, url  # put there, or taken away
+    assert not auth.allows("http://127.0.0.1:notaport/x")  # a malformed port names no host of ours
+    assert "secret" not in repr(auth)
     assert Endpoints().download_url == "https://download.dataspace.copernicus.eu/odata/v1"
 
 
@@ -141,6 +147,35 @@ def test_a_redirect_within_the_download_host_is_followed_token_and_all(tmp_path)
     assert [p for _, p, _ in server.requests] == [f"/odata/v1/Products({PID})/$value",
                                                   f"/moved/v1/Products({PID})/$value"]
     assert server.tokens() == ["Bearer secret-token"] * 2
+
+
+class _TwoDownloadHosts(Endpoints):
+    """Endpoints whose token may go to a second host too, as CDSE's download and zipper hosts."""
+
+    second = ""
+
+    @property
+    def token_hosts(self):
+        return (self.download_url, self.second)
+
+
+def test_a_redirect_between_download_hosts_carries_the_token_and_one_beyond_them_is_not_made(tmp_path, foreign):
+    second = Recorder(lambda h: (302, {"Location": f"{foreign.url}{h.path}"}, b"") if "/away/" in h.path
+                      else (200, {"Content-Type": "application/zip"}, b"zip bytes"))
+    first = Recorder(lambda h: (307, {"Location": f"{second.url}{h.path.replace('/odata/', '/moved/')}"}, b""))
+    endpoints = _TwoDownloadHosts(download_url=f"{first.url}/odata/v1")
+    object.__setattr__(endpoints, "second", second.url)
+    try:
+        result = download_product(_product(), tmp_path, _Session(), requests.Session(), endpoints)
+        with pytest.raises(DownloadFailed, match="not followed, so that the access token stays"):
+            download_product(_product(), tmp_path, _Session(), requests.Session(),
+                             _TwoDownloadHosts(download_url=f"{second.url}/away/v1"))
+    finally:
+        first.close()
+        second.close()
+    assert result.zip_path.read_bytes() == b"zip bytes"
+    assert first.tokens() == second.tokens()[:1] == ["Bearer secret-token"]
+    assert foreign.requests == []
 
 
 @pytest.mark.parametrize("status, code, what", [(400, "DAT-ZIP-104", "malformed OData request path"),
