@@ -212,3 +212,11 @@ def geocells_of(footprint) -> list:
 
     (cells,) = geocells_of_each([footprint.parts])
     return cells
+
+
+def product_filter(collection: str, resolution: int, model: str, delivery: str, wkt: str) -> str:
+    """A search's ``$filter`` as the run sends it: the dataset, and an area written out by hand."""
+    from cdse_dem.catalogue import dataset_filter
+
+    return (f"{dataset_filter(collection, resolution, model, delivery)} and "
+            f"OData.CSC.Intersects(area=geography'SRID=4326;{wkt}')")

@@ -11,7 +11,7 @@ import logging
 
 import pytest
 
-from cdse_dem.catalogue import Catalogue, choose, parse_product, product_filter
+from cdse_dem.catalogue import Catalogue, choose, parse_product
 from cdse_dem.credentials import Credentials
 from cdse_dem.download import download_product
 from cdse_dem.endpoints import Endpoints
@@ -19,7 +19,7 @@ from cdse_dem.errors import BudgetExhausted
 from cdse_dem.geocells import Geocell
 from cdse_dem.http import new_http_session
 from cdse_dem.session import Budget, CdseSession
-from tests.helpers import FakeClock, cli_env, downloads, logins, run_cli
+from tests.helpers import FakeClock, cli_env, downloads, logins, product_filter, run_cli
 
 CELLS = [Geocell(lat, lon) for lat in (49, 50) for lon in (7, 8, 9)]  # tile 32UMA's six
 AREA = "POLYGON((7.1 49.1,9.9 49.1,9.9 50.9,7.1 50.9,7.1 49.1))"

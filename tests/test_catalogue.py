@@ -9,6 +9,7 @@ import shapely
 from cdse_dem.catalogue import Product, choose, dataset_filter, intersects, parse_product
 from cdse_dem.geocells import Geocell
 from cdse_dem.search_areas import Rect, SearchArea
+from tests.helpers import product_filter
 
 
 def test_ccm_search_is_the_real_query():
@@ -183,12 +184,6 @@ def _searches(sim) -> list:
 
 
 AREA = "POLYGON((7 49,8 49,8 50,7 50,7 49))"
-
-
-def product_filter(collection: str, resolution: int, model: str, delivery: str, wkt: str) -> str:
-    """A search's ``$filter`` as the run sends it: the dataset, and an area written out by hand."""
-    return (f"{dataset_filter(collection, resolution, model, delivery)} and "
-            f"OData.CSC.Intersects(area=geography'SRID=4326;{wkt}')")
 
 
 BACKOFF = [0.0, 1.0, 2.0, 4.0, 8.0]  # urllib3's (factor 0.5) before tries 2..6, each up to 0.5 s longer
