@@ -147,7 +147,7 @@ def _run(args) -> int:
 
 
 def _work(args, settings, valid, invalid, out_dir: Path, credentials) -> int:
-    from cdse_dem import plan as plan_mod
+    from cdse_dem import planning as plan_mod
     from cdse_dem.cache import NameIdCache
     from cdse_dem.catalogue import Catalogue
     from cdse_dem.endpoints import Endpoints
@@ -254,7 +254,7 @@ def _folder_records(out_dir: Path, settings):
 
 def _record_what_the_catalogue_said(plan, sea_record, sources) -> None:
     """Open-sea cells and the files this run fetched or confirmed, for the next run's plan."""
-    from cdse_dem import plan as plan_mod
+    from cdse_dem import planning as plan_mod
 
     if sea_record is None:
         return
@@ -295,7 +295,7 @@ def _tile_plans(valid, kml_arg: str | None, coverage: str):
     """
     from cdse_dem.footprint import FootprintFinder, computed_footprints
     from cdse_dem.geocells import geocells_of_each
-    from cdse_dem.plan import TilePlan
+    from cdse_dem.planning import TilePlan
     from cdse_dem.sen2cor import cells_with_reasons
 
     kml_path = paths.expand_user(kml_arg, "tiling KML") if kml_arg else paths.default_kml_path()
@@ -324,7 +324,7 @@ def _search(plan, catalogue, settings, fetcher) -> None:
 
 
 def _exit_status(plan, invalid, left, fatal) -> int:
-    from cdse_dem.plan import FAILED
+    from cdse_dem.planning import FAILED
 
     if left:
         return EXIT_BUDGET
@@ -352,7 +352,7 @@ def _finish(args, plan, invalid, totals, left, status, settings) -> None:
 
 
 def _print_plan(plan) -> None:
-    from cdse_dem.plan import tile_counts
+    from cdse_dem.planning import tile_counts
 
     for tile in plan.tiles:
         counts = tile_counts(plan, tile)

@@ -9,7 +9,7 @@ failed search fails its cells (it decides nothing, so none of them is called sea
 
 import logging
 
-from cdse_dem import plan as plan_mod
+from cdse_dem import planning as plan_mod
 from cdse_dem.background import answers
 from cdse_dem.catalogue import Answer, TooManyResults, parse_products, problem_lines
 from cdse_dem.errors import DemError

@@ -41,7 +41,7 @@ def folder_problems(out_dir: Path, plan, resolution: int) -> dict[str, str | Non
 
 def run_check(args, settings, tile_plans, invalid, out_dir: Path) -> int:
     """The check from planned tiles to exit status: 0 every tile ready, 1 any not (or invalid entries)."""
-    from cdse_dem import plan as plan_mod
+    from cdse_dem import planning as plan_mod
     from cdse_dem.app import SEARCH_THREADS, _search
     from cdse_dem.catalogue import Catalogue
     from cdse_dem.endpoints import Endpoints

@@ -30,7 +30,7 @@ from pathlib import Path
 from cdse_dem import locks
 from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError
 from cdse_dem.fsutil import DiskFull, raise_if_disk_full, remove_quietly
-from cdse_dem.plan import DOWNLOADED, FAILED, PRESENT, CellState
+from cdse_dem.planning import DOWNLOADED, FAILED, PRESENT, CellState
 
 log = logging.getLogger(__name__)
 EXTRACT_THREADS = 2
@@ -291,7 +291,7 @@ class Fetcher:
     def _fetch(self, state: CellState, located=None):
         """The node file, in place and recorded (None), or the verified zip to extract; None too
         when the geocell failed or was left."""
-        from cdse_dem.download import download_product
+        from cdse_dem.downloading import download_product
 
         with self._lock:
             self._started += 1

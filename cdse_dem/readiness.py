@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from cdse_dem.errors import UsageError
 from cdse_dem.geocells import Geocell, geocell_of_name
-from cdse_dem.plan import SEA, Plan, TilePlan
+from cdse_dem.planning import SEA, Plan, TilePlan
 
 # A cell name, optionally followed by the DEM layer's suffix: how Sen2Cor's list spells them.
 _LIST_LINE_RE = re.compile(r"Copernicus_DSM_(?:10|30)_[NS]\d{2}_00_[EW]\d{3}_00(_DEM\.tif)?")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdse_dem.entries import Entry
-from cdse_dem.plan import DOWNLOADED, FAILED, PLANNED, PRESENT, SEA, Plan, tile_counts
+from cdse_dem.planning import DOWNLOADED, FAILED, PLANNED, PRESENT, SEA, Plan, tile_counts
 
 log = logging.getLogger(__name__)
 

@@ -281,7 +281,7 @@ def test_a_refused_member_fails_its_geocell_and_the_run_goes_on(tmp_path):
     from cdse_dem.cache import NameIdCache
     from cdse_dem.fetch import Fetcher
     from cdse_dem.geocells import Geocell
-    from cdse_dem.plan import FAILED, CellState
+    from cdse_dem.planning import FAILED, CellState
 
     out = tmp_path / "out"
     out.mkdir()
@@ -354,7 +354,7 @@ def test_a_folder_without_provenance_is_compared_once_then_known(world):
 
 
 def test_the_decision_keep_or_refetch():
-    from cdse_dem.plan import KEEP, REFETCH, present_decision
+    from cdse_dem.planning import KEEP, REFETCH, present_decision
 
     assert present_decision("a", "a", keep_existing=False) == KEEP
     assert present_decision("a", "b", keep_existing=False) == REFETCH
@@ -621,7 +621,7 @@ def test_the_plan_hook_replans_a_present_cell_once_and_reports_it():
     from cdse_dem.catalogue import Product
     from cdse_dem.entries import Entry
     from cdse_dem.geocells import Geocell
-    from cdse_dem.plan import (
+    from cdse_dem.planning import (
         PLANNED,
         PRESENT,
         REFETCH,

@@ -6,7 +6,7 @@ from cdse_dem.catalogue import Product
 from cdse_dem.entries import Entry
 from cdse_dem.errors import UsageError
 from cdse_dem.geocells import Geocell
-from cdse_dem.plan import TilePlan, apply_area, cells_failed, start_plan
+from cdse_dem.planning import TilePlan, apply_area, cells_failed, start_plan
 from cdse_dem.readiness import NOT_ON_LIST, check_dict, parse_missing_list, report_lines, tile_readiness
 
 LAND1, LAND2, SEA1 = Geocell(-38, 149), Geocell(-37, 149), Geocell(-39, 150)
