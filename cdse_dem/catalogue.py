@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, urlsplit
 
 from cdse_dem.endpoints import origin_text, same_origin
-from cdse_dem.errors import ServiceError
+from cdse_dem.errors import Interrupted, ServiceError
 from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, geocell_of_name, parse_grid_id
 from cdse_dem.retry import Backoff, retry_after, wait_for
 
@@ -243,7 +243,7 @@ def choose(products: Iterable[Product], wanted: Iterable[Geocell]) -> dict[Geoce
     return chosen
 
 
-class SearchCancelled(Exception):
+class SearchCancelled(Interrupted):
     """The run was asked to stop: no further search request is sent."""
 
 
