@@ -207,9 +207,15 @@ class _Signals:
     """SIGINT and SIGTERM, from start to end of a run.
 
     Before the work starts (reading options, the credentials prompt) the first one interrupts
-    at once (KeyboardInterrupt). Once the library runs, it only sets the ``stop`` event: the
-    run then ends itself within a second or two (no search sent after it, downloads stopped,
-    temporaries removed, what is finished recorded) and says so, exit status 130.
+    at once (KeyboardInterrupt). Once the library runs (:meth:`run_starts`), it only sets the
+    ``stop`` event: the run then ends itself within a second or two (no search sent after it,
+    downloads stopped, temporaries removed, what is finished recorded) and says so, exit
+    status 130.
+
+    During the run the two signals are blocked in every thread and taken by one thread that
+    waits for nothing else (``sigwait``): the kernel may hand a process's signal to any of its
+    threads, and Python runs its handlers in the main thread only, when that thread next looks
+    up (up to a poll interval later), while a search thread could already send its retry.
 
     Either way later signals are ignored while the run cleans up: a second one cutting that
     short would leave temporary files and a traceback, and save nothing. They stay ignored
@@ -225,10 +231,31 @@ class _Signals:
         self.stop = threading.Event()
         self.raising = True
         self._previous = {}
+        self._blocked = False
         if threading.current_thread() is threading.main_thread():  # main() called from a thread: none
             for name in self._NAMES:
                 sig = getattr(signal, name)
                 self._previous[sig] = signal.signal(sig, self._handle)
+
+    def run_starts(self) -> None:
+        """From here on a signal sets the stop event, at once, and the run ends itself."""
+        import signal
+        import threading
+
+        self.raising = False
+        if not self._previous or not hasattr(signal, "pthread_sigmask"):  # Windows: the handler alone
+            return
+        # threads inherit the mask of the thread that starts them: all of the run's are started from here
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(self._previous))
+        self._blocked = True
+        threading.Thread(target=self._take, name="signals", daemon=True).start()
+
+    def _take(self) -> None:
+        import signal
+
+        while True:
+            signal.sigwait(set(self._previous))
+            self.stop.set()
 
     def _handle(self, signum, frame) -> None:
         import signal
@@ -240,12 +267,15 @@ class _Signals:
             raise KeyboardInterrupt
 
     def restore(self) -> None:
-        """Not interrupted: give the caller of main() its handlers back."""
+        """Not interrupted: give the caller of main() its handlers (and its signal mask) back."""
         import signal
 
-        if not self.stop.is_set():
-            for sig, handler in self._previous.items():
-                signal.signal(sig, handler)
+        if self.stop.is_set():
+            return
+        if self._blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(self._previous))
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _ignore(signum, frame):
@@ -304,7 +334,7 @@ def _run(args, signals: _Signals, log) -> int:
 
             ask_totp = read_totp
     bar = _Bar(args.quiet) if mode == DOWNLOAD else None
-    signals.raising = False  # from here on a signal sets the stop event, and the run ends itself
+    signals.run_starts()  # from here on a signal sets the stop event, and the run ends itself
     try:
         result = job_mod.run(job, credentials=credentials, stop=signals.stop, ask_totp=ask_totp,
                              progress=bar if bar is not None and bar.enabled else None)

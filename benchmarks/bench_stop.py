@@ -10,10 +10,11 @@ Usage: python benchmarks/bench_stop.py [--repeat 3]
   process (realistic products, the usual per-connection cap and latency): GLO-90 geocells of
   tiles 30TUK and 30TVK, each a few seconds of transfer.
 - The command line, 100 tiles spread over the grid (5 area searches), against a catalogue that
-  answers every search 503 after 0.3 s: SIGINT once the searches are being retried and one is
-  in flight; seconds from the signal to the process's exit (status 130), and the searches the
-  simulator saw arrive after the signal (0 expected). The simulator runs in this process, to
-  read its request log.
+  answers every search 503 (Retry-After: 1 s) after 0.3 s: SIGINT once every area search has
+  been tried and its retry is held by the server (so that no search is already on its way);
+  seconds from the signal to the process's exit (status 130), and the searches the simulator
+  saw arrive after the signal (0 expected). The simulator runs in this process, to read its
+  request log.
 
 Each figure is the median of ``--repeat`` runs, each from an empty output folder.
 """
@@ -48,6 +49,12 @@ def spread_tiles(count: int) -> list[str]:
 
     ids = sorted(all_tile_ids())
     return ids[:: len(ids) // count][:count]
+
+
+def every_area_in_flight_again(searches) -> bool:
+    """Every area search tried at least twice, and the latest try of each held by the server now."""
+    areas = {r.query for r in searches}
+    return len(searches) > len(areas) and sum(r.finished == 0.0 for r in searches) == len(areas)
 
 
 def stop_download_once(sim: Simulator, scratch: Path) -> tuple[float, int]:
@@ -96,7 +103,7 @@ def signal_search_once(sim, tiles: list[str], scratch: Path) -> tuple[float, int
     proc = subprocess.Popen([PYTHON, str(ENTRY), *args, "--o", str(scratch / "dem")], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while len(searches()) < 6 or not any(r.finished == 0.0 for r in searches()):
+    while not every_area_in_flight_again(searches()):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise SystemExit(f"the searches never got under way: {proc.communicate()[1][-2000:]}")
@@ -107,7 +114,7 @@ def signal_search_once(sim, tiles: list[str], scratch: Path) -> tuple[float, int
     seconds = time.monotonic() - sent
     if proc.returncode != 130 or "Traceback" in stderr:
         raise SystemExit(f"the tool exited {proc.returncode}, not 130:\n{stderr[-2000:]}")
-    time.sleep(1.0)  # a search thread left behind would send its retry now
+    time.sleep(1.5)  # past the Retry-After: a search thread left behind would send its retry now
     return seconds, sum(1 for r in searches() if r.started > sent)
 
 
@@ -147,7 +154,7 @@ def run(repeat: int = 3) -> list[Row]:
 
     tiles = spread_tiles(SEARCH_TILES)
     config = SimulatorConfig(latency=SEARCH_LATENCY, cache_dir=benchlib.CACHE_DIR,
-                             faults=Faults(catalogue_error_rate=1.0, retry_after=0))
+                             faults=Faults(catalogue_error_rate=1.0, retry_after=1.0))
     # the in-process simulator reports every connection the killed process left behind on stderr
     with start_simulator(config) as sim, contextlib.redirect_stderr(io.StringIO()):
         signal_runs = []
@@ -158,7 +165,7 @@ def run(repeat: int = 3) -> list[Row]:
     late = sum(n for _, n in signal_runs)
     rows.append(Row(
         f"stop: SIGINT to the command line during failing searches ({SEARCH_TILES} tiles, every search 503 "
-        f"after {SEARCH_LATENCY:g} s) → exit 130",
+        f"after {SEARCH_LATENCY:g} s, retries held) → exit 130",
         f"{t_signal:.2f} s (runs: {', '.join(f'{s:.2f}' for s, _ in signal_runs)}); searches sent after the "
         f"signal: {late}", f"< {TARGET:g} s, no search after", t_signal < TARGET and late == 0))
     return rows

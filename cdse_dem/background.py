@@ -24,7 +24,7 @@ from cdse_dem.errors import Interrupted
 
 T = TypeVar("T")
 R = TypeVar("R")
-POLL = 0.2  # seconds; how often a waiting caller looks at the stop flag
+POLL = 0.05  # seconds; how often a waiting caller looks at the stop flag (a stop ends its wait this late)
 PARENT_POLL = 0.05  # seconds; how late a wait notices that the outer flag was set
 
 

@@ -170,18 +170,21 @@ def test_stop_mid_download_records_what_finished_leaves_no_temporary_and_sends_n
 
 
 def test_stop_during_a_failing_search_returns_and_no_search_follows(make_sim, api_env, tmp_path):
-    sim = api_env(make_sim(latency=0.3, faults=Faults(catalogue_error_rate=1.0, retry_after=0)))
-    stop = threading.Event()
+    from tests.test_interrupt import every_area_in_flight_again
 
-    def stop_once_searches_fail():
+    # every search answers 503 (Retry-After: 1 s) after 0.3 s: the areas' tries go out together, round by round
+    sim = api_env(make_sim(latency=0.3, faults=Faults(catalogue_error_rate=1.0, retry_after=1.0)))
+    stop = threading.Event()
+    box = {}
+
+    def stop_while_every_search_is_held():
         deadline = time.monotonic() + HANG_GUARD
-        while len(searches(sim)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        while not every_area_in_flight_again(searches(sim)) and time.monotonic() < deadline:
+            time.sleep(0.005)
         stop.set()
         box["stopped"] = time.monotonic()
 
-    box = {}
-    watcher = threading.Thread(target=stop_once_searches_fail)
+    watcher = threading.Thread(target=stop_while_every_search_is_held)
     watcher.start()
     result = in_thread(cdse_dem.download, ["32UMA", "31TCJ", "56HKD", "01WCP"], tmp_path / "dem", credentials=DEMO,
                        stop=stop)
@@ -189,7 +192,7 @@ def test_stop_during_a_failing_search_returns_and_no_search_follows(make_sim, ap
 
     assert result.interrupted and result.exit_status == 130
     assert {g.status for g in result.geocells} == {"planned"}  # not searched to the end: neither sea nor failed
-    time.sleep(1)
+    time.sleep(1.5)  # past the Retry-After: a search thread left behind would send its retry now
     late = [r for r in searches(sim) if r.started > box["stopped"]]
     assert late == [], f"{len(late)} searches after the stop"
     assert [r for r in sim.request_log() if r.grant_type] == []  # no product found: no login either

@@ -61,11 +61,22 @@ def spread_tiles(count: int) -> list[str]:
     return ids[:: len(ids) // count][:count]
 
 
+def every_area_in_flight_again(searches) -> bool:
+    """Every area search sent at least twice, and the latest try of each held by the server right now.
+
+    With a Retry-After longer than the backoff the tries of all areas go out together, round after
+    round: at such a moment no search is on its way, so any search the server sees after a signal
+    sent now is one the tool sent after it (nothing left to the race of a request already leaving).
+    """
+    areas = {r.query for r in searches}
+    return len(searches) > len(areas) and sum(r.finished == 0.0 for r in searches) == len(areas)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_a_slow_failing_search_of_100_tiles_exits_130_and_no_search_follows(make_sim, tool_home,
                                                                                             tmp_path, signum):
-    # every search answers 503 after 0.3 s: each area search has retries still to come when the signal arrives
-    sim = make_sim(latency=0.3, faults=Faults(catalogue_error_rate=1.0, retry_after=0))
+    # every search answers 503 (Retry-After: 1 s) after 0.3 s: each area search has retries to come
+    sim = make_sim(latency=0.3, faults=Faults(catalogue_error_rate=1.0, retry_after=1.0))
     out = tmp_path / "dem"
     args = [a for tile in spread_tiles(100) for a in ("--t", tile)]
     env = dict(os.environ, **cli_env(sim))
@@ -76,11 +87,12 @@ def test_a_signal_during_a_slow_failing_search_of_100_tiles_exits_130_and_no_sea
         return [r for r in sim.request_log() if r.server == "catalogue" and r.path.endswith("/Products")]
 
     deadline = time.monotonic() + 60
-    while len(searches()) < 4 or not any(r.finished == 0.0 for r in searches()):  # retried, and one in flight
+    while not every_area_in_flight_again(searches()):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"the searches never got under way: {proc.communicate()}")
-        time.sleep(0.01)
+        time.sleep(0.005)
+    assert len({r.query for r in searches()}) > 1  # several searches side by side
     proc.send_signal(signum)
     sent = time.monotonic()
     _, stderr = proc.communicate(timeout=30)  # a hang guard, not the measure (benchmarks/bench_stop.py)
@@ -89,7 +101,7 @@ def test_a_signal_during_a_slow_failing_search_of_100_tiles_exits_130_and_no_sea
     assert "Traceback" not in stderr
     errors = [line.split("| ERROR ", 1)[1] for line in stderr.splitlines() if "| ERROR " in line]
     assert errors[-1] == "Interrupted: finished geocells are recorded; a re-run resumes"
-    time.sleep(1)  # a search thread left behind would send its retry now
+    time.sleep(1.5)  # past the Retry-After: a search thread left behind would send its retry now
     late = [r for r in searches() if r.started > sent]
     assert late == [], f"{len(late)} searches after the signal"
     assert [r for r in sim.request_log() if r.grant_type or r.server == "download"] == []
