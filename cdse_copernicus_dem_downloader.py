@@ -231,7 +231,8 @@ class _Signals:
         self.stop = threading.Event()
         self.raising = True
         self._previous = {}
-        self._blocked = False
+        self._taker: threading.Thread | None = None
+        self._over = False
         if threading.current_thread() is threading.main_thread():  # main() called from a thread: none
             for name in self._NAMES:
                 sig = getattr(signal, name)
@@ -247,14 +248,16 @@ class _Signals:
             return
         # threads inherit the mask of the thread that starts them: all of the run's are started from here
         signal.pthread_sigmask(signal.SIG_BLOCK, set(self._previous))
-        self._blocked = True
-        threading.Thread(target=self._take, name="signals", daemon=True).start()
+        self._taker = threading.Thread(target=self._take, name="signals", daemon=True)
+        self._taker.start()
 
     def _take(self) -> None:
         import signal
 
         while True:
             signal.sigwait(set(self._previous))
+            if self._over:  # woken by restore(): the run is over
+                return
             self.stop.set()
 
     def _handle(self, signum, frame) -> None:
@@ -272,7 +275,10 @@ class _Signals:
 
         if self.stop.is_set():
             return
-        if self._blocked:
+        if self._taker is not None:
+            self._over = True
+            signal.pthread_kill(self._taker.ident, signal.SIGINT)  # ends its sigwait
+            self._taker.join()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, set(self._previous))
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

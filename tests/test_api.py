@@ -52,13 +52,17 @@ class Records(logging.Handler):
 
 @pytest.fixture
 def root_handler():
-    handler, root = Records(), logging.getLogger()
-    old_level = root.level
+    """A fresh script's logging: its handler on the root at INFO, the ``cdse_dem`` loggers as the package
+    leaves them (an in-process command line run of another test configures them for its own output)."""
+    handler, root, ours = Records(), logging.getLogger(), logging.getLogger("cdse_dem")
+    saved = root.level, ours.level, list(ours.handlers)
+    ours.setLevel(logging.NOTSET)
+    ours.handlers = [h for h in ours.handlers if isinstance(h, logging.NullHandler)]
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     yield handler
     root.removeHandler(handler)
-    root.setLevel(old_level)
+    root.level, ours.level, ours.handlers = saved[0], saved[1], saved[2]
 
 
 def in_thread(call, *args, **kwargs):
@@ -89,6 +93,7 @@ def test_a_script_downloads_from_a_worker_thread_sees_our_log_and_calls_again(si
     api_env(sim)
     out = tmp_path / "dem" / "CopernicusDEM90"
     sigint_before, sigterm_before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    ours = logging.getLogger("cdse_dem")
     seen_progress = []
 
     result = in_thread(cdse_dem.download, ["32UMA"], out, resolution=90, model="DGED", credentials=DEMO,
@@ -116,8 +121,9 @@ def test_a_script_downloads_from_a_worker_thread_sees_our_log_and_calls_again(si
     assert {r.threadName for r in root_handler.records} > {"pipeline-worker"}
     # nothing printed, no handler installed but the NullHandler, no signal handler touched
     assert capfd.readouterr() == ("", "")
-    ours = logging.getLogger("cdse_dem")
-    assert [type(h) for h in ours.handlers] == [logging.NullHandler] and ours.propagate
+    assert [type(h) for h in ours.handlers] == [logging.NullHandler]  # the package's own, on its import
+    assert ours.propagate and all(logging.getLogger(name).propagate for name in logging.root.manager.loggerDict
+                                  if name.startswith("cdse_dem."))
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (sigint_before, sigterm_before)
 
     # a second call in the same process finds everything there and downloads nothing
