@@ -116,7 +116,11 @@ def scrub_our_loggers() -> None:
     each one needs its own; modules make theirs when imported, before a run logs anything.
     """
     names = ["cdse_dem", *(name for name in list(logging.root.manager.loggerDict) if name.startswith("cdse_dem."))]
-    for name in names:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, ScrubFilter) for f in logger.filters):
-            logger.addFilter(ScrubFilter())
+    with _filters_lock:  # two runs starting at once add one filter each, not two
+        for name in names:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, ScrubFilter) for f in logger.filters):
+                logger.addFilter(ScrubFilter())
+
+
+_filters_lock = threading.Lock()
