@@ -188,19 +188,19 @@ def run(args: argparse.Namespace) -> int:
     log.info("Version: %s Date: %s", __version__, RELEASE_DATE)
     log.info("<----->")
     signals = _Signals()
-    try:
-        with redact.run_scope():  # the secrets of this process stay known until its reports are written
+    with redact.run_scope():  # the secrets of this process stay known until its last line is written
+        try:
             if args.reset:
                 return _reset(args)
             return _run(args, signals, log)
-    except DemError as exc:
-        log.error("%s", exc)
-        return exc.exit_status
-    except KeyboardInterrupt:  # a signal before the run began (e.g. at the credentials prompt)
-        log.error("%s", INTERRUPTED)
-        return EXIT_INTERRUPTED
-    finally:
-        signals.restore()
+        except DemError as exc:
+            log.error("%s", exc)
+            return exc.exit_status
+        except KeyboardInterrupt:  # a signal before the run began (e.g. at the credentials prompt)
+            log.error("%s", INTERRUPTED)
+            return EXIT_INTERRUPTED
+        finally:
+            signals.restore()
 
 
 class _Signals:
