@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """CDSE Copernicus DEM Downloader: the Copernicus DEM geocells Sen2Cor needs, from CDSE.
 
-This file is the command line only (argparse and main); the work is done by the
-``cdse_dem`` package, imported lazily so that ``--help`` and ``--version`` stay instant.
+This file is the command line only, a thin skin over the ``cdse_dem`` library (as ``rio`` is
+over rasterio): argparse, logging, signals, the credentials prompt, the progress bar, printing
+and the exit status. The library is imported lazily, after argparse, so that ``--help`` and
+``--version`` stay instant.
 """
 
 import argparse
@@ -148,13 +150,317 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cdse_dem.app import run
     from cdse_dem.errors import EXIT_INTERRUPTED
 
     status = run(args)
     if status == EXIT_INTERRUPTED and argv is None:
         _end_now(status)
     return status
+
+
+# --- one run, from parsed arguments to exit status ----------------------------------------------
+# The work is the library's (cdse_dem.job); what is here is what only a command line does: the
+# options and the configuration file, logging, the credentials prompt, signals, the progress
+# bar, printing, the report files, the exit status.
+
+INTERRUPTED = "Interrupted: finished geocells are recorded; a re-run resumes"
+DOWNLOAD, PLAN, CHECK = "download", "plan", "check"  # as cdse_dem.job names them
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from cdse_dem import redact
+    from cdse_dem.errors import EXIT_INTERRUPTED, EXIT_USAGE, DemError
+    from cdse_dem.logs import setup_logging
+
+    try:
+        setup_logging(args.verbose, args.quiet, Path(args.log_file) if args.log_file else None)
+    except OSError as exc:
+        print(f"{args.log_file}: cannot write the log file ({exc.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower()
+    if hasattr(sys.stdout, "reconfigure") and encoding in ("utf-8", "utf8"):
+        sys.stdout.reconfigure(errors="surrogateescape")  # a path that is not UTF-8 printed as it is named
+    log = logging.getLogger("cdse_dem.cli")
+    log.info("CDSE Copernicus DEM Downloader: Copernicus DEM retrieval for Sen2Cor")
+    log.info("Version: %s Date: %s", __version__, RELEASE_DATE)
+    log.info("<----->")
+    signals = _Signals()
+    with redact.run_scope():  # the secrets of this process stay known until its last line is written
+        try:
+            if args.reset:
+                return _reset(args)
+            return _run(args, signals, log)
+        except DemError as exc:
+            log.error("%s", exc)
+            return exc.exit_status
+        except KeyboardInterrupt:  # a signal before the run began (e.g. at the credentials prompt)
+            log.error("%s", INTERRUPTED)
+            return EXIT_INTERRUPTED
+        finally:
+            signals.restore()
+
+
+class _Signals:
+    """SIGINT and SIGTERM, from start to end of a run.
+
+    Before the work starts (reading options, the credentials prompt) the first one interrupts
+    at once (KeyboardInterrupt). Once the library runs (:meth:`run_starts`), it only sets the
+    ``stop`` event: the run then ends itself within a second or two (no search sent after it,
+    downloads stopped, temporaries removed, what is finished recorded) and says so, exit
+    status 130.
+
+    During the run the two signals are blocked in every thread and taken by one thread that
+    waits for nothing else (``sigwait``): the kernel may hand a process's signal to any of its
+    threads, and Python runs its handlers in the main thread only, when that thread next looks
+    up (up to a poll interval later), while a search thread could already send its retry.
+
+    Either way later signals are ignored while the run cleans up: a second one cutting that
+    short would leave temporary files and a traceback, and save nothing. They stay ignored
+    until the process ends.
+    """
+
+    _NAMES = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.stop = threading.Event()
+        self.raising = True
+        self._previous = {}
+        self._taker: threading.Thread | None = None
+        self._over = False
+        if threading.current_thread() is threading.main_thread():  # main() called from a thread: none
+            for name in self._NAMES:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def run_starts(self) -> None:
+        """From here on a signal sets the stop event, at once, and the run ends itself."""
+        import signal
+        import threading
+
+        self.raising = False
+        if not self._previous or not hasattr(signal, "pthread_sigmask"):  # Windows: the handler alone
+            return
+        # threads inherit the mask of the thread that starts them: all of the run's are started from here
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(self._previous))
+        self._taker = threading.Thread(target=self._take, name="signals", daemon=True)
+        self._taker.start()
+
+    def _take(self) -> None:
+        import signal
+
+        while True:
+            signal.sigwait(set(self._previous))
+            if self._over:  # woken by restore(): the run is over
+                return
+            self.stop.set()
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        for sig in self._previous:
+            signal.signal(sig, _ignore)
+        self.stop.set()
+        if self.raising:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        """Not interrupted: give the caller of main() its handlers (and its signal mask) back."""
+        import signal
+
+        if self.stop.is_set():
+            return
+        if self._taker is not None:
+            self._over = True
+            signal.pthread_kill(self._taker.ident, signal.SIGINT)  # ends its sigwait
+            self._taker.join()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(self._previous))
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(signum, frame):
+    """Not SIG_IGN: a signal that arrived before the switch would then be reported by Python as
+    "ignored due to race condition", with a traceback."""
+
+
+def _reset(args) -> int:
+    from cdse_dem import paths
+    from cdse_dem.credentials import reset_credentials
+
+    return reset_credentials(paths.credentials_dir(), assume_yes=args.yes)
+
+
+def _run(args, signals: _Signals, log) -> int:
+    from pathlib import Path
+
+    from cdse_dem import job as job_mod
+    from cdse_dem import paths
+    from cdse_dem.errors import EXIT_INTERRUPTED, DemError
+    from cdse_dem.options import CDSE_CONNECTION_LIMIT, decide
+
+    config = None
+    if args.config is not None:
+        from cdse_dem.config import load_config
+
+        config = load_config(paths.expand_user(args.config, "configuration file") if args.config
+                             else paths.default_configuration_file())
+    settings = decide(args, config)
+    log.info("Reading Request from %s", settings.origin)
+    if settings.ignored:
+        log.warning("%s has priority: %s ignored", "--config" if config else "--t", ", ".join(settings.ignored))
+    if args.workers > CDSE_CONNECTION_LIMIT:
+        log.warning("--workers %d: CDSE serves %d downloads at once per account; the others wait for 429 answers",
+                    args.workers, CDSE_CONNECTION_LIMIT)
+    _check_options(args)
+    mode = CHECK if args.check else PLAN if args.dry_run else DOWNLOAD
+    out_dir = settings.output_dir
+    job = job_mod.prepare(
+        mode, list(settings.tile_args) if settings.tile_args else settings.tiles_file, out_dir,
+        resolution=settings.resolution, model=settings.model, collection=settings.collection,
+        delivery=settings.delivery, coverage=args.coverage, workers=args.workers, transfer=args.transfer,
+        keep_existing=args.keep_existing, max_minutes=args.max_minutes, kml=args.kml, gipp=args.gipp,
+        missing_list=args.sen2cor_missing_list)
+    for path, what in ((args.summary_json, "summary JSON"), (args.kml_report, "KML report")):
+        if path:
+            _check_report_path(Path(path), what, out_dir)
+    credentials, ask_totp = None, None
+    if mode == DOWNLOAD:  # neither a dry run nor a check reads, asks for or sends credentials
+        from cdse_dem.credentials import obtain_credentials
+        from cdse_dem.endpoints import Endpoints
+
+        credentials = obtain_credentials(paths.credentials_dir(), _host(Endpoints.from_env().token_url))
+        if credentials.totp and sys.stdin.isatty():
+            from cdse_dem.prompt import read_totp
+
+            ask_totp = read_totp
+    bar = _Bar(args.quiet) if mode == DOWNLOAD else None
+    signals.run_starts()  # from here on a signal sets the stop event, and the run ends itself
+    try:
+        result = job_mod.run(job, credentials=credentials, stop=signals.stop, ask_totp=ask_totp,
+                             progress=bar if bar is not None and bar.enabled else None)
+    except DemError as exc:  # a login refused while tiles were searched: what was done is reported
+        if bar is not None:
+            bar.close()
+        if exc.result is not None and mode != CHECK:
+            _report(args, settings, mode, exc.result, finished=False)
+        raise
+    if bar is not None:
+        bar.close()
+    if not (mode == CHECK and result.interrupted):
+        _report(args, settings, mode, result, finished=not result.interrupted)
+    if result.interrupted:
+        log.error("%s", INTERRUPTED)
+        return EXIT_INTERRUPTED
+    if mode == CHECK:
+        ready = sum(1 for tile in result.tiles if tile.check.ready)
+        log.info("Check finished: %d of %d tiles ready for Sen2Cor", ready, len(result.tiles))
+    else:
+        log.info("Process is finished")
+    return result.exit_status
+
+
+def _check_options(args) -> None:
+    """Options that only make sense together, refused before any work."""
+    from cdse_dem.errors import UsageError
+
+    if args.check and args.dry_run:
+        raise UsageError("--check and --dry-run do not go together: --check already downloads nothing")
+    if args.sen2cor_missing_list and not args.check:
+        raise UsageError("--sen2cor-missing-list is for --check")
+
+
+def _report(args, settings, mode: str, result, *, finished: bool) -> None:
+    """What the user is shown of a result: the plan (dry run), the summary or the check, and the
+    files asked for (--summary-json, --kml-report)."""
+    from pathlib import Path
+
+    from cdse_dem.redact import scrub
+    from cdse_dem.report import plan_lines, summary_lines, write_summary_json
+
+    if mode == CHECK:
+        from cdse_dem.gipp import dem_directory
+        from cdse_dem.readiness import report_lines
+
+        if not args.quiet:
+            print("\n".join(report_lines([t.check for t in result.tiles], dem_directory(settings.output_dir))),
+                  flush=True)
+    else:
+        if mode == PLAN and finished:
+            print("\n".join(plan_lines(result)))
+        if not args.quiet:
+            print(scrub("\n".join(summary_lines(result))), flush=True)
+    if args.summary_json:
+        write_summary_json(Path(args.summary_json), result.to_dict())
+    if args.kml_report and mode != CHECK:
+        from cdse_dem.geocells import parse_grid_id
+        from cdse_dem.kml_report import write_kml_report
+
+        write_kml_report(Path(args.kml_report), [t.footprint for t in result.tiles],
+                         {parse_grid_id(cell.grid_id): cell.status for cell in result.geocells}, settings.resolution)
+
+
+class _Bar:
+    """The progress bar of a download: on a terminal only (not with -q), shown from the first bytes
+    expected; log lines are printed above it, not through it (logs.progress_writer)."""
+
+    def __init__(self, quiet: bool):
+        self.enabled = not quiet and sys.stderr.isatty()
+        self._bar = None
+
+    def __call__(self, done: int, total: int) -> None:  # the library calls it one call at a time
+        if self._bar is None:
+            from tqdm import tqdm
+
+            from cdse_dem.logs import progress_writer
+
+            self._bar = tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1024, desc="DEM",
+                             leave=False, file=sys.stderr)
+            progress_writer(lambda line: tqdm.write(line, file=sys.stderr))
+        if (total or None) != self._bar.total:
+            self._bar.total = total or None
+            self._bar.refresh()
+        if done != self._bar.n:
+            self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            from cdse_dem.logs import progress_writer
+
+            self._bar.close()
+            progress_writer(None)
+            self._bar = None
+
+
+def _check_report_path(path, what: str, out_dir) -> None:
+    """A report written at the end must be writable from the start: no work is lost to a typo,
+    and it may not land on the output folder's record."""
+    import os
+
+    from cdse_dem.errors import UsageError
+    from cdse_dem.fsutil import report_target
+    from cdse_dem.paths import JSON_NAME
+
+    try:
+        report_target(path)
+    except ValueError as exc:
+        raise UsageError(f"{path}: cannot write the {what} ({exc})") from None
+    record = out_dir / JSON_NAME
+    same = (os.path.samefile(path, record) if path.exists() and record.exists()
+            else os.path.realpath(path) == os.path.realpath(record))
+    if same:
+        raise UsageError(f"{path}: cannot write the {what} there: it is the output folder's record {JSON_NAME}")
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or ""
 
 
 def _end_now(status: int) -> None:

@@ -6,9 +6,10 @@ Usage: python benchmarks/run_all.py [--repeat 3] [--bandwidth MB_S] [--latency M
 
 Runs, each with its own simulator process and the tool as a separate process:
 bench_throughput.py (1, 2, 4), timeline.py (where the time of 1 goes), bench_overhead.py (3),
-bench_scale.py (5), then bench_grid.py (tile ids → geocells, issue 4; about 30 s, needs
-../shared/data/s2_tiling.zip, skipped without it). About 7 minutes on 2 cores; the first run
-on a fresh clone also fills the simulator's zip cache (.cache/simulator), which takes longer.
+bench_scale.py (5), bench_stop.py (how soon a stop or a signal ends a run), then bench_grid.py
+(tile ids → geocells, issue 4; about 30 s, needs ../shared/data/s2_tiling.zip, skipped without
+it). About 7 minutes on 2 cores; the first run on a fresh clone also fills the simulator's zip
+cache (.cache/simulator), which takes longer.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import time
 
 import bench_overhead
 import bench_scale
+import bench_stop
 import bench_throughput
 import benchlib
 import timeline
@@ -67,7 +69,7 @@ def main() -> int:
 
     started = time.monotonic()
     rows: list[Row] = []
-    for bench in (bench_throughput, timeline, bench_overhead, bench_scale):
+    for bench in (bench_throughput, timeline, bench_overhead, bench_scale, bench_stop):
         print(f"running {bench.__name__} ...", file=sys.stderr, flush=True)
         rows += bench.run(args.repeat)
     note = ""

@@ -9,22 +9,25 @@ failed search fails its cells (it decides nothing, so none of them is called sea
 
 import logging
 
-from cdse_dem import plan as plan_mod
+from cdse_dem import planning as plan_mod
 from cdse_dem.background import answers
 from cdse_dem.catalogue import Answer, TooManyResults, parse_products, problem_lines
-from cdse_dem.errors import DemError
+from cdse_dem.errors import DemError, Interrupted
 from cdse_dem.footprint import FootprintSource
 from cdse_dem.geocells import Geocell
 from cdse_dem.search_areas import SearchArea, plan_search_areas, products_of_area
 
-log = logging.getLogger("cdse_dem.app")
+log = logging.getLogger(__name__)
 
 
 def search_all(plan: plan_mod.Plan, catalogue, dataset_text: str, fetcher, threads: int) -> int:
     """Search the catalogue for every cell of ``plan`` still undecided; the number of searches made.
 
     Searches run on :func:`cdse_dem.background.answers` workers, which a stopped run never
-    waits for; ``catalogue.stop`` is set on the way out, so no search not yet sent is sent.
+    waits for: once ``catalogue.stop`` is set (by the run's stop, or here on the way out) no
+    search not yet sent is sent, and this returns within a fraction of a second, leaving the
+    cells not yet answered ``planned``. A stop during a login (the first product found) raises
+    Interrupted.
     """
     cells = plan_mod.cells_to_search(plan)
     areas = plan_search_areas(cells, catalogue.catalogue_url, dataset_text)
@@ -41,7 +44,7 @@ def search_all(plan: plan_mod.Plan, catalogue, dataset_text: str, fetcher, threa
     try:
         for _, results, error in answers(work, areas, threads, catalogue.stop):
             if error is not None:
-                raise error  # a bug, not a service failure: _search turns those into results
+                raise error  # a stop, or a bug: _search turns service failures into results
             # the results are the leaves of the area's halving: n answers took 2n - 1 searches
             searches += 2 * len(results) - 1
             for area, answer, failure in results:
@@ -75,6 +78,8 @@ def _search(catalogue, area: SearchArea, dataset_text: str) -> list[tuple[Search
             return [(area, None, exc)]
         log.info("%s: searching its area in two halves", exc)
         return [result for half in halves for result in _search(catalogue, half, dataset_text)]
+    except Interrupted:
+        raise  # the run stops: no answer, and not a failure of the area's cells
     except DemError as exc:
         return [(area, None, exc)]
     return [(area, parse_products(records), None)]

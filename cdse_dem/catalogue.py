@@ -22,7 +22,7 @@ import shapely
 from urllib3.exceptions import MaxRetryError
 
 from cdse_dem.endpoints import origin, origin_text
-from cdse_dem.errors import ServiceError
+from cdse_dem.errors import Interrupted, ServiceError
 from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, geocell_of_name, parse_grid_id
 from cdse_dem.http import (
     ATTEMPTS,
@@ -257,7 +257,7 @@ def choose(products: Iterable[Product], wanted: Iterable[Geocell]) -> dict[Geoce
     return chosen
 
 
-class SearchCancelled(Exception):
+class SearchCancelled(Interrupted):
     """The run was asked to stop: no further search request is sent."""
 
 

@@ -12,7 +12,7 @@ waiting for either ends the wait within one poll (``locks.POLL_SECONDS``).
 import logging
 import threading
 
-from cdse_dem.download import DownloadCancelled
+from cdse_dem.downloading import DownloadCancelled
 from cdse_dem.locks import POLL_SECONDS, SlotPool
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ class Credentials:
     username: str
     password: str = field(repr=False)
     totp: str | None = field(default=None, repr=False)
-    source: str = "prompt"  # "environment" | "credentials.yaml" | "netrc" | "prompt"
+    source: str = "prompt"  # "environment" | "credentials.yaml" | "netrc" | "prompt" | "argument" (a library call)
 
     def __post_init__(self) -> None:
         from cdse_dem.redact import remember, shown

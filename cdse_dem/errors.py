@@ -1,7 +1,10 @@
 """Errors the user sees as one line, each carrying the exit status it leads to.
 
 Every failure we expect (bad input, rejected credentials, an unreachable service) is one
-of these; anything else is a bug and may show a traceback.
+of these; anything else is a bug and may show a traceback. The command line logs the
+message and exits with ``exit_status``; a Python caller catches :class:`DemError` (or a
+subclass) and finds the same status on it. An error raised part-way through a run carries
+what the run had done so far in ``result`` (a :class:`cdse_dem.report.Result`), else None.
 """
 
 EXIT_OK = 0
@@ -15,6 +18,7 @@ class DemError(Exception):
     """A failure explained in one line; ``exit_status`` says how the run ends."""
 
     exit_status = EXIT_FAILED
+    result = None  # the run's Result so far, when the error ended a run part-way (see job.py)
 
 
 class UsageError(DemError):
@@ -51,3 +55,17 @@ class BudgetExhausted(DemError):
     """The time budget (``--max-minutes`` / the token refresh window) ran out."""
 
     exit_status = EXIT_BUDGET
+
+
+class DiskFull(DemError):
+    """The disk (or quota) of an output folder is full: retrying will not help."""
+
+
+class Interrupted(DemError):
+    """The run was asked to stop (the ``stop`` event, Ctrl-C, SIGTERM) while this was under way.
+
+    A library call never raises it to its caller: the run ends, and its result says
+    ``interrupted`` (exit status 130). Inside, it unwinds a search, a login or a download.
+    """
+
+    exit_status = EXIT_INTERRUPTED

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdse_dem import locks
+from cdse_dem.background import Stop
 from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError
 from cdse_dem.fsutil import DiskFull, raise_if_disk_full, remove_quietly
-from cdse_dem.plan import CellState, Status
+from cdse_dem.planning import CellState, Status
 
 log = logging.getLogger(__name__)
 EXTRACT_THREADS = 2
@@ -56,7 +57,9 @@ class Fetcher:
     """
 
     def __init__(self, *, open_session: Callable[[], object], http, endpoints, out_dir: Path, cache,
-                 workers: int, progress=None, slots: locks.SlotPool | None = None, transfer: str = "auto"):
+                 workers: int, progress=None, slots: locks.SlotPool | None = None, transfer: str = "auto",
+                 stop: threading.Event | Stop | None = None):
+        """``stop``: the run's stop; the fetcher's own flag (a fatal error sets it) follows it."""
         from cdse_dem.connections import ConnectionSlot
         from cdse_dem.transfer import TransferChoice
 
@@ -68,7 +71,7 @@ class Fetcher:
         self._workers = workers
         self.progress = progress
         self.session = None
-        self.stop = threading.Event()
+        self.stop = Stop(stop)
         # one per request on the download host: this run's ``workers``, and the account's connections
         # on this machine (``slots``), shared with its other runs
         self._slots = ConnectionSlot(workers, slots, stop=self.stop)
@@ -109,15 +112,20 @@ class Fetcher:
             self._track(future)
 
     def finish(self) -> FetchOutcome:
-        """Wait for every download and extraction; on Ctrl-C, stop them all first."""
+        """Wait for every download and extraction; once stopped, for those already running only
+        (they notice the stop within a fraction of a second, remove their temporaries, and
+        verified downloads are still extracted and recorded)."""
         try:
             while True:
+                if self.stop.is_set():
+                    self._cancel_queued()
                 with self._lock:
                     pending = [f for f in self._futures if not f.done()]
                     done = [f for f in self._futures if f.done()]
                     self._futures = pending
                 for future in done:
-                    future.result()  # a bug in a worker surfaces here, not silently
+                    if not future.cancelled():
+                        future.result()  # a bug in a worker surfaces here, not silently
                 if not pending:
                     break
                 wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
@@ -132,9 +140,14 @@ class Fetcher:
         """Stop now: downloads not started are dropped, running ones notice within a second and
         remove their temporaries; downloads already verified are still extracted and recorded."""
         self.stop.set()
-        for future in self._download_futures:
-            future.cancel()
+        self._cancel_queued()
         self._shutdown()
+
+    def _cancel_queued(self) -> None:
+        with self._lock:
+            queued = list(self._download_futures)
+        for future in queued:
+            future.cancel()
 
     def _shutdown(self) -> None:
         for pool in (self._listings, self._downloads, self._extracts):  # each feeds the next
@@ -291,7 +304,7 @@ class Fetcher:
     def _fetch(self, state: CellState, located=None):
         """The node file, in place and recorded (None), or the verified zip to extract; None too
         when the geocell failed or was left."""
-        from cdse_dem.download import download_product
+        from cdse_dem.downloading import download_product
 
         with self._lock:
             self._started += 1

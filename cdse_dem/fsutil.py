@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cdse_dem import locks
-from cdse_dem.errors import DemError
+from cdse_dem.errors import DemError, DiskFull
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ _TEMP_RE = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})" + r
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _held: dict[str, int] = {}  # temporary path -> the open descriptor holding its lock
 _held_lock = threading.Lock()
-
-
-class DiskFull(DemError):
-    """The disk (or quota) of an output folder is full: retrying will not help."""
 
 
 def raise_if_disk_full(exc: OSError, folder: Path) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from cdse_dem.errors import UsageError
 from cdse_dem.footprint import FootprintSource
 from cdse_dem.fsutil import write_report
-from cdse_dem.plan import Status
+from cdse_dem.planning import Status
 
 if TYPE_CHECKING:
     from cdse_dem.footprint import Footprint

@@ -1,12 +1,17 @@
-"""Log lines in the reference tool's format, so users' log scrapers keep working.
+"""The command line's log: lines in the reference tool's format, so users' log scrapers keep working.
 
 ``08/22/2024 08:30:30 AM | INFO <message>`` on stderr; the level is coloured only when
 stderr is a terminal. ``-v`` adds debug lines, ``-q`` keeps warnings and errors.
+
+Only the command line calls :func:`setup_logging`: the library itself adds no handler but a
+``NullHandler`` (see job.py), and its records propagate to whatever a Python caller set up.
 """
 
 import logging
 import sys
 from pathlib import Path
+
+from cdse_dem.redact import ScrubFilter
 
 DATE_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 LINE_FORMAT = "%(asctime)s | %(levelname)s %(message)s"
@@ -34,19 +39,6 @@ def progress_writer(writer) -> None:
     _ConsoleHandler.writer = writer
 
 
-class _Scrubbed(logging.Filter):
-    """Every line is scrubbed of the run's secrets before any handler writes it (see redact.py)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from cdse_dem.redact import scrub
-
-        message = record.getMessage()
-        clean = scrub(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-
 class _ColourFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -55,18 +47,21 @@ class _ColourFormatter(logging.Formatter):
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | None = None) -> None:
-    """Configure the ``cdse_dem`` loggers once per run (stderr, plus ``log_file`` when given)."""
+    """Configure the ``cdse_dem`` loggers for this process (stderr, plus ``log_file`` when given).
+
+    The handlers sit on the ``cdse_dem`` logger, not on the root: other libraries' debug lines
+    (urllib3's) stay out of ``-v``. Records still propagate (to nothing, in the command line).
+    """
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     root = logging.getLogger("cdse_dem")
     root.handlers.clear()
     root.setLevel(logging.DEBUG if (verbose or log_file) else level)
-    root.propagate = False
 
     stream = _ConsoleHandler(sys.stderr)
     colour = getattr(sys.stderr, "isatty", lambda: False)()
     stream.setFormatter((_ColourFormatter if colour else logging.Formatter)(LINE_FORMAT, DATE_FORMAT))
     stream.setLevel(level)
-    stream.addFilter(_Scrubbed())
+    stream.addFilter(ScrubFilter())
     root.addHandler(stream)
 
     if log_file is not None:
@@ -74,5 +69,5 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
         handler = logging.FileHandler(log_file, encoding="utf-8", errors="surrogateescape")
         handler.setFormatter(logging.Formatter(LINE_FORMAT, DATE_FORMAT))
         handler.setLevel(logging.DEBUG if verbose else logging.INFO)
-        handler.addFilter(_Scrubbed())
+        handler.addFilter(ScrubFilter())
         root.addHandler(handler)

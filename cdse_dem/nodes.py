@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdse_dem.download import DownloadFailed, Expected, StallLimits, fetch_file, get_json
+from cdse_dem.downloading import DownloadFailed, Expected, StallLimits, fetch_file, get_json
 from cdse_dem.extract import DEM_SUFFIXES
 from cdse_dem.fsutil import remove_quietly, replace_into_place
 from cdse_dem.geocells import Geocell

@@ -8,18 +8,25 @@ Sen2Cor skips such a cell only its own missing-tiles list can say: without that 
 tool's open-sea cells are taken to be on it.
 
 The inputs are the plan (each geocell with its catalogue answer), what the integrity check
-found in the folder, and the parsed missing-tiles list; the I/O is the caller's.
+found in the folder (:func:`folder_problems`), and the parsed missing-tiles list
+(:func:`read_missing_list`); the verdict is a :class:`cdse_dem.report.TileCheck`. The check
+as a whole runs in job.py.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from cdse_dem.errors import UsageError
 from cdse_dem.geocells import Geocell, geocell_of_name
-from cdse_dem.plan import Plan, Status, TilePlan
+from cdse_dem.planning import Plan, Status, TilePlan
+from cdse_dem.report import MissingFile, TileCheck
+
+log = logging.getLogger(__name__)
 
 # A cell name, optionally followed by the DEM layer's suffix: how Sen2Cor's list spells them.
 _LIST_LINE_RE = re.compile(r"Copernicus_DSM_(?:10|30)_[NS]\d{2}_00_[EW]\d{3}_00(_DEM\.tif)?")
@@ -67,31 +74,8 @@ def parse_missing_list(text: str, source: str, resolution: int) -> MissingList:
     return MissingList(source, frozenset(cells), tuple(unmatched))
 
 
-@dataclass(frozen=True)
-class MissingFile:
-    """A geocell Sen2Cor will not find: the file, why, and whether CDSE has a product for it."""
-
-    file_name: str
-    grid_id: str
-    reason: str  # "missing", or what the integrity check found, or NOT_ON_LIST
-    on_cdse: bool | None  # None: unknown (the catalogue search failed)
-
-
-@dataclass(frozen=True)
-class TileReadiness:
-    tile: str
-    geocells: int
-    present: int  # whole DEM files in the folder
-    sea: int  # no product on CDSE, and skipped by Sen2Cor
-    missing: tuple[MissingFile, ...]
-
-    @property
-    def ready(self) -> bool:
-        return not self.missing
-
-
 def tile_readiness(plan: Plan, tile: TilePlan, problems: Mapping[str, str | None],
-                   missing_list: MissingList | None = None) -> TileReadiness:
+                   missing_list: MissingList | None = None) -> TileCheck:
     """The verdict for one tile.
 
     ``problems`` maps each file name to what the integrity check found (None: a whole DEM of
@@ -113,10 +97,10 @@ def tile_readiness(plan: Plan, tile: TilePlan, problems: Mapping[str, str | None
         else:
             on_cdse = True if state.product is not None else None  # None: the search failed
             missing.append(MissingFile(state.file_name, cell.grid_id, problem, on_cdse))
-    return TileReadiness(tile.tile, len(tile.geocells), present, sea, tuple(missing))
+    return TileCheck(tile.tile, len(tile.geocells), present, sea, tuple(missing))
 
 
-def report_lines(verdicts: list[TileReadiness], folder: str) -> list[str]:
+def report_lines(verdicts: list[TileCheck], folder: str) -> list[str]:
     """What the user reads: one line per tile, one more per missing file."""
     lines = [f"Check of {folder} for Sen2Cor:"]
     width = max([len(v.tile) for v in verdicts] + [4])
@@ -141,12 +125,21 @@ def _on_cdse(item: MissingFile) -> str:
     return "on CDSE: a run without --check downloads it"
 
 
-def check_dict(verdict: TileReadiness) -> dict:
-    """The ``"check"`` part of a tile in the summary JSON."""
-    return {
-        "ready": verdict.ready,
-        "present": verdict.present,
-        "sea": verdict.sea,
-        "missing": [{"file": m.file_name, "grid_id": m.grid_id, "reason": m.reason, "on_cdse": m.on_cdse}
-                    for m in verdict.missing],
-    }
+def read_missing_list(path: str | Path, resolution: int) -> MissingList:
+    """Sen2Cor's missing-tiles list, parsed; UsageError (exit 2) for a line that is not a cell."""
+    from cdse_dem.fsutil import read_input
+
+    data = read_input(Path(path).expanduser(), "Sen2Cor missing-tiles list", UsageError)
+    missing_list = parse_missing_list(data.decode("utf-8-sig", errors="replace"), str(path), resolution)
+    if missing_list.unmatched:
+        log.warning("%s: %d line(s) without _DEM.tif (first: %s): Sen2Cor compares whole file names, "
+                    "so it does not skip those cells", path, len(missing_list.unmatched), missing_list.unmatched[0])
+    return missing_list
+
+
+def folder_problems(out_dir: Path, plan: Plan, resolution: int) -> dict[str, str | None]:
+    """For each geocell's file: None when the folder holds a whole DEM of that cell, else why not."""
+    from cdse_dem.integrity import dem_problem
+
+    return {state.file_name: dem_problem(out_dir / state.file_name, resolution=resolution, cell=state.geocell)
+            for state in plan.cells.values()}

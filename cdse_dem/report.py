@@ -1,90 +1,272 @@
-"""What the user is told at the end: a summary per tile, and the same as stable JSON.
+"""What a run did: the result objects the library returns, and what the user is told of them.
+
+:func:`cdse_dem.download`, :func:`cdse_dem.plan` and :func:`cdse_dem.check` return a
+:class:`Result`; ``--summary-json`` is ``Result.to_dict()``, written by
+:func:`write_summary_json`, and the command line's summary, plan and check lines are made
+from the same objects. One definition, so a pipeline reading the JSON and a script reading
+the objects see the same thing.
 
 The JSON shape is documented in the README and is a promise to pipelines: keys are only
-ever added, never renamed.
+ever added, never renamed. A few fields of the objects are not in it (marked below): what
+the command line's lines need besides (bytes per geocell, the file name, the footprint).
 """
+
+from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdse_dem.entries import Entry
-from cdse_dem.plan import Plan, Status, tile_counts
+from cdse_dem.planning import Plan, Status
 
 log = logging.getLogger(__name__)
+
+STATUSES = (Status.PLANNED, Status.DOWNLOADED, Status.PRESENT, Status.SEA, Status.FAILED)
+
+
+@dataclass
+class GeocellResult:
+    """One geocell of a tile, and what became of it."""
+
+    name: str  # Copernicus_DSM_30_N50_00_E007_00
+    grid_id: str  # N50_E007
+    status: str  # planned | downloaded | present | sea | failed
+    product_id: str | None = None
+    file: str | None = None  # the DEM file this run wrote (or, in a check, found whole); else None
+    reason: str = "footprint"  # footprint: the tile overlaps it; sen2cor: only Sen2Cor's rectangle holds it
+    error: str | None = None  # why it failed
+    file_name: str = ""  # not in the JSON: the DEM file's name in the output folder
+    bytes: int = 0  # not in the JSON: bytes downloaded for it by this run
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "grid_id": self.grid_id, "status": self.status, "product_id": self.product_id,
+                "file": self.file, "reason": self.reason, **({"error": self.error} if self.error else {})}
+
+
+@dataclass(frozen=True)
+class MissingFile:
+    """A geocell Sen2Cor will not find: the file, why, and whether CDSE has a product for it."""
+
+    file_name: str
+    grid_id: str
+    reason: str  # "missing", or what the integrity check found, or readiness.NOT_ON_LIST
+    on_cdse: bool | None  # None: unknown (the catalogue search failed)
+
+    def to_dict(self) -> dict:
+        return {"file": self.file_name, "grid_id": self.grid_id, "reason": self.reason, "on_cdse": self.on_cdse}
+
+
+@dataclass(frozen=True)
+class TileCheck:
+    """What :func:`cdse_dem.check` says of one tile: will Sen2Cor find a complete DEM?"""
+
+    tile: str
+    geocells: int
+    present: int  # whole DEM files in the folder
+    sea: int  # no product on CDSE, and skipped by Sen2Cor
+    missing: tuple[MissingFile, ...]
+
+    @property
+    def ready(self) -> bool:
+        return not self.missing
+
+    def to_dict(self) -> dict:
+        return {"ready": self.ready, "present": self.present, "sea": self.sea,
+                "missing": [m.to_dict() for m in self.missing]}
+
+
+@dataclass
+class TileResult:
+    """One tile asked for, its geocells, and (from a check) its verdict."""
+
+    tile: str  # 32UMA
+    entry: str  # the input as written (a SAFE name, T32UMA, ...)
+    footprint_source: str  # kml | computed
+    geocells: list[GeocellResult]
+    error: str | None = None  # the catalogue search for it failed
+    check: TileCheck | None = None  # from cdse_dem.check only
+    footprint: object = field(default=None, repr=False, compare=False)  # not in the JSON: footprint.Footprint
+
+    def to_dict(self) -> dict:
+        return {"tile": self.tile, "entry": self.entry, "footprint_source": self.footprint_source,
+                "geocells": [g.to_dict() for g in self.geocells], **({"error": self.error} if self.error else {}),
+                **({"check": self.check.to_dict()} if self.check is not None else {})}
+
+
+@dataclass(frozen=True)
+class InvalidEntry:
+    """An entry of the input that names no Sentinel-2 tile; the others were processed."""
+
+    entry: str
+    source: str  # the list file, or "command line"
+    line: int | None
+    error: str
+
+    @property
+    def message(self) -> str:
+        """``file:line: '<entry>' ...``, as the log and the summary say it."""
+        return Entry(self.entry, self.source, self.line, error=self.error).message
+
+    def to_dict(self) -> dict:
+        return {"entry": self.entry, "source": self.source, "line": self.line, "error": self.error}
 
 
 @dataclass
 class Totals:
+    """Counts over the run's distinct geocells (a cell shared by two tiles counts once)."""
+
+    tiles: int = 0
+    geocells: int = 0
+    downloaded: int = 0
+    present: int = 0
+    sea: int = 0
+    failed: int = 0
+    planned: int = 0
+    bytes: int = 0  # downloaded by this run
     seconds: float = 0.0
-    bytes_downloaded: int = 0
 
-    def rate_mb_s(self) -> float:
-        return self.bytes_downloaded / 1e6 / self.seconds if self.seconds > 0 else 0.0
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"tiles": self.tiles, "geocells": self.geocells, "downloaded": self.downloaded,
+                "present": self.present, "sea": self.sea, "failed": self.failed, "planned": self.planned,
+                "bytes": self.bytes, "seconds": round(self.seconds, 3), "mb_per_s": round(self.mb_per_s, 3)}
 
 
-def summary_lines(plan: Plan, invalid: list[Entry], totals: Totals, left: list[str]) -> list[str]:
+@dataclass
+class Result:
+    """What a call of :func:`cdse_dem.download`, :func:`cdse_dem.plan` or :func:`cdse_dem.check` found.
+
+    ``exit_status`` is the status the command line would exit with: 0 all done (open sea is
+    not a failure; for a check: every tile ready), 1 some geocell failed or some entry was
+    invalid (a check: some tile not ready), 3 the time budget ran out (``left`` says what a
+    next call resumes), 130 the ``stop`` event ended it.
+    """
+
+    tiles: list[TileResult]
+    invalid_entries: list[InvalidEntry]
+    totals: Totals
+    exit_status: int
+    output_dir: Path | None = None  # not in the JSON
+    left: list[str] = field(default_factory=list)  # not in the JSON: file names not started (time budget)
+    error: str | None = None  # not in the JSON: what stopped every download (no CCM access, a full disk)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    @property
+    def interrupted(self) -> bool:
+        """The ``stop`` event (or a signal, in the command line) ended the run early."""
+        from cdse_dem.errors import EXIT_INTERRUPTED
+
+        return self.exit_status == EXIT_INTERRUPTED
+
+    @property
+    def ready(self) -> bool:
+        """From :func:`cdse_dem.check`: every tile has a complete DEM for Sen2Cor."""
+        return bool(self.tiles) and all(t.check is not None and t.check.ready for t in self.tiles)
+
+    @property
+    def geocells(self) -> list[GeocellResult]:
+        """Every distinct geocell of the run once, in the order the tiles name them."""
+        seen: dict[str, GeocellResult] = {}
+        for tile in self.tiles:
+            for cell in tile.geocells:
+                seen.setdefault(cell.grid_id, cell)
+        return list(seen.values())
+
+    @property
+    def files(self) -> list[Path]:
+        """The DEM files the tiles have in the output folder: downloaded now or present before."""
+        paths = []
+        for cell in self.geocells:
+            if cell.status in (Status.DOWNLOADED, Status.PRESENT):
+                paths.append(Path(cell.file) if cell.file else Path(self.output_dir or ".") / cell.file_name)
+        return paths
+
+    @property
+    def bytes_downloaded(self) -> int:
+        return self.totals.bytes
+
+    def to_dict(self) -> dict:
+        """The ``--summary-json`` document (shape in the README)."""
+        return {"tiles": [t.to_dict() for t in self.tiles],
+                "invalid_entries": [e.to_dict() for e in self.invalid_entries],
+                "totals": self.totals.to_dict(), "exit_status": self.exit_status}
+
+
+def result_of(plan: Plan, invalid: list[Entry], *, exit_status: int, seconds: float, bytes_downloaded: int,
+              output_dir: Path | None, left: list[str] | None = None, error: str | None = None,
+              checks: list[TileCheck] | None = None) -> Result:
+    """The Result of a run from its plan (statuses as the run left them)."""
+    tiles = []
+    for number, tile in enumerate(plan.tiles):
+        cells = []
+        for geocell in tile.geocells:
+            state = plan.cells[geocell]
+            cells.append(GeocellResult(
+                name=state.file_name.rsplit("_DEM.", 1)[0], grid_id=geocell.grid_id, status=state.status,
+                product_id=state.product_id, file=state.file, reason=tile.reasons.get(geocell, "footprint"),
+                error=state.error, file_name=state.file_name, bytes=state.bytes))
+        tiles.append(TileResult(tile.tile, tile.entry.text, tile.footprint_source, cells, tile.error,
+                                checks[number] if checks is not None else None, tile.footprint))
+    totals = Totals(tiles=len(plan.tiles), geocells=len(plan.cells), downloaded=plan.count(Status.DOWNLOADED),
+                    present=plan.count(Status.PRESENT), sea=plan.count(Status.SEA), failed=plan.count(Status.FAILED),
+                    planned=plan.count(Status.PLANNED), bytes=bytes_downloaded, seconds=seconds)
+    return Result(tiles, [InvalidEntry(e.text, e.source, e.line, e.error or "") for e in invalid], totals,
+                  exit_status, output_dir, list(left or ()), error)
+
+
+def _counts(tile: TileResult) -> dict[str, int]:
+    counts = dict.fromkeys(STATUSES, 0)
+    for cell in tile.geocells:
+        counts[cell.status] += 1
+    return counts
+
+
+def summary_lines(result: Result) -> list[str]:
+    """The summary printed at the end of a run: a line per tile, the totals, what failed or is left."""
     lines = ["Summary:"]
-    width = max([len(t.tile) for t in plan.tiles] + [4])
-    for tile in plan.tiles:
-        c = tile_counts(plan, tile)
+    width = max([len(t.tile) for t in result.tiles] + [4])
+    for tile in result.tiles:
+        c = _counts(tile)
         parts = [f"{c[Status.DOWNLOADED]} downloaded", f"{c[Status.PRESENT]} already present",
                  f"{c[Status.SEA]} open sea (no DEM)", f"{c[Status.FAILED]} failed"]
         if c[Status.PLANNED]:
             parts.append(f"{c[Status.PLANNED]} not done")
-        fetched = sum(plan.cells[cell].bytes for cell in tile.geocells)
+        fetched = sum(cell.bytes for cell in tile.geocells)
         lines.append(f"  {tile.tile:<{width}}  {len(tile.geocells)} geocells: " + ", ".join(parts)
                      + (f"; {fetched / 1e6:.1f} MB" if fetched else ""))
-    for entry in invalid:
+    for entry in result.invalid_entries:
         lines.append(f"  invalid entry {entry.message}")
+    totals = result.totals
     lines.append(
-        f"  Total: {plan.count(Status.DOWNLOADED)} downloaded, {plan.count(Status.PRESENT)} already present, "
-        f"{plan.count(Status.SEA)} open sea, {plan.count(Status.FAILED)} failed; "
-        f"{totals.bytes_downloaded / 1e6:.1f} MB in {totals.seconds:.1f} s ({totals.rate_mb_s():.1f} MB/s)")
-    for cell in plan.cells.values():
+        f"  Total: {totals.downloaded} downloaded, {totals.present} already present, "
+        f"{totals.sea} open sea, {totals.failed} failed; "
+        f"{totals.bytes / 1e6:.1f} MB in {totals.seconds:.1f} s ({totals.mb_per_s:.1f} MB/s)")
+    for cell in result.geocells:
         if cell.status == Status.FAILED:
             lines.append(f"  failed: {cell.file_name} ({cell.error or 'unknown error'})")
-    if left:
-        lines.append(f"  Left for the next run ({len(left)}): " + ", ".join(left))
+    if result.left:
+        lines.append(f"  Left for the next run ({len(result.left)}): " + ", ".join(result.left))
     return lines
 
 
-def summary_dict(plan: Plan, invalid: list[Entry], totals: Totals, exit_status: int) -> dict:
-    tiles = []
-    for tile in plan.tiles:
-        cells = []
-        for geocell in tile.geocells:
-            state = plan.cells[geocell]
-            cells.append({
-                "name": state.file_name.rsplit("_DEM.", 1)[0],
-                "grid_id": geocell.grid_id,
-                "status": state.status,
-                "product_id": state.product_id,
-                "file": state.file,
-                "reason": tile.reasons.get(geocell, "footprint"),
-                **({"error": state.error} if state.error else {}),
-            })
-        tiles.append({"tile": tile.tile, "entry": tile.entry.text, "footprint_source": tile.footprint_source,
-                      "geocells": cells, **({"error": tile.error} if tile.error else {})})
-    return {
-        "tiles": tiles,
-        "invalid_entries": [{"entry": e.text, "source": e.source, "line": e.line, "error": e.error}
-                            for e in invalid],
-        "totals": {
-            "tiles": len(plan.tiles),
-            "geocells": len(plan.cells),
-            "downloaded": plan.count(Status.DOWNLOADED),
-            "present": plan.count(Status.PRESENT),
-            "sea": plan.count(Status.SEA),
-            "failed": plan.count(Status.FAILED),
-            "planned": plan.count(Status.PLANNED),
-            "bytes": totals.bytes_downloaded,
-            "seconds": round(totals.seconds, 3),
-            "mb_per_s": round(totals.rate_mb_s(), 3),
-        },
-        "exit_status": exit_status,
-    }
+def plan_lines(result: Result) -> list[str]:
+    """What ``--dry-run`` prints: per tile its footprint and counts, then a line per geocell."""
+    lines = []
+    for tile in result.tiles:
+        c = _counts(tile)
+        lines.append(f"{tile.tile} (footprint: {tile.footprint_source}): {len(tile.geocells)} geocells, "
+                     f"{c[Status.PLANNED]} to download, {c[Status.PRESENT]} present, {c[Status.SEA]} open sea")
+        for cell in tile.geocells:
+            lines.append(f"  {cell.grid_id}  {cell.file_name}  {cell.status}  {cell.product_id or '-'}  {cell.reason}")
+    return lines
 
 
 def write_summary_json(path: Path, summary: dict) -> None:

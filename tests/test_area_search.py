@@ -2,7 +2,7 @@
 
 import logging
 
-from cdse_dem import plan as plan_mod
+from cdse_dem import planning as plan_mod
 from cdse_dem.area_search import search_all
 from cdse_dem.catalogue import TooManyResults, dataset_filter
 from cdse_dem.errors import ServiceError

@@ -13,7 +13,7 @@ import pytest
 
 from cdse_dem.catalogue import Catalogue, choose, parse_product
 from cdse_dem.credentials import Credentials
-from cdse_dem.download import download_product
+from cdse_dem.downloading import download_product
 from cdse_dem.endpoints import Endpoints
 from cdse_dem.errors import BudgetExhausted
 from cdse_dem.geocells import Geocell

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from cdse_dem.connections import ConnectionSlot
-from cdse_dem.download import DownloadCancelled
+from cdse_dem.downloading import DownloadCancelled
 from cdse_dem.locks import SlotPool
 
 

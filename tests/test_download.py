@@ -17,7 +17,7 @@ import requests
 
 from cdse_dem.catalogue import Catalogue, dataset_filter, parse_product
 from cdse_dem.credentials import Credentials
-from cdse_dem.download import DownloadCancelled, DownloadFailed, download_product
+from cdse_dem.downloading import DownloadCancelled, DownloadFailed, download_product
 from cdse_dem.endpoints import Endpoints
 from cdse_dem.errors import AccessDenied, BudgetExhausted
 from cdse_dem.extract import extract_dem

@@ -254,7 +254,7 @@ QUICK_LIMITS = dict(floor=1000, window=0.4, silence=0.3)
     (h.SILENT, "transfer stalled: no byte for 0.3 s"),
 ])
 def test_a_stalled_transfer_is_retried_and_three_stalls_fail_the_product(hostile, tmp_path, mode, reason):
-    from cdse_dem.download import DownloadFailed, StallLimits, download_product
+    from cdse_dem.downloading import DownloadFailed, StallLimits, download_product
     from cdse_dem.retry import Backoff
 
     hostile.mode = mode
@@ -268,7 +268,7 @@ def test_a_stalled_transfer_is_retried_and_three_stalls_fail_the_product(hostile
 
 
 def test_the_stall_limits_are_the_documented_ones():
-    from cdse_dem.download import MAX_STALLS, STALL_FLOOR, STALL_SILENCE, STALL_WINDOW, StallLimits, StallMeter
+    from cdse_dem.downloading import MAX_STALLS, STALL_FLOOR, STALL_SILENCE, STALL_WINDOW, StallLimits, StallMeter
 
     assert (STALL_FLOOR, STALL_WINDOW, STALL_SILENCE, MAX_STALLS) == (10_000, 30.0, 30.0, 3)
     meter = StallMeter(StallLimits(), now=0.0)
@@ -284,7 +284,7 @@ def test_the_stall_limits_are_the_documented_ones():
 
 
 def test_max_minutes_also_ends_a_transfer_already_running(hostile, tmp_path):
-    from cdse_dem.download import download_product
+    from cdse_dem.downloading import download_product
     from cdse_dem.errors import BudgetExhausted
 
     hostile.mode = h.SILENT

@@ -281,7 +281,7 @@ def test_a_refused_member_fails_its_geocell_and_the_run_goes_on(tmp_path):
     from cdse_dem.cache import NameIdCache
     from cdse_dem.fetch import Fetcher
     from cdse_dem.geocells import Geocell
-    from cdse_dem.plan import CellState, Status
+    from cdse_dem.planning import CellState, Status
 
     out = tmp_path / "out"
     out.mkdir()
@@ -612,7 +612,7 @@ def test_the_plan_hook_replans_a_present_cell_once_and_reports_it():
     from cdse_dem.catalogue import Product
     from cdse_dem.entries import Entry
     from cdse_dem.geocells import Geocell
-    from cdse_dem.plan import (
+    from cdse_dem.planning import (
         Status,
         TilePlan,
         apply_area,

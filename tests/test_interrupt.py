@@ -1,11 +1,15 @@
-"""Ctrl-C in the middle of downloads: a real SIGINT to a real process, then a re-run."""
+"""Ctrl-C in the middle of downloads and of catalogue searches: a real signal to a real process."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
+
+from simulator import Faults
 from tests.helpers import ENTRY, ROOT, cli_env, run_cli, served_dem
 
 
@@ -46,4 +50,59 @@ def test_sigint_mid_download_then_rerun_completes(make_sim, tool_home, tmp_path)
     assert len(recorded) == 6 == len(list(out.glob("*_DEM.tif")))
     for name, product_id in recorded.items():
         assert (out / name).read_bytes() == served_dem(sim, product_id)[1]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def spread_tiles(count: int) -> list[str]:
+    """``count`` tiles spread over the whole grid: many catalogue searches, not one."""
+    from cdse_dem.tiles import all_tile_ids
+
+    ids = sorted(all_tile_ids())
+    return ids[:: len(ids) // count][:count]
+
+
+def every_area_in_flight_again(searches) -> bool:
+    """Every area search sent at least twice, and the latest try of each held by the server right now.
+
+    With a Retry-After longer than the backoff the tries of all areas go out together, round after
+    round: at such a moment no search is on its way, so any search the server sees after a signal
+    sent now is one the tool sent after it (nothing left to the race of a request already leaving).
+    """
+    areas = {r.query for r in searches}
+    return len(searches) > len(areas) and sum(r.finished == 0.0 for r in searches) == len(areas)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_slow_failing_search_of_100_tiles_exits_130_and_no_search_follows(make_sim, tool_home,
+                                                                                            tmp_path, signum):
+    # every search answers 503 (Retry-After: 1 s) after 0.3 s: each area search has retries to come
+    sim = make_sim(latency=0.3, faults=Faults(catalogue_error_rate=1.0, retry_after=1.0))
+    out = tmp_path / "dem"
+    args = [a for tile in spread_tiles(100) for a in ("--t", tile)]
+    env = dict(os.environ, **cli_env(sim))
+    proc = subprocess.Popen([sys.executable, str(ENTRY), *args, "--o", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def searches():
+        return [r for r in sim.request_log() if r.server == "catalogue" and r.path.endswith("/Products")]
+
+    deadline = time.monotonic() + 60
+    while not every_area_in_flight_again(searches()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the searches never got under way: {proc.communicate()}")
+        time.sleep(0.005)
+    assert len({r.query for r in searches()}) > 1  # several searches side by side
+    proc.send_signal(signum)
+    sent = time.monotonic()
+    _, stderr = proc.communicate(timeout=30)  # a hang guard, not the measure (benchmarks/bench_stop.py)
+
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    errors = [line.split("| ERROR ", 1)[1] for line in stderr.splitlines() if "| ERROR " in line]
+    assert errors[-1] == "Interrupted: finished geocells are recorded; a re-run resumes"
+    time.sleep(1.5)  # past the Retry-After: a search thread left behind would send its retry now
+    late = [r for r in searches() if r.started > sent]
+    assert late == [], f"{len(late)} searches after the signal"
+    assert [r for r in sim.request_log() if r.grant_type or r.server == "download"] == []
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []

@@ -290,7 +290,7 @@ def test_nodes_mode_never_falls_back_and_zip_mode_never_tries():
 
 
 def test_a_listing_too_large_is_refused(host):
-    from cdse_dem.download import DownloadFailed, get_json
+    from cdse_dem.downloading import DownloadFailed, get_json
 
     fake = host()
     fake.body_override[rf"Products\({PRODUCT_ID}\)/Nodes$"] = b'{"result": [' + b" " * 5000 + b"]}"

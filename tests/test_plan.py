@@ -3,7 +3,7 @@
 from cdse_dem.catalogue import Product, choose
 from cdse_dem.entries import Entry
 from cdse_dem.geocells import Geocell
-from cdse_dem.plan import (
+from cdse_dem.planning import (
     Status,
     TilePlan,
     apply_area,

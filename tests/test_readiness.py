@@ -6,8 +6,8 @@ from cdse_dem.catalogue import Product
 from cdse_dem.entries import Entry
 from cdse_dem.errors import UsageError
 from cdse_dem.geocells import Geocell
-from cdse_dem.plan import TilePlan, apply_area, cells_failed, start_plan
-from cdse_dem.readiness import NOT_ON_LIST, check_dict, parse_missing_list, report_lines, tile_readiness
+from cdse_dem.planning import TilePlan, apply_area, cells_failed, start_plan
+from cdse_dem.readiness import NOT_ON_LIST, parse_missing_list, report_lines, tile_readiness
 
 LAND1, LAND2, SEA1 = Geocell(-38, 149), Geocell(-37, 149), Geocell(-39, 150)
 
@@ -66,7 +66,7 @@ def test_a_failed_search_leaves_whether_cdse_has_the_file_unknown():
     assert [(m.grid_id, m.on_cdse) for m in verdict.missing] == [("S38_E149", None), ("S39_E150", None)]
     assert report_lines([verdict], "/d")[2].endswith(
         "missing; whether CDSE has it is unknown: the catalogue search failed (logged above)")
-    assert check_dict(verdict)["missing"][0] == {"file": "Copernicus_DSM_30_S38_00_E149_00_DEM.tif",
+    assert verdict.to_dict()["missing"][0] == {"file": "Copernicus_DSM_30_S38_00_E149_00_DEM.tif",
                                                  "grid_id": "S38_E149", "reason": "missing", "on_cdse": None}
 
 

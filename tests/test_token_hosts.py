@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from cdse_dem.catalogue import Product
-from cdse_dem.download import DownloadFailed, download_product
+from cdse_dem.downloading import DownloadFailed, download_product
 from cdse_dem.endpoints import Endpoints
 from cdse_dem.http import DownloadToken
 from cdse_dem.retry import Backoff

@@ -39,7 +39,7 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 from cdse_dem.endpoints import origin_text as _origin
-from cdse_dem.errors import EXIT_INTERRUPTED, AccessDenied, BudgetExhausted, DemError
+from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError, Interrupted
 from cdse_dem.fsutil import create_temp_in, raise_if_disk_full, remove_quietly
 from cdse_dem.http import DownloadToken
 from cdse_dem.redact import scrub
@@ -80,10 +80,8 @@ class DownloadFailed(DemError):
     """One product could not be downloaded (after retries, or refused for good); others may go on."""
 
 
-class DownloadCancelled(DemError):
-    """The run was asked to stop (Ctrl-C) while this product was being fetched."""
-
-    exit_status = EXIT_INTERRUPTED
+class DownloadCancelled(Interrupted):
+    """The run was asked to stop (Ctrl-C, the ``stop`` event) while this product was being fetched."""
 
 
 @dataclass

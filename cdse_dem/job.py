@@ -1,0 +1,535 @@
+"""One run of the tool as a library call: tiles in, a :class:`~cdse_dem.report.Result` out.
+
+:func:`download`, :func:`plan` and :func:`check` are the package's API (``cdse_dem.download``,
+...); the command line calls :func:`prepare` and :func:`run` itself, so that it can check its
+own options and ask for credentials between the two.
+
+The order matters to users: everything that can be wrong with the request (options, GIPP,
+tile list, output folder, credentials) is found before any network call; the catalogue is
+searched before logging in (search needs no token, and a run with nothing to download needs
+no login); geocells are fetched last.
+
+A call never prompts, prints, installs a signal or log handler (a ``NullHandler`` on the
+``cdse_dem`` logger only: the caller's logging set-up receives our records), and keeps no
+state between calls: two calls may run at once, in two threads, into one folder too (see
+locks.py). ``stop``, a ``threading.Event`` set from any thread, ends a call within a second or
+two: no catalogue search is sent after it, a login under way is abandoned (and logged out
+when it completes), downloads under way stop and remove their temporary files, every geocell
+finished is recorded, and the result says so (``interrupted``, exit status 130).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cdse_dem import entries as entries_mod
+from cdse_dem import paths, planning, redact
+from cdse_dem.area_search import search_all
+from cdse_dem.background import Stop, call_unless_stopped, interruptible_sleep
+from cdse_dem.cache import NameIdCache
+from cdse_dem.catalogue import Catalogue, dataset_filter, dataset_key
+from cdse_dem.credentials import Credentials, obtain_credentials
+from cdse_dem.endpoints import Endpoints
+from cdse_dem.entries import Entry
+from cdse_dem.errors import (
+    EXIT_BUDGET,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    DemError,
+    InputError,
+    Interrupted,
+    UsageError,
+)
+from cdse_dem.fetch import Fetcher, FetchOutcome
+from cdse_dem.gipp import check_gipp_option, end_of_work
+from cdse_dem.http import new_http_session
+from cdse_dem.options import (
+    COLLECTIONS,
+    COVERAGES,
+    DEFAULT_COLLECTION,
+    DEFAULT_COVERAGE,
+    DEFAULT_DELIVERY,
+    DEFAULT_MODEL,
+    DEFAULT_RESOLUTION,
+    DELIVERIES,
+    MAX_WORKERS,
+    MODELS,
+    RESOLUTIONS,
+)
+from cdse_dem.report import Result, result_of
+from cdse_dem.transfer import Transfer
+
+log = logging.getLogger(__name__)
+logging.getLogger("cdse_dem").addHandler(logging.NullHandler())  # no "No handlers could be found", no lastResort
+
+SEARCH_THREADS = 8
+DOWNLOAD, PLAN, CHECK = "download", "plan", "check"
+
+Tiles = str | os.PathLike | Iterable[str]
+ProgressCallback = Callable[[int, int], None]
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+def download(tiles: Tiles, output_dir: str | os.PathLike, *, resolution: int = DEFAULT_RESOLUTION,
+             model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY,
+             coverage: str = DEFAULT_COVERAGE, workers: int = 4, transfer: str = "auto",
+             keep_existing: bool = False, max_minutes: float = 60.0, kml: str | os.PathLike | None = None,
+             gipp: str | os.PathLike | None = None, credentials: Credentials | tuple[str, str] | None = None,
+             stop: threading.Event | None = None, progress: ProgressCallback | None = None) -> Result:
+    """Download the DEM geocells of ``tiles`` into ``output_dir``; what the command line does.
+
+    ``tiles``: tile ids and SAFE names (an iterable of str, or one str), or a ``pathlib.Path``
+    to a tile list file (one a line, ``#`` comments). ``resolution`` 90 or 30, ``model`` DGED or
+    DTED, ``collection`` CCM or COP-DEM, ``delivery`` (CCM), ``coverage`` sen2cor or footprint,
+    ``workers``, ``transfer`` (auto, nodes, zip), ``keep_existing``, ``max_minutes`` (0: no
+    limit), ``kml`` (the tiling KML) and ``gipp`` (a Sen2Cor L2A_GIPP.xml to point at the folder
+    once complete) are the command line's options of the same names.
+
+    ``credentials``: a ``(user name, password)`` pair or :class:`cdse_dem.Credentials`; None:
+    ``CDSE_USERNAME``/``CDSE_PASSWORD``, then the stored entry, then ``~/.netrc`` (never a
+    prompt: none found raises :class:`cdse_dem.CredentialError`, exit status 2).
+
+    ``stop``: a ``threading.Event``; setting it (from any thread) ends the call within a
+    second or two, with everything finished recorded (``result.interrupted``).
+
+    ``progress(done, total)``: told of the bytes downloaded and expected so far, from the
+    download threads, one call at a time; keep it quick.
+
+    Returns a :class:`cdse_dem.Result` (``exit_status`` as the command line's). Raises a
+    :class:`cdse_dem.DemError` subclass for what stops a run before or during its work (a bad
+    option or tile list, no credentials, a refused login, an unreachable identity service).
+    """
+    job = prepare(DOWNLOAD, tiles, output_dir, resolution=resolution, model=model, collection=collection,
+                  delivery=delivery, coverage=coverage, workers=workers, transfer=transfer,
+                  keep_existing=keep_existing, max_minutes=max_minutes, kml=kml, gipp=gipp)
+    return run(job, credentials=credentials, stop=stop, progress=progress)
+
+
+def plan(tiles: Tiles, output_dir: str | os.PathLike | None = None, *, resolution: int = DEFAULT_RESOLUTION,
+         model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY,
+         coverage: str = DEFAULT_COVERAGE, keep_existing: bool = False, kml: str | os.PathLike | None = None,
+         stop: threading.Event | None = None) -> Result:
+    """What :func:`download` would do, as ``--dry-run`` shows it; needs no credentials, writes nothing.
+
+    Each geocell is ``planned`` (with the product the catalogue chose), ``present`` (whole and
+    recorded in ``output_dir``), ``sea`` (no product on CDSE) or ``failed`` (the search failed).
+    ``output_dir`` None: nothing is taken as present.
+    """
+    job = prepare(PLAN, tiles, output_dir, resolution=resolution, model=model, collection=collection,
+                  delivery=delivery, coverage=coverage, keep_existing=keep_existing, kml=kml)
+    return run(job, stop=stop)
+
+
+def check(tiles: Tiles, output_dir: str | os.PathLike, *, resolution: int = DEFAULT_RESOLUTION,
+          model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY,
+          coverage: str = DEFAULT_COVERAGE, kml: str | os.PathLike | None = None,
+          sen2cor_missing_list: str | os.PathLike | None = None, gipp: str | os.PathLike | None = None,
+          stop: threading.Event | None = None) -> Result:
+    """Will Sen2Cor find a complete DEM for each tile in ``output_dir``? What ``--check`` says.
+
+    Downloads nothing, needs no credentials, changes nothing in the folder (``gipp`` is
+    written only when every tile is ready). Each tile's ``check`` holds the verdict
+    (``ready``, ``present``, ``sea``, ``missing``); ``result.ready`` is all of them, and
+    ``exit_status`` 0 when every tile is ready, 1 when one is not (or an entry was invalid).
+    """
+    job = prepare(CHECK, tiles, output_dir, resolution=resolution, model=model, collection=collection,
+                  delivery=delivery, coverage=coverage, kml=kml, gipp=gipp, missing_list=sen2cor_missing_list)
+    return run(job, stop=stop)
+
+
+# --- the request, checked -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    """A request found usable: nothing in it can fail the run before the network is asked."""
+
+    mode: str  # DOWNLOAD, PLAN or CHECK
+    valid: tuple[Entry, ...]  # one per tile, in the order first asked for
+    invalid: tuple[Entry, ...]
+    output_dir: Path | None
+    resolution: int
+    model: str
+    collection: str
+    delivery: str
+    coverage: str
+    workers: int
+    transfer: str
+    keep_existing: bool
+    max_minutes: float
+    kml: str | os.PathLike | None
+    gipp: str | None
+    missing_list: str | None
+
+
+def prepare(mode: str, tiles: Tiles, output_dir: str | os.PathLike | None, *,
+            resolution: int = DEFAULT_RESOLUTION, model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION,
+            delivery: str = DEFAULT_DELIVERY, coverage: str = DEFAULT_COVERAGE, workers: int = 4,
+            transfer: str = "auto", keep_existing: bool = False, max_minutes: float = 60.0,
+            kml: str | os.PathLike | None = None, gipp: str | os.PathLike | None = None,
+            missing_list: str | os.PathLike | None = None) -> Job:
+    """The request checked, in the command line's order: options, GIPP, tile list (invalid entries
+    logged), output folder (created and probed for a download); UsageError (exit 2) otherwise."""
+    model, collection = str(model).upper(), str(collection).upper()
+    coverage, transfer = str(coverage).lower(), str(transfer).lower()
+    _one_of("resolution", resolution, RESOLUTIONS)
+    _one_of("model", model, MODELS)
+    _one_of("collection", collection, COLLECTIONS)
+    _one_of("delivery", delivery, DELIVERIES)
+    _one_of("coverage", coverage, COVERAGES)
+    _one_of("transfer", transfer, tuple(t.value for t in Transfer))
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"workers must be a whole number from 1 to {MAX_WORKERS}, not {workers!r}")
+    if not isinstance(max_minutes, (int, float)) or not max_minutes >= 0:
+        raise UsageError(f"max_minutes must be 0 (no limit) or more, not {max_minutes!r}")
+    gipp = os.fspath(gipp) if gipp is not None else None
+    check_gipp_option(gipp, model)  # before any work: refused GIPPs stay untouched
+    entries = _entries(tiles)
+    invalid = [e for e in entries if e.error]
+    for entry in invalid:
+        log.error("%s", entry.message)
+    valid = entries_mod.unique_tiles(entries)
+    if not valid:
+        raise InputError("no valid tile id or SAFE name to process")
+    out_dir = paths.expand_user(output_dir, "output folder") if output_dir is not None else None
+    if out_dir is not None:
+        _check_output_dir(out_dir, create=mode == DOWNLOAD)
+    return Job(mode, tuple(valid), tuple(invalid), out_dir, resolution, model, collection, delivery, coverage,
+               workers, transfer, bool(keep_existing), float(max_minutes), kml, gipp,
+               os.fspath(missing_list) if missing_list is not None else None)
+
+
+def _one_of(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}")
+
+
+def _entries(tiles: Tiles) -> list[Entry]:
+    """A tile list file (a path), one entry (a str), or entries (an iterable of str)."""
+    if isinstance(tiles, os.PathLike):
+        path = paths.expand_user(tiles, "tile list file")
+        log.info("Reading tiles from %s", path)
+        return entries_mod.read_tile_list(path)
+    if isinstance(tiles, str):
+        tiles = [tiles]
+    values = list(tiles)
+    if not all(isinstance(value, str) for value in values):
+        raise UsageError("tiles must be tile ids or SAFE names (str), or a pathlib.Path to a tile list file")
+    return entries_mod.from_command_line(values)
+
+
+def _check_output_dir(out_dir: Path, *, create: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: the output folder is a file")
+    if not out_dir.exists():
+        if not create:
+            return
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+    if not create:
+        return  # a dry run or a check writes nothing there, not even a probe
+    try:  # a fresh name created exclusively: never a file (or a symlink to one) already there
+        with tempfile.TemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from None
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def run(job: Job, *, credentials: Credentials | tuple[str, str] | None = None, stop: threading.Event | None = None,
+        progress: ProgressCallback | None = None, ask_totp: Callable[[], str] | None = None) -> Result:
+    """Do ``job``: a Result, or a DemError (with the Result so far in ``.result`` once work began).
+
+    ``ask_totp``: where a fresh two-factor code comes from when a run must log in again (the
+    command line's terminal); None: nobody to ask, the run stops starting downloads instead.
+    """
+    stop = stop if stop is not None else threading.Event()
+    redact.scrub_our_loggers()
+    with redact.run_scope():
+        if job.mode == DOWNLOAD:  # neither a plan nor a check reads, asks for or sends credentials
+            credentials = _credentials(credentials)
+        log.info("Processing %d Tile(s)", len(job.valid))
+        log.info("Start time: %s", datetime.now())
+        log.info("<----->")
+        if job.mode == CHECK:
+            return _check(job, stop)
+        return _plan_and_fetch(job, credentials, stop, progress, ask_totp)
+
+
+def _credentials(given) -> Credentials:
+    if given is None:
+        return obtain_credentials(paths.credentials_dir(), _host(Endpoints.from_env().token_url), interactive=False)
+    if isinstance(given, Credentials):
+        redact.remember(given.password, given.totp)  # again: a run that ended meanwhile forgot them
+        redact.shown(given.username)
+        return given
+    if isinstance(given, (tuple, list)) and len(given) in (2, 3) and all(isinstance(v, str) and v for v in given[:2]):
+        found = Credentials(given[0], given[1], given[2] if len(given) == 3 else None, "argument")
+        log.info("Using the CDSE credentials of %s given by the caller", found.username)
+        return found
+    raise UsageError("credentials must be a (user name, password) pair, a cdse_dem.Credentials, or None")
+
+
+def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.Event,
+                    progress: ProgressCallback | None, ask_totp) -> Result:
+    """A download, or a plan (``--dry-run``: the same up to the downloads, which it leaves out)."""
+    started = time.monotonic()
+    downloading = job.mode == DOWNLOAD
+    endpoints = Endpoints.from_env()
+    out_dir = job.output_dir
+    tile_plans = _tile_plans(job.valid, job.kml, job.coverage)
+    cache = NameIdCache.load(out_dir) if out_dir is not None and out_dir.is_dir() else None
+    if cache is not None and downloading:
+        from cdse_dem.fsutil import remove_stale_temporaries
+
+        for stale in remove_stale_temporaries(out_dir):
+            log.info("Removed a temporary file left by an earlier run: %s", stale.name)
+
+    def file_name(cell):
+        return cell.dem_file_name(job.resolution, job.model)
+
+    def recorded_id(name):
+        if cache is None or not cache.is_complete(name):
+            return None
+        from cdse_dem.integrity import dem_problem
+
+        problem = dem_problem(out_dir / name)  # headers only (and DTED checksums): cheap per file
+        if problem is not None:
+            log.warning("%s is recorded but is not a whole DEM (%s): downloading it again", name, problem)
+            return None
+        return cache.product_id(name)
+
+    plan_ = planning.start_plan(tile_plans, file_name, recorded_id)
+    sea_record, sources = _folder_records(out_dir, job)
+    if sea_record is not None:
+        planning.mark_known_sea(plan_, sea_record.is_sea)
+    if sources is not None:
+        if job.keep_existing:
+            if plan_.count(planning.Status.PRESENT):
+                log.info("--keep-existing: %d geocell(s) already present kept as they are",
+                         plan_.count(planning.Status.PRESENT))
+        else:
+            planning.mark_to_compare(plan_, lambda name: sources.came_from(name, sea_record.key))
+    http = new_http_session(job.workers + SEARCH_THREADS, endpoints)
+    catalogue = Catalogue(endpoints.catalogue_url, http, stop=Stop(stop))
+    fetcher = _fetcher(job, credentials, http, endpoints, cache, stop, progress, ask_totp) if downloading else None
+    status = EXIT_OK
+    failure: BaseException | None = None
+    try:
+        _search(plan_, catalogue, job, fetcher)
+        if stop.is_set():
+            raise Interrupted("stopped during the catalogue search")
+        if fetcher is None:
+            log.info("There are %d DEM files expected", len(plan_.to_fetch()))
+        else:
+            log.info("There are %d DEM files expected", fetcher.outcome.submitted)
+            if fetcher.outcome.submitted == 0 and plan_.count(planning.Status.PRESENT):
+                log.info("Nothing to download: every DEM geocell is already in %s", out_dir)
+            fetcher.finish()
+            if stop.is_set():
+                raise Interrupted("stopped during the downloads")
+            if fetcher.session is not None:
+                log.info("Dictionary name:id saved to JSON file")
+    except Interrupted:
+        status = EXIT_INTERRUPTED
+        if fetcher is not None:
+            fetcher.abort()
+    except BaseException as exc:  # a login refused while tiles were searched; a KeyboardInterrupt; a bug
+        if fetcher is not None:
+            fetcher.abort()
+        status = exc.exit_status if isinstance(exc, DemError) else EXIT_INTERRUPTED
+        failure = exc
+    finally:
+        http.close()  # after the logout: nothing a search thread still holds is sent again
+    outcome = fetcher.outcome if fetcher is not None else FetchOutcome()
+    if status == EXIT_OK:
+        status = _exit_status(plan_, job.invalid, outcome.left, outcome.fatal)
+    if downloading:
+        _record_what_the_catalogue_said(plan_, sea_record, sources)
+    if outcome.left:
+        log.warning("Time budget spent: %d geocell(s) not started; run again to resume", len(outcome.left))
+    result = result_of(plan_, list(job.invalid), exit_status=status, seconds=time.monotonic() - started,
+                       bytes_downloaded=outcome.bytes, output_dir=out_dir, left=outcome.left,
+                       error=str(outcome.fatal) if outcome.fatal is not None else None)
+    if failure is not None:
+        if isinstance(failure, DemError):
+            failure.result = result
+        raise failure
+    if outcome.fatal is not None:
+        log.error("%s", outcome.fatal)
+    if downloading and status != EXIT_INTERRUPTED:
+        complete = not (outcome.left or outcome.fatal or plan_.count(planning.Status.FAILED)
+                        or plan_.count(planning.Status.PLANNED))
+        if not end_of_work(job.gipp, out_dir, job.resolution, job.model, complete=complete):
+            result.exit_status = EXIT_FAILED
+    return result
+
+
+def _check(job: Job, stop: threading.Event) -> Result:
+    """The check from planned tiles to its Result: each tile's verdict in ``tile.check``."""
+    from cdse_dem.readiness import folder_problems, read_missing_list, tile_readiness
+
+    out_dir = job.output_dir
+    tile_plans = _tile_plans(job.valid, job.kml, job.coverage)  # exactly the geocells a run plans
+    missing_list = read_missing_list(job.missing_list, job.resolution) if job.missing_list else None
+    started = time.monotonic()
+    plan_ = planning.start_plan(tile_plans, lambda cell: cell.dem_file_name(job.resolution, job.model),
+                                lambda name: None)
+    problems = folder_problems(out_dir, plan_, job.resolution)
+    for state in plan_.cells.values():
+        if problems[state.file_name] is None:
+            state.status, state.file = planning.Status.PRESENT, str(out_dir / state.file_name)
+    log.info("Checking %s: %d of %d geocells have a whole DEM file there", out_dir,
+             sum(p is None for p in problems.values()), len(problems))
+    endpoints = Endpoints.from_env()
+    http = new_http_session(SEARCH_THREADS, endpoints)
+    interrupted = False
+    try:
+        _search(plan_, Catalogue(endpoints.catalogue_url, http, stop=Stop(stop)), job, None)
+        interrupted = stop.is_set()
+    except Interrupted:
+        interrupted = True
+    finally:
+        http.close()
+    verdicts = [tile_readiness(plan_, tile, problems, missing_list) for tile in plan_.tiles]
+    if interrupted:
+        status = EXIT_INTERRUPTED
+    else:
+        ready = all(v.ready for v in verdicts)
+        status = EXIT_OK if ready and not job.invalid else EXIT_FAILED
+        for verdict in verdicts:
+            if not verdict.ready:
+                log.warning("Tile %s is not ready for Sen2Cor: %s", verdict.tile,
+                            ", ".join(m.file_name for m in verdict.missing))
+        if not end_of_work(job.gipp, out_dir, job.resolution, job.model, complete=ready):
+            status = EXIT_FAILED
+    return result_of(plan_, list(job.invalid), exit_status=status, seconds=time.monotonic() - started,
+                     bytes_downloaded=0, output_dir=out_dir, checks=verdicts)
+
+
+def _fetcher(job: Job, credentials: Credentials, http, endpoints: Endpoints, cache, stop: threading.Event,
+             progress: ProgressCallback | None, ask_totp) -> Fetcher:
+    """Downloads start as soon as the catalogue names a first product: login then, not before."""
+    from cdse_dem.locks import SlotPool
+    from cdse_dem.session import CdseSession
+
+    def login():
+        session = CdseSession(credentials, endpoints, http=http, max_minutes=job.max_minutes, ask_totp=ask_totp,
+                              sleep=interruptible_sleep(stop))
+        session.login()
+        return session
+
+    def open_session():
+        # a login waits for the identity service (its retries, a 30 s read timeout): a stop must not
+        return call_unless_stopped(login, stop, abandoned=_log_out)
+
+    slots = SlotPool.for_account(endpoints.token_url, credentials.username, job.workers)
+    return Fetcher(open_session=open_session, http=http, endpoints=endpoints, out_dir=job.output_dir, cache=cache,
+                   workers=job.workers, progress=_Progress(progress) if progress is not None else None,
+                   slots=slots, transfer=job.transfer, stop=stop)
+
+
+def _log_out(session) -> None:
+    """A login that completed after its run had stopped: end that CDSE session too."""
+    session.logout()
+    session.close()
+
+
+class _Progress:
+    """The byte counter the fetcher moves (``total``, ``update``, ``refresh``, as on a tqdm bar),
+    told to the caller's ``progress(done, total)`` one call at a time, from whichever thread moved it."""
+
+    def __init__(self, report: ProgressCallback):
+        self._report = report
+        self._lock = threading.Lock()
+        self._done = 0
+        self.total = 0
+
+    def update(self, count: int) -> None:
+        with self._lock:
+            self._done += count
+            self._report(self._done, self.total or 0)
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._report(self._done, self.total or 0)
+
+
+def _tile_plans(valid, kml_arg, coverage: str):
+    """Footprints and geocells of every tile, in one batch.
+
+    With the KML, a tile's geocells are those of its KML polygon and of its true area (the
+    computed footprint) together: the KML's straight lon/lat edges miss a sliver of the true
+    tile in 120 band-C tiles, and Sen2Cor needs the DEM under every pixel. With ``--coverage
+    sen2cor`` (the default) every cell of Sen2Cor's rectangle is added (sen2cor.py).
+    """
+    from cdse_dem.footprint import FootprintFinder, FootprintSource, computed_footprints
+    from cdse_dem.geocells import geocells_of_each
+    from cdse_dem.sen2cor import cells_with_reasons
+
+    kml_path = paths.expand_user(kml_arg, "tiling KML") if kml_arg else paths.default_kml_path()
+    if kml_arg and not kml_path.is_file():
+        raise UsageError(f"{kml_path}: tiling KML not found")
+    finder = FootprintFinder(kml_path if kml_path.is_file() else None)
+    footprints = finder.footprints([entry.tile for entry in valid])
+    cells = geocells_of_each(f.parts for f in footprints)
+    from_kml = [i for i, f in enumerate(footprints) if f.source == FootprintSource.KML]
+    if from_kml:
+        true_areas = computed_footprints([footprints[i].tile for i in from_kml])
+        for i, extra in zip(from_kml, geocells_of_each(f.parts for f in true_areas), strict=True):
+            cells[i] = sorted(set(cells[i]) | set(extra))
+    reasons = cells_with_reasons([f.tile for f in footprints], cells, coverage)
+    return [planning.TilePlan(entry, entry.tile, footprint.source, list(tile_reasons), footprint,
+                              reasons=tile_reasons)
+            for entry, footprint, tile_reasons in zip(valid, footprints, reasons, strict=True)]
+
+
+def _search(plan_, catalogue: Catalogue, job: Job, fetcher: Fetcher | None) -> None:
+    """Catalogue searches by area for the cells that need one (see cdse_dem.area_search)."""
+    text = dataset_filter(job.collection, job.resolution, job.model, job.delivery)
+    search_all(plan_, catalogue, text, fetcher, SEARCH_THREADS)
+
+
+def _folder_records(out_dir: Path | None, job: Job):
+    """What earlier runs learnt from the catalogue for this dataset: the open-sea cells, and which
+    dataset each present file came from (both None when there is no folder yet)."""
+    from cdse_dem.sea_record import FileSources, SeaRecord
+
+    if out_dir is None or not out_dir.is_dir():
+        return None, None
+    _, value = dataset_key(job.collection, job.resolution, job.model, job.delivery)
+    return SeaRecord.load(out_dir, f"{job.collection} {value}"), FileSources.load(out_dir)
+
+
+def _record_what_the_catalogue_said(plan_, sea_record, sources) -> None:
+    """Open-sea cells and the files this run fetched or confirmed, for the next run's plan."""
+    if sea_record is None:
+        return
+    sea_record.save(c.geocell for c in plan_.cells.values() if c.status == planning.Status.SEA)
+    sources.save((c.file_name for c in plan_.cells.values() if c.confirmed or c.status == planning.Status.DOWNLOADED),
+                 sea_record.key)
+
+
+def _exit_status(plan_, invalid, left, fatal) -> int:
+    if left:
+        return EXIT_BUDGET
+    if fatal is not None or invalid or plan_.count(planning.Status.FAILED):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or ""
