@@ -45,6 +45,22 @@ def real_kml(tmp_path_factory) -> Path:
     return folder / member
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_simulator_cache_for_all_workers(tmp_path_factory) -> None:
+    """Every xdist worker's ``<basetemp>/sim-cache`` is one folder of the session's root temp.
+
+    A product zip depends only on the product, size and seed, and the simulator writes it to a
+    temporary file and renames it into place, so workers can share them: each product is made
+    (and deflated) once per test session instead of once per worker. Without xdist the folder is
+    the session's own, as before.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return
+    shared = tmp_path_factory.getbasetemp().parent / "sim-cache"
+    shared.mkdir(exist_ok=True)
+    (tmp_path_factory.getbasetemp() / "sim-cache").symlink_to(shared, target_is_directory=True)
+
+
 @pytest.fixture
 def make_sim(tmp_path_factory) -> Iterator:
     """Start local CDSE simulators in this process (threads); all are stopped at teardown.
@@ -142,3 +158,13 @@ def _no_secrets_from_earlier_tests():
     forget_all()
     yield
     forget_all()
+
+
+def pytest_unconfigure(config):
+    """The CLI zygote of this test process (tests/prefork.py) ends with it, and is waited for, so that
+    the CPU time of the runs it started adds up to the test session's."""
+    import sys
+
+    prefork = sys.modules.get("tests.prefork")
+    if prefork is not None:
+        prefork.ZYGOTE.stop()
