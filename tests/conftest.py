@@ -1,6 +1,7 @@
 """Shared fixtures: the project root, the real data folder, and the local CDSE simulator."""
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,6 +169,7 @@ NETRC_PASSWORD = "netrc-Other-Service-Pw-4Kd9"
 ONE_WORKER_MODULES = ("test_kml_all_tiles.py", "test_sen2cor_ready.py", "test_bad_inputs.py", "test_hostile_fs.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist: unknown, and unused, without it
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadgroup``, with ONE_WORKER_MODULES each a group and every other test on its own.
 
@@ -196,11 +198,20 @@ def _no_secrets_from_earlier_tests():
     forget_all()
 
 
+def pytest_configure(config):
+    """Our modules compiled once, before the runs start: with PYTHONDONTWRITEBYTECODE set (as in some
+    sandboxes) each of the ~250 command-line runs would compile them again, 0.1 s of CPU each. Python
+    would write the same files itself on first import without that variable."""
+    if sys.dont_write_bytecode and not os.environ.get("PYTEST_XDIST_WORKER"):
+        import compileall
+
+        for package in ("cdse_dem", "simulator"):
+            compileall.compile_dir(ROOT / package, quiet=1)
+
+
 def pytest_unconfigure(config):
     """The CLI zygote of this test process (tests/prefork.py) ends with it, and is waited for, so that
     the CPU time of the runs it started adds up to the test session's."""
-    import sys
-
     prefork = sys.modules.get("tests.prefork")
     if prefork is not None:
         prefork.ZYGOTE.stop()
