@@ -14,6 +14,8 @@ import pytest
 
 from tests.prefork import Zygote
 
+pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the probes read /proc (Linux)")
+
 PROBE = r'''
 import json, os, stat, sys
 report = {
