@@ -155,8 +155,14 @@ def geocells_of_each(parts_per_item: "Iterable[Iterable[Polygon]]") -> list[list
     found = np.unique(owners[part[hit]] * _CELLS + _cell_index(lat[hit], lon[hit]))  # sorted, each once
     item_of, cell_of = np.divmod(found, _CELLS)
     bounds = np.searchsorted(item_of, np.arange(len(items) + 1)).tolist()
-    cells = [_geocell(c) for c in cell_of.tolist()]
+    cells = [geocell(c // 360 - 90, c % 360 - 180) for c in cell_of.tolist()]
     return [cells[bounds[i] : bounds[i + 1]] for i in range(len(items))]
+
+
+@cache  # at most 64,800 cells: a plan over many tiles makes each of them once
+def geocell(lat: int, lon: int) -> Geocell:
+    """``Geocell(lat, lon)``, the same (immutable) object each time it is asked for."""
+    return Geocell(lat, lon)
 
 
 _CELLS = 180 * 360  # a cell's index: (lat + 90)·360 + lon + 180, in Geocell order
@@ -164,11 +170,6 @@ _CELLS = 180 * 360  # a cell's index: (lat + 90)·360 + lon + 180, in Geocell or
 
 def _cell_index(lat, lon):
     return (lat + 90) * 360 + (lon + 180)
-
-
-@cache  # at most 64,800: a run over many tiles makes each cell once
-def _geocell(index: int) -> Geocell:
-    return Geocell(index // 360 - 90, index % 360 - 180)
 
 
 def _cells_holding_a_vertex(parts: "np.ndarray", chunk: int = 4096) -> "np.ndarray":

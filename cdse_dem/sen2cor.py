@@ -18,9 +18,8 @@ tile, as Sen2Cor takes them from the product's geocoding); no KML, no network.
 
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from functools import cache
 
-from cdse_dem.geocells import Geocell
+from cdse_dem.geocells import Geocell, geocell
 
 # Sen2Cor's test for a tile across ±180°: its corner longitudes spread over half the world.
 ANTIMERIDIAN_SPAN = 180
@@ -69,12 +68,7 @@ def rectangle_cells(lons: Sequence[float], lats: Sequence[float]) -> list[Geocel
     # valid geocell ranges: latitude -90..89, longitude -180..179 (south-west corners).
     rows = range(max(lat_min, -90), min(lat_max, 89) + 1)
     columns = sorted({c for c in columns if -180 <= c <= 179})
-    return [_geocell(lat, lon) for lat in rows for lon in columns]
-
-
-@cache  # at most 64,800; the rectangles of neighbouring tiles share most of their cells
-def _geocell(lat: int, lon: int) -> Geocell:
-    return Geocell(lat, lon)
+    return [geocell(lat, lon) for lat in rows for lon in columns]
 
 
 def sen2cor_cells(tile_ids: Sequence[str]) -> list[list[Geocell]]:
