@@ -73,6 +73,7 @@ class UtmTile:
         return ((x0, y1), (x1, y1), (x1, y0), (x0, y0))
 
 
+@lru_cache(maxsize=32)  # asked for the centres of the 20 latitude bands only
 def _meridian_arc(lat_deg: float) -> float:
     """Distance along the WGS84 meridian from the equator (Helmert's series; mm accuracy)."""
     n = _WGS84_F / (2 - _WGS84_F)
@@ -138,42 +139,81 @@ def _unit_ring(segments: int) -> "np.ndarray":
     return ring
 
 
-def computed_footprints(tile_ids: Sequence[str]) -> list[Footprint]:
-    """Footprints for many tiles at once: one projection call per UTM zone, polygons in bulk.
+def computed_footprints(tile_ids: Sequence[str], segments: int = SEGMENTS_PER_EDGE) -> list[Footprint]:
+    """Footprints for many tiles at once: each distinct square projected once, polygons in bulk.
 
-    Work goes in chunks of one zone and at most ``_CHUNK`` tiles, so memory stays small
-    whatever the number of tiles. InputError for an id that is not a Sentinel-2 tile.
+    UTM zones differ only by their central meridian, and the south by its false northing: a
+    square at the same (easting, northing from the equator) has the same outline in every zone,
+    shifted in longitude. The 56,686 tiles are 1,079 such squares, so each is projected once
+    in a zone centred on 0° and shifted to its tiles' zones (52 times less projection work for
+    the whole grid). Polygons are made in chunks of at most ``_CHUNK`` tiles, so memory stays
+    small whatever the number of tiles. InputError for an id that is not a Sentinel-2 tile.
     """
-    for tile_id in tile_ids:
-        check_tile(tile_id)
-    tiles = [normalize_tile_id(t) for t in tile_ids]
+    import numpy as np
+
+    tiles = [check_tile(t) for t in tile_ids]
     unique = sorted(set(tiles))
-    by_epsg: dict[int, list[tuple[str, UtmTile]]] = {}
-    for tile in unique:
-        utm = utm_tile(tile)
-        by_epsg.setdefault(utm.epsg, []).append((tile, utm))
+    utms = [utm_tile(t) for t in unique]
+    squares = sorted({_relative_square(u) for u in utms})
+    outlines = _square_outlines(squares, segments)
+    square_of = {square: row for row, square in enumerate(squares)}
+    rows = np.array([square_of[_relative_square(u)] for u in utms], dtype=np.intp)
+    meridians = np.array([_central_meridian(u.epsg) for u in utms], dtype=np.float64)
     found: dict[str, Footprint] = {}
-    for epsg, members in by_epsg.items():
-        for start in range(0, len(members), _CHUNK):
-            for footprint in _zone_footprints(epsg, members[start : start + _CHUNK]):
-                found[footprint.tile] = footprint
+    for start in range(0, len(unique), _CHUNK):
+        chunk = slice(start, start + _CHUNK)
+        found.update((f.tile, f) for f in _footprints(unique[chunk], outlines[rows[chunk]], meridians[chunk]))
     return [found[t] for t in tiles]
 
 
-def _zone_footprints(epsg: int, members: "list[tuple[str, UtmTile]]") -> list[Footprint]:
+def _relative_square(utm: UtmTile) -> tuple[int, int]:
+    """The square's west edge and north edge, the latter from the equator (negative south)."""
+    return utm.x_min, utm.y_max - (10_000_000 if utm.epsg > 32700 else 0)
+
+
+def _central_meridian(epsg: int) -> float:
+    return 6.0 * (epsg % 100) - 183.0
+
+
+@lru_cache(maxsize=1)
+def _relative_to_lonlat():
+    """UTM without its zone: the transverse Mercator of every UTM zone, centred on 0° (same
+    ellipsoid, scale, false easting and algorithm as ``+proj=utm``); longitudes relative to
+    the zone's central meridian."""
+    from pyproj import Transformer
+
+    return Transformer.from_pipeline(
+        "+proj=pipeline +step +inv +proj=tmerc +lat_0=0 +lon_0=0 +k=0.9996 +x_0=500000 +y_0=0"
+        " +ellps=WGS84 +step +proj=unitconvert +xy_in=rad +xy_out=deg"
+    )
+
+
+def _square_outlines(squares: "list[tuple[int, int]]", segments: int) -> "np.ndarray":
+    """The densified outline of each relative square in lon/lat, shape (squares, 4·segments + 1, 2)."""
     import numpy as np
+
+    unit = _unit_ring(segments)
+    corners = np.array(squares, dtype=np.float64).reshape(-1, 2)
+    xs = corners[:, :1] + TILE_SIZE * unit[:, 0]
+    ys = corners[:, 1:] + TILE_SIZE * unit[:, 1]
+    _relative_to_lonlat().transform(xs, ys, inplace=True)  # contiguous arrays: no copies
+    return np.stack([xs, ys], axis=-1)
+
+
+def _footprints(tiles: list[str], rings: "np.ndarray", meridians: "np.ndarray") -> list[Footprint]:
+    """The tiles' footprints from their squares' relative outlines and their zones' meridians."""
     import shapely
 
-    unit = _unit_ring(SEGMENTS_PER_EDGE)
-    xs = np.array([u.x_min for _, u in members], dtype=np.float64)[:, None] + TILE_SIZE * unit[:, 0]
-    ys = np.array([u.y_max for _, u in members], dtype=np.float64)[:, None] + TILE_SIZE * unit[:, 1]
-    _to_lonlat(epsg).transform(xs, ys, inplace=True)  # contiguous arrays: no copies
-    rings = np.stack([xs, ys], axis=-1)
-    crosses = (rings[:, :, 0].max(axis=1) - rings[:, :, 0].min(axis=1)) > 180
+    lon = rings[:, :, 0]
+    lon += meridians[:, None]
+    lon[lon > 180] -= 360  # back into [-180, 180], as a projection to lon/lat gives them
+    lon[lon < -180] += 360
+    crosses = (lon.max(axis=1) - lon.min(axis=1)) > 180
     polygons = shapely.polygons(rings)
     return [
-        Footprint(tile, _split_at_antimeridian(ring) if across else (polygon,), FootprintSource.COMPUTED)
-        for (tile, _), polygon, ring, across in zip(members, polygons, rings, crosses, strict=True)
+        Footprint(tile=tile, parts=_split_at_antimeridian(ring) if across else (polygon,),
+                  source=FootprintSource.COMPUTED)
+        for tile, polygon, ring, across in zip(tiles, polygons, rings, crosses, strict=True)
     ]
 
 
@@ -186,9 +226,7 @@ def corners_lonlat(tile_ids: Sequence[str]) -> "np.ndarray":
     """
     import numpy as np
 
-    for tile_id in tile_ids:
-        check_tile(tile_id)
-    utms = [utm_tile(t) for t in tile_ids]
+    utms = [utm_tile(check_tile(t)) for t in tile_ids]
     result = np.empty((len(utms), 4, 2), dtype=np.float64)
     rows_of: dict[int, list[int]] = {}
     for row, utm in enumerate(utms):
@@ -280,9 +318,7 @@ class FootprintFinder:
 
     def footprints(self, tile_ids: Sequence[str]) -> list[Footprint]:
         """Footprints in the order asked; the tiles missing from the KML computed in one batch."""
-        for tile_id in tile_ids:
-            check_tile(tile_id)
-        tiles = [normalize_tile_id(t) for t in tile_ids]
+        tiles = [check_tile(t) for t in tile_ids]
         index = self._kml_index()
         found: dict[str, Footprint] = {}
         if index is not None:

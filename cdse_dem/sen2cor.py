@@ -19,7 +19,7 @@ tile, as Sen2Cor takes them from the product's geocoding); no KML, no network.
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
-from cdse_dem.geocells import Geocell
+from cdse_dem.geocells import Geocell, geocell
 
 # Sen2Cor's test for a tile across ±180°: its corner longitudes spread over half the world.
 ANTIMERIDIAN_SPAN = 180
@@ -68,7 +68,7 @@ def rectangle_cells(lons: Sequence[float], lats: Sequence[float]) -> list[Geocel
     # valid geocell ranges: latitude -90..89, longitude -180..179 (south-west corners).
     rows = range(max(lat_min, -90), min(lat_max, 89) + 1)
     columns = sorted({c for c in columns if -180 <= c <= 179})
-    return [Geocell(lat, lon) for lat in rows for lon in columns]
+    return [geocell(lat, lon) for lat in rows for lon in columns]
 
 
 def sen2cor_cells(tile_ids: Sequence[str]) -> list[list[Geocell]]:
@@ -84,7 +84,12 @@ def planned_cells(true_cells: Iterable[Geocell], rectangle: Iterable[Geocell]) -
     of Sen2Cor's rectangle ``sen2cor``."""
     reasons = dict.fromkeys(rectangle, Reason.SEN2COR)
     reasons.update(dict.fromkeys(true_cells, Reason.FOOTPRINT))
-    return dict(sorted(reasons.items()))
+    return dict(sorted(reasons.items(), key=_south_to_north))
+
+
+def _south_to_north(item: tuple[Geocell, Reason]) -> tuple[int, int]:
+    """Geocell order as a plain tuple: sorting compares them in C, not with the dataclass's ``<``."""
+    return item[0].lat, item[0].lon
 
 
 def cells_with_reasons(tile_ids: Sequence[str], true_cells: Iterable[Iterable[Geocell]],

@@ -95,18 +95,22 @@ def _bitmap() -> bytes:
 def is_sentinel2_tile(tile_id: str) -> bool:
     """True when ``tile_id`` (any accepted spelling) is one of the 56,686 tiles of the grid."""
     tile = normalize_tile_id(tile_id)
-    if tile is None:
-        return False
+    return tile is not None and _exists(tile)
+
+
+def _exists(tile: str) -> bool:
     bit = tile_bit(tile)
     return bool(_bitmap()[bit >> 3] & (0x80 >> (bit & 7)))
 
 
-def check_tile(tile_id: str) -> None:
-    """Raise InputError unless ``tile_id`` names a real Sentinel-2 tile."""
-    if normalize_tile_id(tile_id) is None:
+def check_tile(tile_id: str) -> str:
+    """The normalized id (``'32UMA'``); InputError unless ``tile_id`` names a real Sentinel-2 tile."""
+    tile = normalize_tile_id(tile_id)
+    if tile is None:
         raise InputError(f"'{tile_id}' is not a Sentinel-2 tile id")
-    if not is_sentinel2_tile(tile_id):
+    if not _exists(tile):
         raise InputError(f"'{tile_id}' is not a Sentinel-2 tile")
+    return tile
 
 
 def all_tile_ids() -> Iterator[str]:

@@ -1,6 +1,7 @@
 """Shared fixtures: the project root, the real data folder, and the local CDSE simulator."""
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,18 +32,54 @@ def kml_zip() -> Path:
     return KML_ZIP
 
 
+def _session_root(tmp_path_factory) -> Path:
+    """A folder of this test session that every xdist worker shares (without xdist: the session's own)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def real_kml(tmp_path_factory) -> Path:
-    """The official tiling KML, unzipped once per test session (109 MB)."""
+    """The official tiling KML (109 MB), unzipped and indexed once per test session, for all workers.
+
+    The first worker to get here unzips it and builds its index (cdse_dem.kml_index.open_index,
+    stored beside it) under a lock; the others wait for it and find both ready.
+    """
+    import fcntl
     import zipfile
+
+    from cdse_dem.kml_index import open_index
 
     if not KML_ZIP.is_file():
         pytest.skip(f"the official tiling KML {KML_ZIP} is absent")
-    folder = tmp_path_factory.mktemp("kml")
-    with zipfile.ZipFile(KML_ZIP) as archive:
-        (member,) = archive.namelist()
-        archive.extract(member, folder)
-    return folder / member
+    folder = _session_root(tmp_path_factory) / "kml"
+    folder.mkdir(exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with zipfile.ZipFile(KML_ZIP) as archive:
+            (member,) = archive.namelist()
+            kml = folder / member
+            if not kml.is_file():
+                partial = archive.extract(member, folder / ".partial")
+                os.replace(partial, kml)
+        open_index(kml)
+    return kml
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_simulator_cache_for_all_workers(tmp_path_factory) -> None:
+    """Every xdist worker's ``<basetemp>/sim-cache`` is one folder of the session's root temp.
+
+    A product zip depends only on the product, size and seed, and the simulator writes it to a
+    temporary file and renames it into place, so workers can share them: each product is made
+    (and deflated) once per test session instead of once per worker. Without xdist the folder is
+    the session's own, as before.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return
+    shared = _session_root(tmp_path_factory) / "sim-cache"
+    shared.mkdir(exist_ok=True)
+    (tmp_path_factory.getbasetemp() / "sim-cache").symlink_to(shared, target_is_directory=True)
 
 
 @pytest.fixture
@@ -125,12 +162,29 @@ def netrc_home(tmp_path, monkeypatch) -> Path:
 NETRC_PASSWORD = "netrc-Other-Service-Pw-4Kd9"
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests of the real tiling KML run on one xdist worker: each worker would otherwise unzip and
-    parse the 109 MB KML again (``make test`` runs the suite with ``--dist loadgroup``)."""
-    for item in items:
-        if "real_kml" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("real-kml"))
+# Modules whose tests share costly module-scoped fixtures: the whole grid's footprints and cells, a
+# folder filled by a realistic-size run, a tool home filled by a real run. A module fixture lasts only
+# while its module's tests follow each other on a worker, so each of these runs on one xdist worker in
+# one stretch (its fixtures built once, not once per worker and again after every interruption).
+ONE_WORKER_MODULES = ("test_kml_all_tiles.py", "test_sen2cor_ready.py", "test_bad_inputs.py", "test_hostile_fs.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist: unknown, and unused, without it
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``, with ONE_WORKER_MODULES each a group and every other test on its own.
+
+    (xdist's own ``xdist_group`` marker does not take effect under pytest 9, whose node ids are no
+    longer the attribute xdist rewrites.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ModulesTogether(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module.rsplit("/", 1)[-1] in ONE_WORKER_MODULES else super()._split_scope(nodeid)
+
+    return ModulesTogether(config, log)
 
 
 @pytest.fixture(autouse=True)
@@ -142,3 +196,22 @@ def _no_secrets_from_earlier_tests():
     forget_all()
     yield
     forget_all()
+
+
+def pytest_configure(config):
+    """Our modules compiled once, before the runs start: with PYTHONDONTWRITEBYTECODE set (as in some
+    sandboxes) each of the ~250 command-line runs would compile them again, 0.1 s of CPU each. Python
+    would write the same files itself on first import without that variable."""
+    if sys.dont_write_bytecode and not os.environ.get("PYTEST_XDIST_WORKER"):
+        import compileall
+
+        for package in ("cdse_dem", "simulator"):
+            compileall.compile_dir(ROOT / package, quiet=1)
+
+
+def pytest_unconfigure(config):
+    """The CLI zygote of this test process (tests/prefork.py) ends with it, and is waited for, so that
+    the CPU time of the runs it started adds up to the test session's."""
+    prefork = sys.modules.get("tests.prefork")
+    if prefork is not None:
+        prefork.ZYGOTE.stop()

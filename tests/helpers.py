@@ -3,11 +3,11 @@
 import json
 import os
 import re
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.prefork import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "cdse_copernicus_dem_downloader.py"
@@ -28,16 +28,19 @@ class Result:
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120,
             stdin: str | None = None, entry: Path = ENTRY) -> Result:
-    """Run ``cdse_copernicus_dem_downloader.py`` (or ``entry``) with ``args``; ``env`` adds to os.environ."""
+    """Run ``cdse_copernicus_dem_downloader.py`` (or ``entry``) with ``args`` in a new process.
+
+    ``env`` adds to os.environ.
+
+    The process starts from a zygote that has the third-party libraries imported already
+    (tests/prefork.py): the same process, output and exit status, without 0.4 s of imports.
+    """
     full_env = dict(os.environ)
     full_env.pop("PYTHONWARNINGS", None)
     if env:
         full_env.update({k: str(v) for k, v in env.items()})
-    proc = subprocess.run(
-        [sys.executable, str(entry), *map(str, args)],
-        env=full_env, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
-        input=stdin if stdin is not None else "", check=False,
-    )
+    proc = run_python([str(entry), *map(str, args)], env=full_env, cwd=cwd or ROOT,
+                      stdin=stdin if stdin is not None else "", timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 

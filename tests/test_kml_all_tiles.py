@@ -12,6 +12,7 @@ when its area overlaps that square.
 
 import random
 import re
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -27,19 +28,52 @@ ONE_METRE = 1.0
 NUMERICAL_AREA = 1e-9  # deg²: overlaps this small are rounding, not geography
 KML_TILES = 56_686  # Placemarks in the official KML
 
-_PLACEMARK = re.compile(r"<Placemark>(.*?)</Placemark>", re.S)
-_NAME = re.compile(r"<name>(\w+)</name>")
-_EPSG = re.compile(r"<b>EPSG</b>.*?>\s*(\d+)\s*<")
-_UTM = re.compile(r"UTM_WKT</b>.*?MULTIPOLYGON\(\(\(([^)]*)\)\)\)")
+# one Placemark: its name, EPSG, UTM_WKT square and the MultiGeometry with its polygons
+_TILE = re.compile(
+    r"<Placemark>\s*<name>(\w+)</name>.*?<b>EPSG</b>.*?>\s*(\d+)\s*<.*?UTM_WKT</b>.*?MULTIPOLYGON\(\(\(([^)]*)\)\)\)"
+    r".*?<MultiGeometry>(.*?)</MultiGeometry>\s*</Placemark>",
+    re.S,
+)
 _RING = re.compile(r"<LinearRing>\s*<coordinates>(.*?)</coordinates>", re.S)
 
 
+@dataclass
 class KmlTile:
-    def __init__(self, name: str, epsg: int, utm_wkt: str, rings: list[np.ndarray]):
-        self.name, self.epsg, self.rings = name, epsg, rings
-        xy = np.array([[float(v) for v in p.split()] for p in utm_wkt.split(",")])
-        self.x_min, self.y_max = xy[:, 0].min(), xy[:, 1].max()
-        self.width, self.height = np.ptp(xy[:, 0]), np.ptp(xy[:, 1])
+    name: str
+    epsg: int
+    x_min: float  # of the UTM_WKT square
+    y_max: float
+    width: float
+    height: float
+    rings: list[np.ndarray]  # the Polygons' outer rings, lon/lat
+
+
+def _numbers(texts: list[str], separators: str) -> np.ndarray:
+    """All the numbers of many texts at once (one conversion, not one per vertex)."""
+    joined = " ".join(texts)
+    for separator in separators:
+        joined = joined.replace(separator, " ")
+    return np.array(joined.split(), dtype=np.float64)
+
+
+def _parse_kml(text: str) -> dict[str, KmlTile]:
+    records = _TILE.findall(text)
+    assert len(records) == text.count("<Placemark>")  # no Placemark skipped or run into the next
+    squares = _numbers([utm for _, _, utm, _ in records], ",").reshape(len(records), 5, 2)
+    rings_of = [_RING.findall(geometry) for _, _, _, geometry in records]
+    texts = [ring for rings in rings_of for ring in rings]
+    values = _numbers(texts, ",").reshape(-1, 3)[:, :2]  # lon,lat,alt
+    ends = np.cumsum([len(ring.split()) for ring in texts])
+    rings = np.split(values, ends[:-1])
+    x, y = squares[:, :, 0], squares[:, :, 1]
+    x_min, y_max = x.min(axis=1).tolist(), y.max(axis=1).tolist()
+    width, height = np.ptp(x, axis=1).tolist(), np.ptp(y, axis=1).tolist()
+    tiles, next_ring = {}, 0
+    for i, ((name, epsg, _, _), count) in enumerate(zip(records, map(len, rings_of), strict=True)):
+        tiles[name] = KmlTile(name, int(epsg), x_min[i], y_max[i], width[i], height[i],
+                              rings[next_ring : next_ring + count])
+        next_ring += count
+    return tiles
 
 
 def _report(capsys, text: str) -> None:
@@ -50,16 +84,7 @@ def _report(capsys, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def kml(real_kml) -> dict[str, KmlTile]:
-    text = real_kml.read_text(encoding="utf-8")
-    tiles = {}
-    for block in _PLACEMARK.finditer(text):
-        body = block.group(1)
-        rings = [
-            np.array([[float(v) for v in t.split(",")[:2]] for t in c.split()]) for c in _RING.findall(body)
-        ]
-        name = _NAME.search(body).group(1)
-        tiles[name] = KmlTile(name, int(_EPSG.search(body).group(1)), _UTM.search(body).group(1), rings)
-    return tiles
+    return _parse_kml(real_kml.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +128,30 @@ def _utm_distance_to_square(tile: KmlTile, lonlat: np.ndarray) -> np.ndarray:
     return np.where(outside > 0, outside, np.abs(inside))
 
 
-def _true_overlap_m2(tile: KmlTile, cell: Geocell) -> float:
-    """Area (m²) of the cell within the tile's UTM square: the cell densified, projected, clipped."""
+def _true_overlaps_m2(tile: KmlTile, cells: list[Geocell]) -> np.ndarray:
+    """Area (m²) of each cell within the tile's UTM square: the cells densified, projected, clipped.
+
+    Cells beyond the square's lon/lat extent (its edges densified, plus a 0.01° margin) overlap
+    it by nothing and are not projected; across ±180° every cell is.
+    """
     import shapely
 
     t = np.linspace(0.0, 1.0, 400, endpoint=False)
-    lon = np.concatenate([cell.lon + t, np.full_like(t, cell.lon + 1), cell.lon + 1 - t, np.full_like(t, cell.lon)])
-    lat = np.concatenate([np.full_like(t, cell.lat), cell.lat + t, np.full_like(t, cell.lat + 1), cell.lat + 1 - t])
-    x, y = _to_utm(tile.epsg).transform(lon, lat)
+    ring_lon = np.concatenate([t, np.ones_like(t), 1 - t, np.zeros_like(t)])
+    ring_lat = np.concatenate([np.zeros_like(t), t, np.ones_like(t), 1 - t])
+    x, y = tile.x_min + SIDE * ring_lon, tile.y_max - SIDE * ring_lat
+    lon, lat = _to_utm(tile.epsg).transform(x, y, direction="INVERSE")
+    south, west = np.array([[c.lat, c.lon] for c in cells], dtype=np.float64).reshape(-1, 2).T
+    near = np.ones(len(cells), dtype=bool)
+    if np.ptp(lon) < 180:
+        margin = 0.01
+        near = (west < lon.max() + margin) & (west + 1 > lon.min() - margin)
+        near &= (south < lat.max() + margin) & (south + 1 > lat.min() - margin)
+    x, y = _to_utm(tile.epsg).transform(west[near, None] + ring_lon, south[near, None] + ring_lat)
     square = shapely.box(tile.x_min, tile.y_max - SIDE, tile.x_min + SIDE, tile.y_max)
-    return shapely.intersection(shapely.Polygon(np.column_stack([x, y])), square).area
+    m2 = np.zeros(len(cells))
+    m2[near] = shapely.area(shapely.intersection(shapely.polygons(np.stack([x, y], axis=-1)), square))
+    return m2
 
 
 def test_the_shipped_tile_list_is_exactly_the_kml(kml):
@@ -135,24 +174,33 @@ def test_the_grid_arithmetic_gives_every_kml_square(kml, computed):
 def test_the_kml_index_holds_every_polygon_of_the_kml(real_kml, kml):
     index = open_index(real_kml)
     assert len(index) == KML_TILES
+    got, want = [], []
     for name, tile in kml.items():
         rings = index.rings(name)
         assert len(rings) == len(tile.rings), name
-        for got, want in zip(rings, tile.rings, strict=True):
-            np.testing.assert_array_equal(got, want)
+        got += rings
+        want += tile.rings
+    assert [len(r) for r in got] == [len(r) for r in want]
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))  # every vertex, in order
 
 
 def test_every_kml_corner_is_within_a_metre_of_the_computed_footprint(capsys, kml, computed):
     import shapely
     from pyproj import Geod
 
-    points, boundaries = [], []
-    for name, tile in kml.items():
-        corners, _ = _corner_and_cut_vertices(tile)
-        boundary = shapely.multilinestrings([p.exterior for p in computed[name].parts])
-        points.extend(corners)
-        boundaries.extend([boundary] * len(corners))
-    points = np.array(points)
+    names = list(kml)
+    rings = [ring[:-1] for name in names for ring in kml[name].rings]  # without the closing repeat
+    tile_of_ring = np.repeat(np.arange(len(names)), [len(kml[name].rings) for name in names])
+    vertices = np.concatenate(rings)
+    tile_of_vertex = np.repeat(tile_of_ring, [len(ring) for ring in rings])
+    corner = np.abs(vertices[:, 0]) != 180.0  # the ±180° cuts are not corners
+    points = vertices[corner]
+    # each tile's computed outline: its polygon's boundary, or the two of a tile across ±180°
+    boundary_of_tile = shapely.boundary(np.array([computed[name].parts[0] for name in names], dtype=object))
+    for i, name in enumerate(names):
+        if len(computed[name].parts) > 1:
+            boundary_of_tile[i] = shapely.multilinestrings([p.exterior for p in computed[name].parts])
+    boundaries = boundary_of_tile[tile_of_vertex[corner]]
     # nearest in degrees, distance in metres: an upper bound on the true metric distance
     nearest = shapely.get_coordinates(
         shapely.shortest_line(shapely.points(points), np.array(boundaries, dtype=object))
@@ -209,20 +257,24 @@ def test_geocells_of_every_tile_differ_from_the_kml_only_where_the_kml_leaves_th
 
     names = list(kml)
     from_computed, from_kml = cells_of_every_tile
-    kml_parts = {n: [shapely.Polygon(r) for r in kml[n].rings] for n in names}
     numerical, kml_strays, kml_misses, unexplained = [], [], [], []
     for name in names:
         mine, theirs = from_computed[name], from_kml[name]
-        for cell in set(theirs) - set(mine):
-            area = sum(shapely.intersection(p, cell.polygon()).area for p in kml_parts[name])
+        if mine == theirs:  # both sorted, each cell once
+            continue
+        only_kml, only_mine = sorted(set(theirs) - set(mine)), sorted(set(mine) - set(theirs))
+        true_m2 = dict(zip(only_kml + only_mine, _true_overlaps_m2(kml[name], only_kml + only_mine), strict=True))
+        kml_parts = [shapely.Polygon(r) for r in kml[name].rings]
+        for cell in only_kml:
+            area = sum(shapely.intersection(p, cell.polygon()).area for p in kml_parts)
             if area < NUMERICAL_AREA:
                 numerical.append((name, cell))
-            elif _true_overlap_m2(kml[name], cell) < 1.0:
+            elif true_m2[cell] < 1.0:
                 kml_strays.append((name, cell, area))
             else:
                 unexplained.append((name, cell.grid_id, "the true tile overlaps it, computed missed it"))
-        for cell in set(mine) - set(theirs):
-            if _true_overlap_m2(kml[name], cell) > 1.0:
+        for cell in only_mine:
+            if true_m2[cell] > 1.0:
                 kml_misses.append((name, cell))
             else:
                 unexplained.append((name, cell.grid_id, "computed has it, the true tile does not"))
@@ -259,7 +311,7 @@ def test_computed_geocells_are_the_cells_overlapping_the_true_tile_on_a_sample(k
         ]
         if lon.max() - lon.min() > 180:  # across ±180°: the cells next to the line on both sides
             candidates = [c for c in candidates if c.lon >= 170 or c.lon <= -171]
-        truth = sorted(c for c in candidates if _true_overlap_m2(tile, c) > 1.0)
+        truth = sorted(c for c, m2 in zip(candidates, _true_overlaps_m2(tile, candidates), strict=True) if m2 > 1.0)
         assert cells == truth, name
 
 

