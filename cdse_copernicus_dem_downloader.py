@@ -56,7 +56,7 @@ def _positive_int(text: str) -> int:
 
 
 def _workers(text: str) -> int:
-    from cdse_dem.options import MAX_WORKERS
+    from cdse_dem.settings import MAX_WORKERS
 
     value = _positive_int(text)
     if value > MAX_WORKERS:
@@ -75,8 +75,7 @@ def _minutes(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cdse_dem.options import COLLECTIONS, COVERAGES, DEFAULT_COVERAGE, DELIVERIES, MODELS, RESOLUTIONS
-    from cdse_dem.transfer import Transfer
+    from cdse_dem.settings import COLLECTIONS, COVERAGES, DEFAULT_COVERAGE, DELIVERIES, MODELS, RESOLUTIONS, Transfer
 
     parser = _Parser(
         prog="cdse_copernicus_dem_downloader.py",
@@ -171,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from cdse_dem import redact
+    from cdse_dem import logs
     from cdse_dem.errors import EXIT_INTERRUPTED, EXIT_USAGE, DemError
     from cdse_dem.logs import setup_logging
 
@@ -188,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("Version: %s Date: %s", __version__, RELEASE_DATE)
     log.info("<----->")
     signals = _Signals()
-    with redact.run_scope():  # the secrets of this process stay known until its last line is written
+    with logs.run_scope():  # the secrets of this process stay known until its last line is written
         try:
             if args.reset:
                 return _reset(args)
@@ -290,26 +289,26 @@ def _ignore(signum, frame):
 
 
 def _reset(args) -> int:
-    from cdse_dem import paths
+    from cdse_dem import settings as settings_mod
     from cdse_dem.credentials import reset_credentials
 
-    return reset_credentials(paths.credentials_dir(), assume_yes=args.yes)
+    return reset_credentials(settings_mod.credentials_dir(), assume_yes=args.yes)
 
 
 def _run(args, signals: _Signals, log) -> int:
     from pathlib import Path
 
     from cdse_dem import job as job_mod
-    from cdse_dem import paths
+    from cdse_dem import settings as settings_mod
     from cdse_dem.errors import EXIT_INTERRUPTED, DemError
-    from cdse_dem.options import CDSE_CONNECTION_LIMIT, decide
+    from cdse_dem.settings import CDSE_CONNECTION_LIMIT, decide
 
     config = None
     if args.config is not None:
-        from cdse_dem.config import load_config
+        from cdse_dem.settings import load_config
 
-        config = load_config(paths.expand_user(args.config, "configuration file") if args.config
-                             else paths.default_configuration_file())
+        config = load_config(settings_mod.expand_user(args.config, "configuration file") if args.config
+                             else settings_mod.default_configuration_file())
     settings = decide(args, config)
     log.info("Reading Request from %s", settings.origin)
     if settings.ignored:
@@ -332,11 +331,11 @@ def _run(args, signals: _Signals, log) -> int:
     credentials, ask_totp = None, None
     if mode == DOWNLOAD:  # neither a dry run nor a check reads, asks for or sends credentials
         from cdse_dem.credentials import obtain_credentials
-        from cdse_dem.endpoints import Endpoints
+        from cdse_dem.http import Endpoints
 
-        credentials = obtain_credentials(paths.credentials_dir(), _host(Endpoints.from_env().token_url))
+        credentials = obtain_credentials(settings_mod.credentials_dir(), _host(Endpoints.from_env().token_url))
         if credentials.totp and sys.stdin.isatty():
-            from cdse_dem.prompt import read_totp
+            from cdse_dem.credentials import read_totp
 
             ask_totp = read_totp
     bar = _Bar(args.quiet) if mode == DOWNLOAD else None
@@ -380,12 +379,12 @@ def _report(args, settings, mode: str, result, *, finished: bool) -> None:
     files asked for (--summary-json, --kml-report)."""
     from pathlib import Path
 
-    from cdse_dem.redact import scrub
+    from cdse_dem.logs import scrub
     from cdse_dem.report import plan_lines, summary_lines, write_summary_json
 
     if mode == CHECK:
-        from cdse_dem.gipp import dem_directory
-        from cdse_dem.readiness import report_lines
+        from cdse_dem.report import report_lines
+        from cdse_dem.sen2cor import dem_directory
 
         if not args.quiet:
             print("\n".join(report_lines([t.check for t in result.tiles], dem_directory(settings.output_dir))),
@@ -398,8 +397,8 @@ def _report(args, settings, mode: str, result, *, finished: bool) -> None:
     if args.summary_json:
         write_summary_json(Path(args.summary_json), result.to_dict())
     if args.kml_report and mode != CHECK:
-        from cdse_dem.geocells import parse_grid_id
-        from cdse_dem.kml_report import write_kml_report
+        from cdse_dem.grid import parse_grid_id
+        from cdse_dem.report import write_kml_report
 
         write_kml_report(Path(args.kml_report), [t.footprint for t in result.tiles],
                          {parse_grid_id(cell.grid_id): cell.status for cell in result.geocells}, settings.resolution)
@@ -444,7 +443,7 @@ def _check_report_path(path, what: str, out_dir) -> None:
 
     from cdse_dem.errors import UsageError
     from cdse_dem.fsutil import report_target
-    from cdse_dem.paths import JSON_NAME
+    from cdse_dem.settings import JSON_NAME
 
     try:
         report_target(path)

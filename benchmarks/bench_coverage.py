@@ -104,11 +104,9 @@ def _scale_rows(repeat: int) -> list[Row]:
 
 
 def _searches(tiles: list[str]) -> dict[str, int]:
-    """The catalogue searches a fresh run of ``tiles`` makes under each coverage (cdse_dem.search_areas)."""
-    from cdse_dem.catalogue import dataset_filter
-    from cdse_dem.footprint import computed_footprints
-    from cdse_dem.geocells import geocells_of_each
-    from cdse_dem.search_areas import plan_search_areas
+    """The catalogue searches a fresh run of ``tiles`` makes under each coverage (cdse_dem.catalogue)."""
+    from cdse_dem.catalogue import dataset_filter, plan_search_areas
+    from cdse_dem.grid import computed_footprints, geocells_of_each
     from cdse_dem.sen2cor import cells_with_reasons
 
     true_cells = geocells_of_each(f.parts for f in computed_footprints(tiles))

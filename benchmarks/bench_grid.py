@@ -90,9 +90,7 @@ def main() -> int:
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args()
 
-    from cdse_dem.footprint import FootprintFinder
-    from cdse_dem.geocells import geocells_of_each
-    from cdse_dem.kml_index import index_path
+    from cdse_dem.grid import FootprintFinder, geocells_of_each, index_path
     from cdse_dem.tiles import all_tile_ids
 
     tiles = list(all_tile_ids())
@@ -109,10 +107,10 @@ def main() -> int:
 
         # 3. first index build, in a child so its peak memory is its own
         _, baseline_mb, _ = child(
-            "import numpy, lxml.etree, shapely, pyproj; import cdse_dem.kml_index"
+            "import numpy, lxml.etree, shapely, pyproj; import cdse_dem.grid"
         )
         _, peak_mb, out = child(
-            "import time; from pathlib import Path; import cdse_dem.kml_index as k; "
+            "import time; from pathlib import Path; import cdse_dem.grid as k; "
             f"t = time.perf_counter(); i = k.open_index(Path({str(kml)!r})); "
             "print(len(i), time.perf_counter() - t)"
         )
@@ -151,8 +149,8 @@ def main() -> int:
         # 2. cold process, imports included
         for label, source in (("computed", "None"), ("KML index", f"Path({str(kml)!r})")):
             wall_cold, _, _ = child(
-                "from pathlib import Path; from cdse_dem.footprint import FootprintFinder; "
-                "from cdse_dem.geocells import geocells_of_each; "
+                "from pathlib import Path; from cdse_dem.grid import FootprintFinder; "
+                "from cdse_dem.grid import geocells_of_each; "
                 f"tiles = {samples[100]!r}; f = FootprintFinder({source}); "
                 "geocells_of_each(fp.parts for fp in f.footprints(tiles))"
             )

@@ -18,8 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdse_dem.extract import extract_dem
-from cdse_dem.integrity import dem_problem
+from cdse_dem.dem_folder import dem_problem, extract_dem
 from simulator.products import Product, ProductKey
 from simulator.zips import write_product_zip
 

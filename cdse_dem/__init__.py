@@ -16,48 +16,33 @@ Errors are :class:`DemError` subclasses, each with the ``exit_status`` the comma
 it. The names below load on first use (PEP 562), so that ``import cdse_dem`` stays instant
 for the command line's ``--help``.
 
-Modules:
+Modules, one concept each (the pure core: ``tiles``, ``grid``, ``sen2cor``'s rule, ``planning``,
+``catalogue``'s queries and product choice, ``settings``' precedence; the rest is I/O):
 
-- ``job``: one run, tiles to Result: the API functions, the order of the work, the stop event
-- ``report``: the Result objects, the summary/plan lines and the --summary-json document
-- ``errors``: the exceptions and the exit statuses they lead to
-- ``options``: the choices (collections, deliveries, ...) and the command line's precedence
-- ``config``: configuration.xml, validated against configuration.xsd
-- ``paths``: the tool home (configuration/, auxiliary/, credentials/, output_dir/), ``~`` expansion
-- ``entries``: tile lists, tile ids and SAFE names as the user wrote them
-- ``tiles``: the 56,686 Sentinel-2 tile ids (data/)
-- ``footprint``: a tile's lon/lat outline, from the tiling KML or computed
-- ``kml_index``: the tiling KML's index, built once beside it
-- ``geocells``: the 1°×1° cells a footprint overlaps, and their names
-- ``sen2cor``: the cells Sen2Cor asks for beyond the footprint
-- ``planning``: the plan of a run: each geocell once, and what becomes of it
-- ``search_areas``: the geocells to search grouped into few catalogue searches
-- ``area_search``: those searches run side by side, answers to the plan and the downloads
-- ``catalogue``: the OData catalogue: queries, paging, records to products
-- ``background``: daemon worker threads, and the stop flag a run hands down to its parts
-- ``credentials``: where the user name and password come from
-- ``keystore``: the stored, RSA-encrypted password
-- ``prompt``: asking on the terminal (the command line only)
-- ``redact``: keeping secrets out of logs, messages and files
-- ``endpoints``: the three CDSE service addresses
-- ``http``: the pooled requests session, without .netrc
-- ``retry``: the backoff and Retry-After policy
-- ``session``: the CDSE login shared by every download: tokens, refresh, logout, the time budget
-- ``fetch``: parallel downloads of the planned geocells, recorded one by one
-- ``transfer``: the Nodes-or-zip choice of a run
-- ``nodes``: CDSE's Nodes API: the DEM file alone
-- ``downloading``: one product zip or file, verified as it arrives, retried, stoppable
-- ``connections``: the account's download connections, shared by its runs on this machine
-- ``locks``: OS file locks: per geocell, per record, per account slot
-- ``extract``: the DEM layer out of a verified zip
-- ``integrity``: is a file a whole DEM of its cell (GeoTIFF/DTED headers)
-- ``cache``: dict_filename_dem_id.json, the folder's record
-- ``sea_record``: open-sea cells and each file's dataset, for the next run
-- ``fsutil``: temporaries, atomic writes, reading inputs, disk full
-- ``readiness``: --check's verdict per tile, and Sen2Cor's missing-tiles list
-- ``gipp``: Sen2Cor's L2A_GIPP.xml: the two DEM lines
-- ``kml_report``: --kml-report, footprints and geocells coloured by status
-- ``logs``: the command line's log format and handlers
+- ``job``: one run, from a request to its Result: the API functions, the order of the work, the stop event
+- ``report``: the Result records (the ``--summary-json`` document), the printed summary and plan,
+  ``--check``'s verdict per tile and Sen2Cor's missing-tiles list, the ``--kml-report`` picture
+- ``errors``: the exceptions, and the exit status each leads to
+- ``settings``: the tool home and its folders, the choices (collections, deliveries, coverage, transfer),
+  configuration.xml checked against its XSD, and the precedence of the command line over it
+- ``tiles``: the 56,686 Sentinel-2 tile ids (data/), and tile lists, tile ids and SAFE names as users write them
+- ``grid``: a tile's lon/lat footprint (the tiling KML through its index, or computed) and the 1°×1° geocells
+  it overlaps
+- ``sen2cor``: the cells Sen2Cor asks for beyond the footprint, and the two DEM lines of its L2A_GIPP.xml
+- ``planning``: a run's plan: each geocell once, and what becomes of it
+- ``catalogue``: the OData catalogue: searches by area (few, ordered, paged), records to products
+- ``search``: a run's searches side by side, each answer handed to the plan and the downloads; the stop flag
+- ``credentials``: where the user name and password come from, their RSA-encrypted store, the terminal prompt
+- ``http``: the three CDSE addresses, the pooled session without ``.netrc``, its declared retries, and the
+  download token (an ``AuthBase`` that knows CDSE's download hosts)
+- ``session``: the CDSE login every download shares: tokens, refresh, logout; the run's time budget
+- ``fetch``: parallel downloads of the planned geocells, each recorded as it ends
+- ``transfer``: one product's bytes, verified as they arrive: the account's connection slots, the zip,
+  the Nodes API, and the choice between them
+- ``dem_folder``: the folder Sen2Cor reads: is a file a whole DEM (GeoTIFF/DTED), the DEM layer out of a zip,
+  ``dict_filename_dem_id.json`` and the open-sea record
+- ``fsutil``: temporaries, atomic writes, files set aside, reading inputs, disk full; OS locks and account slots
+- ``logs``: the command line's log set-up, and secrets kept out of every record and output
 """
 
 __version__ = "2.0.0"

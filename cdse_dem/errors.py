@@ -7,6 +7,9 @@ subclass) and finds the same status on it. An error raised part-way through a ru
 what the run had done so far in ``result`` (a :class:`cdse_dem.report.Result`), else None.
 """
 
+
+
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # some tiles or geocells failed
 EXIT_USAGE = 2  # usage, configuration or credential error: nothing attempted

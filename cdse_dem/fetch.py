@@ -7,12 +7,12 @@ connection is never idle while a file is unpacked. At any moment, a crash or Ctr
 only whole files under final names, each recorded. Past the time budget no new geocell
 starts; those left are reported for the next run.
 
-Other runs may fill the same folder with the same account at once (``cdse_dem.locks``): a
+Other runs may fill the same folder with the same account at once (``cdse_dem.fsutil``): a
 geocell is fetched under its lock file in the output folder, and is looked up in the JSON
 again once that lock is ours, so a geocell another run fetched meanwhile is taken as present;
 each request on the download host holds one of the account's connection slots on this machine.
 
-With the Nodes API (``--transfer auto``/``nodes``, :mod:`cdse_dem.nodes`), a geocell is first
+With the Nodes API (``--transfer auto``/``nodes``, :mod:`cdse_dem.transfer`), a geocell is first
 located by a few small listings in a pool of their own, so that they never hold a download
 worker; each listing takes one of the connection slots for its own request only (the quota
 counts it as a connection). The worker then streams the DEM file alone under the geocell's
@@ -27,13 +27,18 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cdse_dem import locks
-from cdse_dem.background import Stop
+from cdse_dem import fsutil
+from cdse_dem.dem_folder import dem_problem, extract_dem
 from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError
 from cdse_dem.fsutil import DiskFull, raise_if_disk_full, remove_quietly
+from cdse_dem.grid import geocell_of_name
 from cdse_dem.planning import CellState, Status
+from cdse_dem.search import Stop
+from cdse_dem.transfer import ConnectionSlot, NodesFailed, TransferChoice, download_product
 
 log = logging.getLogger(__name__)
+
+
 EXTRACT_THREADS = 2
 # Nodes walks in flight (4 small listings each, one after the other). Every listing takes one of
 # the account's connections (``--workers`` slots, shared with the downloads: CDSE's quota counts
@@ -57,11 +62,9 @@ class Fetcher:
     """
 
     def __init__(self, *, open_session: Callable[[], object], http, endpoints, out_dir: Path, cache,
-                 workers: int, progress=None, slots: locks.SlotPool | None = None, transfer: str = "auto",
+                 workers: int, progress=None, slots: fsutil.SlotPool | None = None, transfer: str = "auto",
                  stop: threading.Event | Stop | None = None):
         """``stop``: the run's stop; the fetcher's own flag (a fatal error sets it) follows it."""
-        from cdse_dem.connections import ConnectionSlot
-        from cdse_dem.transfer import TransferChoice
 
         self._open_session = open_session
         self.transfer = TransferChoice(transfer)
@@ -94,7 +97,7 @@ class Fetcher:
             self._downloads = ThreadPoolExecutor(self._workers, thread_name_prefix="download")
             self._extracts = ThreadPoolExecutor(EXTRACT_THREADS, thread_name_prefix="extract")
             self._listings = ThreadPoolExecutor(LISTING_THREADS, thread_name_prefix="nodes")
-            from cdse_dem.nodes import NodeClient
+            from cdse_dem.transfer import NodeClient
 
             self._nodes = NodeClient(self.session, self._http, self._endpoints, stop=self.stop, slot=self._slots,
                                      wanted=self.transfer.use_nodes)
@@ -174,7 +177,6 @@ class Fetcher:
 
     def _locate(self, state: CellState) -> None:
         """The Nodes walk of one geocell, then its download queued (the file, or the zip on failure)."""
-        from cdse_dem.nodes import NodesFailed
 
         if self.stop.is_set():
             return
@@ -222,8 +224,6 @@ class Fetcher:
 
     def _fetch_node(self, state: CellState, located) -> bool:
         """The DEM file alone, checked and renamed into place, then recorded; False: go the zip way."""
-        from cdse_dem.geocells import geocell_of_name
-        from cdse_dem.nodes import NodesFailed
 
         _, resolution = geocell_of_name(state.file_name)
         node = located.node
@@ -247,7 +247,7 @@ class Fetcher:
         """Fetch one geocell under its lock; the lock passes to the extraction, which releases it."""
         if self.stop.is_set():
             return
-        cell_lock = locks.LockFile(locks.lock_path_for(self._out_dir, state.file_name))
+        cell_lock = fsutil.LockFile(fsutil.lock_path_for(self._out_dir, state.file_name))
         try:
             if not cell_lock.acquire(stop=self.stop, on_wait=lambda: log.info(
                     "%s is being fetched by another run: waiting for it", state.file_name)):
@@ -273,7 +273,6 @@ class Fetcher:
     def _fetched_meanwhile(self, state: CellState, located=None) -> bool:
         """Whether another run completed this geocell, with this run's product, since the plan was
         made (read under its lock)."""
-        from cdse_dem.integrity import dem_problem
 
         self._cache.refresh()
         name = state.file_name
@@ -286,7 +285,7 @@ class Fetcher:
         self._retotal(-(located.node.content_length if located is not None else state.product.content_length or 0))
         return True
 
-    def _download_locked(self, state: CellState, cell_lock: locks.LockFile, located=None) -> bool:
+    def _download_locked(self, state: CellState, cell_lock: fsutil.LockFile, located=None) -> bool:
         """True when the extraction was queued (it then owns ``cell_lock``); a node file is
         renamed into place and recorded here, under the lock."""
         if self._fetched_meanwhile(state, located):
@@ -304,7 +303,6 @@ class Fetcher:
     def _fetch(self, state: CellState, located=None):
         """The node file, in place and recorded (None), or the verified zip to extract; None too
         when the geocell failed or was left."""
-        from cdse_dem.downloading import download_product
 
         with self._lock:
             self._started += 1
@@ -322,14 +320,13 @@ class Fetcher:
         log.info("File %s downloaded", state.product.id)
         return result
 
-    def _extract(self, state: CellState, result, cell_lock: locks.LockFile) -> None:
+    def _extract(self, state: CellState, result, cell_lock: fsutil.LockFile) -> None:
         try:
             self._extract_locked(state, result)
         finally:
             cell_lock.release()
 
     def _extract_locked(self, state: CellState, result) -> None:
-        from cdse_dem.extract import extract_dem
 
         try:
             path = extract_dem(result.zip_path, self._out_dir, expected_name=state.file_name)

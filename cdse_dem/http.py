@@ -1,4 +1,20 @@
-"""One HTTP connection pool per run, shared by catalogue, identity and download calls.
+"""HTTP to CDSE: the three service addresses, the pooled session and its retries.
+
+The three CDSE service addresses, real by default, overridable by environment.
+
+CDSE's two download hosts (and the configured one, e.g. a local simulator) are the only
+ones that ever receive the access token (``token_hosts``, used by ``http.DownloadToken``);
+the token URL receives the credentials.
+
+How long the download loop waits before trying CDSE again.
+
+The identity and catalogue requests are retried by urllib3 (``http.ServiceRetry``); the download
+keeps a loop of its own (checksums, token refresh and cancellation need it), which backs off in
+the same spirit: exponential, capped, with jitter (many workers retrying in step would hit the
+4-connection quota together), and ``Retry-After`` honoured when the server sends it, up to 60 s
+(both loops read it with :func:`retry_after`).
+
+One HTTP connection pool per run, shared by catalogue, identity and download calls.
 
 A pool sized to the worker count lets every download worker keep its connection alive
 between products (the reference tool opened a new session per file).
@@ -27,13 +43,15 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from copy import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import requests
@@ -44,9 +62,99 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnection
 from urllib3.util.retry import RequestHistory, Retry
 
 from cdse_dem import __version__
-from cdse_dem.endpoints import Endpoints, origin
 from cdse_dem.errors import EXIT_INTERRUPTED, DemError
-from cdse_dem.retry import MAX_RETRY_AFTER, retry_after
+
+DEFAULT_TOKEN_URL = "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
+DEFAULT_CATALOGUE_URL = "https://catalogue.dataspace.copernicus.eu/odata/v1"
+# Where CDSE's documentation and its own browser download, and where the catalogue's 301 points.
+DEFAULT_DOWNLOAD_URL = "https://download.dataspace.copernicus.eu/odata/v1"
+# CDSE's download hosts: the only hosts, with the configured one, the token may go to.
+CDSE_DOWNLOAD_HOSTS = ("https://download.dataspace.copernicus.eu", "https://zipper.dataspace.copernicus.eu")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    token_url: str = DEFAULT_TOKEN_URL
+    catalogue_url: str = DEFAULT_CATALOGUE_URL
+    download_url: str = DEFAULT_DOWNLOAD_URL
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Endpoints:
+        env = os.environ if environ is None else environ
+        return cls(
+            token_url=env.get("CDSE_TOKEN_URL") or DEFAULT_TOKEN_URL,
+            catalogue_url=(env.get("CDSE_CATALOGUE_URL") or DEFAULT_CATALOGUE_URL).rstrip("/"),
+            download_url=(env.get("CDSE_DOWNLOAD_URL") or DEFAULT_DOWNLOAD_URL).rstrip("/"),
+        )
+
+    def product_url(self, product_id: str) -> str:
+        """Where a product's bytes are fetched: the download host, never the catalogue."""
+        return f"{self.download_url}/Products({product_id})/$value"
+
+    @property
+    def token_hosts(self) -> tuple[str, ...]:
+        """Where the access token may go: the configured download host and CDSE's two
+        (``http.DownloadToken`` adds it for these hosts only)."""
+        return (self.download_url, *CDSE_DOWNLOAD_HOSTS)
+
+
+def origin_text(url: str) -> str:
+    """``scheme://host:port`` of ``url``, to name a host in a message (never its path or query)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"[:100] if parts.netloc else url[:100]
+
+
+def origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of ``url``, the default port filled in; None for a malformed port
+    (it names no host of ours)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    return parts.scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+MAX_RETRY_AFTER = 60.0  # honour Retry-After, but never stall a run on one absurd value
+
+
+def wait_for(delay: float, server_wait: float | None) -> float:
+    """The backoff ``delay``, or longer when the server asked for it (``Retry-After``), capped."""
+    return max(delay, min(server_wait or 0.0, MAX_RETRY_AFTER))
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """``attempts`` tries in all; the wait before try n+1 is random in [base·2^n·(1-jitter), base·2^n], capped."""
+
+    attempts: int = 6
+    base: float = 0.5
+    cap: float = 30.0
+    jitter: float = 0.5
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def delays(self) -> Iterator[float]:
+        """The waits between tries: ``attempts - 1`` of them."""
+        for n in range(max(self.attempts - 1, 0)):
+            ceiling = min(self.cap, self.base * (2**n))
+            yield ceiling * (1 - self.jitter * self.rng.random())
+
+
+def retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    """Seconds the server asked us to wait (``Retry-After``: seconds or an HTTP date), if any."""
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
 
 USER_AGENT = f"cdse-copernicus-dem-downloader/{__version__}"
 TIMEOUT = (10.0, 60.0)  # connect, read: every request has both

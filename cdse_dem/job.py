@@ -12,7 +12,7 @@ no login); geocells are fetched last.
 A call never prompts, prints, installs a signal or log handler (a ``NullHandler`` on the
 ``cdse_dem`` logger only: the caller's logging set-up receives our records), and keeps no
 state between calls: two calls may run at once, in two threads, into one folder too (see
-locks.py). ``stop``, a ``threading.Event`` set from any thread, ends a call within a second or
+the OS locks in fsutil). ``stop``, a ``threading.Event`` set from any thread, ends a call within a second or
 two: no catalogue search is sent after it, a login under way is abandoned (and logged out
 when it completes), downloads under way stop and remove their temporary files, every geocell
 finished is recorded, and the result says so (``interrupted``, exit status 130).
@@ -31,15 +31,11 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cdse_dem import entries as entries_mod
-from cdse_dem import paths, planning, redact
-from cdse_dem.area_search import search_all
-from cdse_dem.background import Stop, call_unless_stopped, interruptible_sleep
-from cdse_dem.cache import NameIdCache
+from cdse_dem import logs, planning, settings
+from cdse_dem import tiles as tiles_mod
 from cdse_dem.catalogue import Catalogue, dataset_filter, dataset_key
 from cdse_dem.credentials import Credentials, obtain_credentials
-from cdse_dem.endpoints import Endpoints
-from cdse_dem.entries import Entry
+from cdse_dem.dem_folder import FileSources, NameIdCache, SeaRecord, dem_problem
 from cdse_dem.errors import (
     EXIT_BUDGET,
     EXIT_FAILED,
@@ -51,9 +47,14 @@ from cdse_dem.errors import (
     UsageError,
 )
 from cdse_dem.fetch import Fetcher, FetchOutcome
-from cdse_dem.gipp import check_gipp_option, end_of_work
-from cdse_dem.http import new_http_session
-from cdse_dem.options import (
+from cdse_dem.fsutil import SlotPool
+from cdse_dem.grid import FootprintFinder, FootprintSource, computed_footprints, geocells_of_each
+from cdse_dem.http import Endpoints, new_http_session
+from cdse_dem.report import Result, folder_problems, read_missing_list, result_of, tile_readiness
+from cdse_dem.search import Stop, call_unless_stopped, interruptible_sleep, search_all
+from cdse_dem.sen2cor import cells_with_reasons, check_gipp_option, end_of_work
+from cdse_dem.session import CdseSession
+from cdse_dem.settings import (
     COLLECTIONS,
     COVERAGES,
     DEFAULT_COLLECTION,
@@ -65,11 +66,13 @@ from cdse_dem.options import (
     MAX_WORKERS,
     MODELS,
     RESOLUTIONS,
+    Transfer,
 )
-from cdse_dem.report import Result, result_of
-from cdse_dem.transfer import Transfer
+from cdse_dem.tiles import Entry
 
 log = logging.getLogger(__name__)
+
+
 logging.getLogger("cdse_dem").addHandler(logging.NullHandler())  # no "No handlers could be found", no lastResort
 
 SEARCH_THREADS = 8
@@ -198,10 +201,10 @@ def prepare(mode: str, tiles: Tiles, output_dir: str | os.PathLike | None, *,
     invalid = [e for e in entries if e.error]
     for entry in invalid:
         log.error("%s", entry.message)
-    valid = entries_mod.unique_tiles(entries)
+    valid = tiles_mod.unique_tiles(entries)
     if not valid:
         raise InputError("no valid tile id or SAFE name to process")
-    out_dir = paths.expand_user(output_dir, "output folder") if output_dir is not None else None
+    out_dir = settings.expand_user(output_dir, "output folder") if output_dir is not None else None
     if out_dir is not None:
         _check_output_dir(out_dir, create=mode == DOWNLOAD)
     return Job(mode, tuple(valid), tuple(invalid), out_dir, resolution, model, collection, delivery, coverage,
@@ -217,15 +220,15 @@ def _one_of(name: str, value, choices: tuple) -> None:
 def _entries(tiles: Tiles) -> list[Entry]:
     """A tile list file (a path), one entry (a str), or entries (an iterable of str)."""
     if isinstance(tiles, os.PathLike):
-        path = paths.expand_user(tiles, "tile list file")
+        path = settings.expand_user(tiles, "tile list file")
         log.info("Reading tiles from %s", path)
-        return entries_mod.read_tile_list(path)
+        return tiles_mod.read_tile_list(path)
     if isinstance(tiles, str):
         tiles = [tiles]
     values = list(tiles)
     if not all(isinstance(value, str) for value in values):
         raise UsageError("tiles must be tile ids or SAFE names (str), or a pathlib.Path to a tile list file")
-    return entries_mod.from_command_line(values)
+    return tiles_mod.from_command_line(values)
 
 
 def _check_output_dir(out_dir: Path, *, create: bool) -> None:
@@ -257,8 +260,8 @@ def run(job: Job, *, credentials: Credentials | tuple[str, str] | None = None, s
     command line's terminal); None: nobody to ask, the run stops starting downloads instead.
     """
     stop = stop if stop is not None else threading.Event()
-    redact.scrub_our_loggers()
-    with redact.run_scope():
+    logs.scrub_our_loggers()
+    with logs.run_scope():
         if job.mode == DOWNLOAD:  # neither a plan nor a check reads, asks for or sends credentials
             credentials = _credentials(credentials)
         log.info("Processing %d Tile(s)", len(job.valid))
@@ -271,10 +274,10 @@ def run(job: Job, *, credentials: Credentials | tuple[str, str] | None = None, s
 
 def _credentials(given) -> Credentials:
     if given is None:
-        return obtain_credentials(paths.credentials_dir(), _host(Endpoints.from_env().token_url), interactive=False)
+        return obtain_credentials(settings.credentials_dir(), _host(Endpoints.from_env().token_url), interactive=False)
     if isinstance(given, Credentials):
-        redact.remember(given.password, given.totp)  # again: a run that ended meanwhile forgot them
-        redact.shown(given.username)
+        logs.remember(given.password, given.totp)  # again: a run that ended meanwhile forgot them
+        logs.shown(given.username)
         return given
     if isinstance(given, (tuple, list)) and len(given) in (2, 3) and all(isinstance(v, str) and v for v in given[:2]):
         found = Credentials(given[0], given[1], given[2] if len(given) == 3 else None, "argument")
@@ -304,7 +307,6 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
     def recorded_id(name):
         if cache is None or not cache.is_complete(name):
             return None
-        from cdse_dem.integrity import dem_problem
 
         problem = dem_problem(out_dir / name)  # headers only (and DTED checksums): cheap per file
         if problem is not None:
@@ -380,7 +382,6 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
 
 def _check(job: Job, stop: threading.Event) -> Result:
     """The check from planned tiles to its Result: each tile's verdict in ``tile.check``."""
-    from cdse_dem.readiness import folder_problems, read_missing_list, tile_readiness
 
     out_dir = job.output_dir
     tile_plans = _tile_plans(job.valid, job.kml, job.coverage)  # exactly the geocells a run plans
@@ -423,8 +424,6 @@ def _check(job: Job, stop: threading.Event) -> Result:
 def _fetcher(job: Job, credentials: Credentials, http, endpoints: Endpoints, cache, stop: threading.Event,
              progress: ProgressCallback | None, ask_totp) -> Fetcher:
     """Downloads start as soon as the catalogue names a first product: login then, not before."""
-    from cdse_dem.locks import SlotPool
-    from cdse_dem.session import CdseSession
 
     def login():
         session = CdseSession(credentials, endpoints, http=http, max_minutes=job.max_minutes, ask_totp=ask_totp,
@@ -476,11 +475,8 @@ def _tile_plans(valid, kml_arg, coverage: str):
     tile in 120 band-C tiles, and Sen2Cor needs the DEM under every pixel. With ``--coverage
     sen2cor`` (the default) every cell of Sen2Cor's rectangle is added (sen2cor.py).
     """
-    from cdse_dem.footprint import FootprintFinder, FootprintSource, computed_footprints
-    from cdse_dem.geocells import geocells_of_each
-    from cdse_dem.sen2cor import cells_with_reasons
 
-    kml_path = paths.expand_user(kml_arg, "tiling KML") if kml_arg else paths.default_kml_path()
+    kml_path = settings.expand_user(kml_arg, "tiling KML") if kml_arg else settings.default_kml_path()
     if kml_arg and not kml_path.is_file():
         raise UsageError(f"{kml_path}: tiling KML not found")
     finder = FootprintFinder(kml_path if kml_path.is_file() else None)
@@ -498,7 +494,7 @@ def _tile_plans(valid, kml_arg, coverage: str):
 
 
 def _search(plan_, catalogue: Catalogue, job: Job, fetcher: Fetcher | None) -> None:
-    """Catalogue searches by area for the cells that need one (see cdse_dem.area_search)."""
+    """Catalogue searches by area for the cells that need one (see cdse_dem.search)."""
     text = dataset_filter(job.collection, job.resolution, job.model, job.delivery)
     search_all(plan_, catalogue, text, fetcher, SEARCH_THREADS)
 
@@ -506,7 +502,6 @@ def _search(plan_, catalogue: Catalogue, job: Job, fetcher: Fetcher | None) -> N
 def _folder_records(out_dir: Path | None, job: Job):
     """What earlier runs learnt from the catalogue for this dataset: the open-sea cells, and which
     dataset each present file came from (both None when there is no folder yet)."""
-    from cdse_dem.sea_record import FileSources, SeaRecord
 
     if out_dir is None or not out_dir.is_dir():
         return None, None

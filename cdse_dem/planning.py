@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cdse_dem.catalogue import Product
-from cdse_dem.entries import Entry
-from cdse_dem.footprint import FootprintSource
-from cdse_dem.geocells import Geocell
+from cdse_dem.grid import FootprintSource, Geocell
+from cdse_dem.tiles import Entry
 
 
 class Status(StrEnum):

@@ -1,4 +1,7 @@
-"""What a run did: the result objects the library returns, and what the user is told of them.
+"""What a run says: its result records (the summary JSON), the printed summary and plan,
+whether a folder is ready for Sen2Cor, and the KML picture.
+
+What a run did: the result objects the library returns, and what the user is told of them.
 
 :func:`cdse_dem.download`, :func:`cdse_dem.plan` and :func:`cdse_dem.check` return a
 :class:`Result`; ``--summary-json`` is ``Result.to_dict()``, written by
@@ -9,19 +12,55 @@ the objects see the same thing.
 The JSON shape is documented in the README and is a promise to pipelines: keys are only
 ever added, never renamed. A few fields of the objects are not in it (marked below): what
 the command line's lines need besides (bytes per geocell, the file name, the footprint).
+
+Will Sen2Cor find a complete DEM for a tile in a folder? The verdict, as pure code.
+
+Sen2Cor looks, for each geocell of a tile, first in its own list of cells without a DEM
+(skipped), then for the file in the folder (used); any other cell sends the whole tile to
+flat terrain (sen2cor.md). So a tile is ready when each of its geocells is either a whole
+DEM file in the folder, or a cell with no product on CDSE that Sen2Cor will skip. Whether
+Sen2Cor skips such a cell only its own missing-tiles list can say: without that list the
+tool's open-sea cells are taken to be on it.
+
+The inputs are the plan (each geocell with its catalogue answer), what the integrity check
+found in the folder (:func:`folder_problems`), and the parsed missing-tiles list
+(:func:`read_missing_list`); the verdict is a :class:`cdse_dem.report.TileCheck`. The check
+as a whole runs in job.py.
+
+A KML picture of a run: tile footprints and their geocells coloured by what happened.
+
+Opened in Google Earth or QGIS it answers "which cells did I get, which are sea, which
+failed" at a glance, and shows where the tiles lie. Written with fastkml (1.x API: keyword
+constructors, pygeoif geometries); a ``.kmz`` path gives a zipped KMZ.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
+import zipfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cdse_dem.entries import Entry
-from cdse_dem.planning import Plan, Status
+import pygeoif
+import shapely
+from fastkml import KML, Document, Folder, LineStyle, Placemark, PolyStyle, Style
+from fastkml.styles import StyleUrl
+
+from cdse_dem.dem_folder import dem_problem
+from cdse_dem.errors import EXIT_INTERRUPTED, UsageError
+from cdse_dem.fsutil import read_input, write_report
+from cdse_dem.grid import FootprintSource, Geocell, geocell_of_name
+from cdse_dem.logs import scrub
+from cdse_dem.planning import Plan, Status, TilePlan
+from cdse_dem.tiles import Entry
 
 log = logging.getLogger(__name__)
+
 
 STATUSES = (Status.PLANNED, Status.DOWNLOADED, Status.PRESENT, Status.SEA, Status.FAILED)
 
@@ -162,7 +201,6 @@ class Result:
     @property
     def interrupted(self) -> bool:
         """The ``stop`` event (or a signal, in the command line) ended the run early."""
-        from cdse_dem.errors import EXIT_INTERRUPTED
 
         return self.exit_status == EXIT_INTERRUPTED
 
@@ -275,11 +313,196 @@ def write_summary_json(path: Path, summary: dict) -> None:
     Paths are written as the filesystem gave them, even when they are not UTF-8; the path was
     checked at the start of the run, but the disk may still fill up meanwhile.
     """
-    from cdse_dem.fsutil import write_report
-    from cdse_dem.redact import scrub
 
     text = scrub(json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False))
     try:
         write_report(path, (text + "\n").encode("utf-8", "surrogateescape"))
     except (OSError, ValueError) as exc:
         log.error("%s: cannot write the summary JSON (%s)", path, getattr(exc, "strerror", None) or exc)
+
+
+# A cell name, optionally followed by the DEM layer's suffix: how Sen2Cor's list spells them.
+_LIST_LINE_RE = re.compile(r"Copernicus_DSM_(?:10|30)_[NS]\d{2}_00_[EW]\d{3}_00(_DEM\.tif)?")
+NOT_ON_LIST = ("no DEM on CDSE (open sea), but not on Sen2Cor's missing-tiles list: Sen2Cor looks for the file, "
+               "and without it processes the tile with flat terrain")
+
+
+@dataclass(frozen=True)
+class MissingList:
+    """Sen2Cor's ``CopernicusDEM_<90|30>_TIFF_missing_tiles.list``: the cells it skips.
+
+    Sen2Cor compares each wanted ``..._DEM.tif`` name with the start of each line up to its
+    ``.tif``: a line without ``.tif`` matches nothing, so such a line skips no cell here either
+    (``unmatched`` keeps them, to warn the user).
+    """
+
+    source: str
+    cells: frozenset[Geocell]
+    unmatched: tuple[str, ...] = ()
+
+
+def parse_missing_list(text: str, source: str, resolution: int) -> MissingList:
+    """The list's cells; UsageError ``source:line: ...`` for a line that names no DEM cell of
+    this resolution (a 30 m list checked against 90 m files would skip nothing, silently)."""
+    cells: set[Geocell] = set()
+    unmatched: list[str] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        match = _LIST_LINE_RE.fullmatch(line)
+        if match is None:
+            raise UsageError(f"{source}:{number}: {line[:80]!r} is not a Copernicus DEM file name such as "
+                             "Copernicus_DSM_30_N00_00_W001_00_DEM.tif")
+        cell, named_resolution = geocell_of_name(line) or (None, None)
+        if cell is None:
+            raise UsageError(f"{source}:{number}: {line!r} names no geocell")
+        if named_resolution != resolution:
+            raise UsageError(f"{source}:{number}: {line!r} is a {named_resolution} m cell, but the check is for "
+                             f"{resolution} m (Sen2Cor's CopernicusDEM_{resolution}_TIFF_missing_tiles.list)")
+        if match.group(1):
+            cells.add(cell)
+        else:
+            unmatched.append(f"{source}:{number}")
+    return MissingList(source, frozenset(cells), tuple(unmatched))
+
+
+def tile_readiness(plan: Plan, tile: TilePlan, problems: Mapping[str, str | None],
+                   missing_list: MissingList | None = None) -> TileCheck:
+    """The verdict for one tile.
+
+    ``problems`` maps each file name to what the integrity check found (None: a whole DEM of
+    its cell); a name not in it counts as missing. The plan's cells carry the catalogue's
+    answer: a product (CDSE has it), ``sea`` (no product), or ``failed`` (search failed).
+    """
+    present = sea = 0
+    missing: list[MissingFile] = []
+    for cell in tile.geocells:
+        state = plan.cells[cell]
+        problem = problems.get(state.file_name, "missing")
+        if problem is None:
+            present += 1
+        elif state.product is None and state.status == Status.SEA:
+            if missing_list is None or cell in missing_list.cells:
+                sea += 1
+            else:
+                missing.append(MissingFile(state.file_name, cell.grid_id, NOT_ON_LIST, False))
+        else:
+            on_cdse = True if state.product is not None else None  # None: the search failed
+            missing.append(MissingFile(state.file_name, cell.grid_id, problem, on_cdse))
+    return TileCheck(tile.tile, len(tile.geocells), present, sea, tuple(missing))
+
+
+def report_lines(verdicts: list[TileCheck], folder: str) -> list[str]:
+    """What the user reads: one line per tile, one more per missing file."""
+    lines = [f"Check of {folder} for Sen2Cor:"]
+    width = max([len(v.tile) for v in verdicts] + [4])
+    for verdict in verdicts:
+        counts = f"{verdict.geocells} geocells: {verdict.present} present, {verdict.sea} open sea"
+        if verdict.ready:
+            lines.append(f"  {verdict.tile:<{width}}  ready ({counts})")
+            continue
+        lines.append(f"  {verdict.tile:<{width}}  not ready ({counts}, {len(verdict.missing)} missing)")
+        for item in verdict.missing:
+            lines.append(f"      {item.file_name}: {item.reason}; {_on_cdse(item)}")
+    ready = sum(v.ready for v in verdicts)
+    lines.append(f"  Total: {ready} of {len(verdicts)} tiles ready")
+    return lines
+
+
+def _on_cdse(item: MissingFile) -> str:
+    if item.on_cdse is None:
+        return "whether CDSE has it is unknown: the catalogue search failed (logged above)"
+    if item.reason == NOT_ON_LIST:
+        return "add the name to Sen2Cor's list"
+    return "on CDSE: a run without --check downloads it"
+
+
+def read_missing_list(path: str | Path, resolution: int) -> MissingList:
+    """Sen2Cor's missing-tiles list, parsed; UsageError (exit 2) for a line that is not a cell."""
+
+    data = read_input(Path(path).expanduser(), "Sen2Cor missing-tiles list", UsageError)
+    missing_list = parse_missing_list(data.decode("utf-8-sig", errors="replace"), str(path), resolution)
+    if missing_list.unmatched:
+        log.warning("%s: %d line(s) without _DEM.tif (first: %s): Sen2Cor compares whole file names, "
+                    "so it does not skip those cells", path, len(missing_list.unmatched), missing_list.unmatched[0])
+    return missing_list
+
+
+def folder_problems(out_dir: Path, plan: Plan, resolution: int) -> dict[str, str | None]:
+    """For each geocell's file: None when the folder holds a whole DEM of that cell, else why not."""
+
+    return {state.file_name: dem_problem(out_dir / state.file_name, resolution=resolution, cell=state.geocell)
+            for state in plan.cells.values()}
+
+
+if TYPE_CHECKING:
+    from cdse_dem.grid import Footprint, Geocell
+
+# KML colours are aabbggrr
+STATUS_COLOURS = {
+    Status.DOWNLOADED: "00c000",  # green
+    Status.PRESENT: "c08000",  # blue: already on disk
+    Status.SEA: "a0a0a0",  # grey: no DEM in CDSE (open sea)
+    Status.FAILED: "0000ff",  # red
+    Status.PLANNED: "00ffff",  # yellow: dry run
+}
+TILE_COLOUR = "0080ff"  # orange outline, no fill
+_DISPLAY_TOLERANCE = 1e-5  # degrees (~1 m): enough vertices for the curved edges, no more
+
+
+def write_kml_report(
+    path: Path, footprints: Iterable[Footprint], geocell_status: Mapping[Geocell, Status], resolution: int
+) -> None:
+    """Write the tiles' footprints and the geocells styled by status to ``path`` (.kml or .kmz).
+
+    ``geocell_status`` maps each cell to its status. A file is written to a temporary
+    and renamed (a device or FIFO is written into); UsageError when it cannot be written.
+    """
+
+    footprints = list(footprints)
+    styles = [
+        Style(id=f"cell-{status}", styles=[
+            LineStyle(color=f"ff{colour}", width=1.5), PolyStyle(color=f"60{colour}", fill=True, outline=True),
+        ])
+        for status, colour in STATUS_COLOURS.items()
+    ]
+    styles.append(Style(id="tile", styles=[
+        LineStyle(color=f"ff{TILE_COLOUR}", width=2.5), PolyStyle(color=f"00{TILE_COLOUR}", fill=False),
+    ]))
+    tiles = []
+    for footprint in footprints:
+        parts = [shapely.simplify(p, _DISPLAY_TOLERANCE, preserve_topology=True) for p in footprint.parts]
+        geometry = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+        source = "the official KML" if footprint.source == FootprintSource.KML else "the grid arithmetic"
+        tiles.append(Placemark(
+            name=footprint.tile, description=f"Sentinel-2 tile {footprint.tile}; footprint from {source}",
+            style_url=StyleUrl(url="#tile"), geometry=pygeoif.shape(geometry),
+        ))
+    cells_by_status: dict[Status, list] = {status: [] for status in STATUS_COLOURS}
+    for cell, status in sorted(geocell_status.items()):
+        box = shapely.segmentize(cell.polygon(), 0.1)  # parallels drawn as parallels, not chords
+        cells_by_status[status].append(Placemark(
+            name=cell.name(resolution), description=f"{cell.grid_id}: {status}",
+            style_url=StyleUrl(url=f"#cell-{status}"), geometry=pygeoif.shape(box),
+        ))
+    folders = [Folder(name="Tiles", features=tiles)] + [
+        Folder(name=f"Geocells {status} ({len(marks)})", features=marks)
+        for status, marks in cells_by_status.items() if marks
+    ]
+    document = Document(
+        name=f"Copernicus DEM {resolution} m geocells for {len(footprints)} Sentinel-2 tiles",
+        styles=styles, features=folders,
+    )
+    xml = KML(features=[document]).to_string(precision=7)
+    if Path(path).suffix.lower() == ".kmz":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as kmz:
+            kmz.writestr("doc.kml", xml)
+        data = buffer.getvalue()
+    else:
+        data = xml.encode("utf-8")
+    try:
+        write_report(Path(path), data)  # a regular file replaced atomically; a device or FIFO written into
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot write the KML report ({getattr(exc, 'strerror', None) or exc})") from exc

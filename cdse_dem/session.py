@@ -37,7 +37,6 @@ from urllib.parse import urlsplit
 
 import requests
 
-from cdse_dem.endpoints import origin_text
 from cdse_dem.errors import AuthRejected, BudgetExhausted, ServiceError
 from cdse_dem.http import (
     ATTEMPTS,
@@ -45,11 +44,14 @@ from cdse_dem.http import (
     gave_up,
     identity_problem,
     new_http_session,
+    origin_text,
     retry_waits,
     tries_of,
 )
+from cdse_dem.logs import remember, scrub
 
 log = logging.getLogger(__name__)
+
 
 CLIENT_ID = "cdse-public"
 REJECTED_MESSAGE = "CDSE rejected the user name or password"
@@ -422,7 +424,6 @@ class CdseSession:
         raise _Refused(status, *_error_of(resp))
 
     def _parse(self, reply: Any, sent_at: float) -> Tokens:
-        from cdse_dem.redact import remember
 
         try:
             tokens = tokens_from_reply(reply, sent_at)
@@ -438,7 +439,6 @@ class CdseSession:
 def _error_of(resp) -> tuple[str, str]:
     """Keycloak's ``error`` and ``error_description`` of a refusal, when the body has them
     (scrubbed of our secrets: a server may quote the login form back)."""
-    from cdse_dem.redact import scrub
 
     try:
         body = resp.json()
@@ -449,4 +449,3 @@ def _error_of(resp) -> tuple[str, str]:
     error, description = body.get("error"), body.get("error_description")
     return (scrub(error)[:100] if isinstance(error, str) else "",
             scrub(description)[:300] if isinstance(description, str) else "")
-

@@ -1,4 +1,6 @@
-"""Sentinel-2 tile ids: their syntax, and which of them really exist.
+"""Sentinel-2 tile ids, SAFE product names and the tile lists users give.
+
+Sentinel-2 tile ids: their syntax, and which of them really exist.
 
 The MGRS arithmetic accepts ids that are not tiles of the Sentinel-2 grid (``01XEP``): which
 ids exist is a fact of ESA's tiling KML, not of the arithmetic. That fact is shipped here as
@@ -6,16 +8,24 @@ a bitmap over zone × band × column × row (576,000 bits, 56,686 set), zlib-com
 few kilobytes under ``cdse_dem/data/`` and rebuilt from the KML by
 ``scripts/build_tile_ids.py``. Loading it costs a millisecond and no heavy import, so the
 command line can reject a wrong id before anything else happens.
+
+What the user asked for: tile ids and SAFE names, from the command line or a list file.
+
+The reference tool silently re-queried the previous tile for a bad or blank line; here
+every entry is checked on its own, every invalid one is reported with its file and line,
+and the valid ones still run.
 """
 
 import re
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from cdse_dem.errors import InputError
+from cdse_dem.fsutil import read_input
 
 ZONES = range(1, 61)
 BANDS = "CDEFGHJKLMNPQRSTUVWX"  # 8° latitude bands, I and O skipped
@@ -121,3 +131,139 @@ def all_tile_ids() -> Iterator[str]:
             for offset in range(8):
                 if byte & (0x80 >> offset):
                     yield _tile_of_bit(byte_index * 8 + offset)
+
+
+COMMAND_LINE = "command line"
+
+# Characters of an entry quoted in a message: enough for any SAFE name (65) and a path before
+# it; a whole 10 MB line would drown the log and the terminal.
+MAX_SHOWN = 120
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+# Compact L1C/L2A product names (since December 2016): S2x_MSIL1C_..._T<tile>_... The tile is
+# the one _T<tile>_ field, wherever it stands, so a future extra field does not break the
+# lookup; a name with two tile fields is ambiguous and refused.
+_SAFE_RE = re.compile(r"^S2[A-D]_MSI(L1C|L2A)(_[0-9A-Z]+)+$")
+_TILE_FIELD = re.compile(r"^T(\d\d[A-Z]{3})$")
+_SAFE_SUFFIXES = (".ZIP", ".SAFE")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One requested item, as written, where it was written, and what it resolved to."""
+
+    text: str
+    source: str  # COMMAND_LINE or the list file's path
+    line: int | None
+    tile: str | None = None
+    error: str | None = None
+
+    @property
+    def where(self) -> str:
+        return self.source if self.line is None else f"{self.source}:{self.line}"
+
+    @property
+    def message(self) -> str:
+        """The one-line report of an invalid entry: ``file:line: '<entry>' ...``."""
+        return f"{self.where}: {self.error}"
+
+
+def tile_of(text: str) -> str:
+    """The Sentinel-2 tile an entry names, or InputError saying why it names none."""
+    candidate = text.strip().upper()
+    tile = normalize_tile_id(candidate) or _tile_of_safe_name(candidate)
+    if tile is None:
+        raise InputError(f"'{shown(text)}' is not a Sentinel-2 tile id or SAFE name")
+    check_tile(tile)
+    return tile
+
+
+def shown(text: str) -> str:
+    """An entry as a message may print it: stripped, every unprintable character escaped (a
+    terminal escape sequence is shown, not obeyed; a byte that is not UTF-8 as ``\\xff``), and cut
+    past MAX_SHOWN characters with the full length said."""
+    text = text.strip()
+
+    def escape(char: str) -> str:
+        if char.isprintable():
+            return char
+        if 0xDC80 <= ord(char) <= 0xDCFF:  # an undecodable byte, as Python hands over argv
+            return f"\\x{ord(char) - 0xDC00:02x}"
+        return char.encode("unicode_escape").decode("ascii")
+
+    escaped = "".join(map(escape, text[:MAX_SHOWN]))
+    return escaped if len(text) <= MAX_SHOWN else f"{escaped}… ({len(text):,} characters)"
+
+
+def _is_utf16(raw: bytes) -> bool:
+    """UTF-16 text (what Windows editors call "Unicode"): a byte-order mark, or every other byte NUL."""
+    if raw.startswith(_UTF16_BOMS):
+        return True
+    head = raw[:4096]
+    return len(head) >= 4 and any(not any(half) and all(other)
+                                  for half, other in ((head[1::2], head[0::2]), (head[0::2], head[1::2])))
+
+
+def _tile_of_safe_name(name: str) -> str | None:
+    base = re.split(r"[/\\]", name.rstrip("/\\"))[-1]
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in _SAFE_SUFFIXES:
+            if base.endswith(suffix):
+                base, stripped = base[: -len(suffix)], True
+    if not _SAFE_RE.match(base):
+        return None
+    fields = [m.group(1) for m in map(_TILE_FIELD.match, base.split("_")[2:]) if m]
+    return normalize_tile_id(fields[0]) if len(fields) == 1 else None
+
+
+def resolve(text: str, source: str, line: int | None) -> Entry:
+    try:
+        return Entry(text, source, line, tile=tile_of(text))
+    except InputError as exc:
+        return Entry(text, source, line, error=str(exc))
+
+
+def from_command_line(values: list[str]) -> list[Entry]:
+    return [resolve(value, COMMAND_LINE, None) for value in values]
+
+
+def read_tile_list(path: Path) -> list[Entry]:
+    """Entries of a list file: one a line, ``#`` starts a comment, blank lines skipped.
+
+    A file that cannot serve as a list at all (missing, a folder, binary, empty) is an
+    InputError; a bad line is an invalid Entry, reported with the rest.
+    """
+    raw = read_input(path, "tile list file", InputError)
+    if _is_utf16(raw):
+        raise InputError(f"{path}: a UTF-16 text file, not UTF-8: convert it, e.g. "
+                         f"iconv -f UTF-16 -t UTF-8 '{path}' > tiles.txt (or save it as UTF-8)")
+    if b"\0" in raw:
+        line = raw[: raw.index(b"\0")].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not a text file (binary content)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not a text file (not UTF-8)") from None
+
+    entries = []
+    for number, line in enumerate(text.split("\n"), start=1):  # as editors and grep number lines: \n only
+        content = line.split("#", 1)[0].strip()
+        if content:
+            entries.append(resolve(content, str(path), number))
+    if not entries:
+        raise InputError(f"{path}: holds no tile id or SAFE name")
+    return entries
+
+
+def unique_tiles(entries: list[Entry]) -> list[Entry]:
+    """The valid entries, one per tile, in the order first asked for."""
+    seen: set[str] = set()
+    kept = []
+    for entry in entries:
+        if entry.tile and entry.tile not in seen:
+            seen.add(entry.tile)
+            kept.append(entry)
+    return kept

@@ -1,4 +1,57 @@
-"""How a run fetches each DEM: the file alone through the Nodes API, or the whole product zip.
+"""Moving a product's bytes: connection slots, the resilient transfer, the Nodes API or the whole zip.
+
+The connections a run may have open on the download host at once: its own, and its account's.
+
+Every request there (a zip, a node file, a Nodes listing: CDSE's quota counts them alike) is
+made holding one :class:`ConnectionSlot`, for that request only, never during the waits between
+tries. Holding one is two things, taken in this order: one of the run's ``--workers`` (an
+in-process semaphore, so that this run's listings and downloads together stay within it),
+then, when a :class:`~cdse_dem.fsutil.SlotPool` is given, one of the account's slots on this
+machine, so that all runs of one account together stay within its connections. A stop while
+waiting for either ends the wait within one poll (``locks.POLL_SECONDS``).
+
+Downloading one product zip, verified as it arrives, retried when the network misbehaves.
+
+The bytes come straight from the download host (the catalogue's redirect would strip the
+token, and a token must never reach any other host: :class:`~cdse_dem.http.DownloadToken`
+adds it for CDSE's download hosts only, and a redirect is followed only between them), in
+1 MiB chunks written to a temporary file in the destination folder while MD5 (and BLAKE3 when
+the catalogue gives it) and the length are computed on the fly: memory stays flat whatever the
+size, and a product is never read twice. A body that is short, long or altered is thrown away
+and fetched again from zero (CDSE serves no ``Range``). Only a 200 answer is ever written: an
+error body never becomes a "zip". Failures that another try can cure (dropped connections,
+timeouts, 429, 5xx, a bad checksum) are retried with :class:`~cdse_dem.http.Backoff`; those
+it cannot (no CCM access, a refused token, 404) end at once with one line saying what to do.
+
+The same loop (:func:`fetch_file`, :func:`get_json`) serves the single files and listings of
+the Nodes API (below), with a length but no checksum to verify as bytes arrive;
+each request holds one of the account's connection slots (``slot``), never the waits between.
+
+A ``stop`` event aborts promptly even in the middle of a stalled body: a small watcher shuts
+the socket down, which wakes the blocked read at once (checking between chunks alone
+would wait for the next chunk, or for the read timeout). The same watcher abandons a body
+that trickles (slower than ``STALL_FLOOR`` over ``STALL_WINDOW``) or falls silent for
+``STALL_SILENCE``: a read timeout alone is reset by every byte, so a server sending one
+byte every few seconds would hold a worker for hours. A stalled transfer is retried; a
+product that stalls ``MAX_STALLS`` times fails. Past ``--max-minutes`` the watcher also ends
+transfers still running (the geocell is left for the next run).
+
+The DEM layer alone, through CDSE's Nodes API: less than half the bytes of the product zip.
+
+A product's files are a tree of nodes on the download host (cdse-api.md, section 4). The
+root's name differs between collections (a ``COP-DEM`` root is the product Name, a ``CCM``
+one is not recorded), so it is never built: the product's root listing names it, and every
+level after it is reached through the ``Nodes.uri`` the level above gives, down to
+``<cell>/DEM/<cell>_DEM.tif`` (``.dt1``/``.dt2`` for DTED). Each uri must stay on the
+download host, since the token goes with it. The walk is made once per product; a re-fetch
+of the file reuses what it found.
+
+A node file has no checksum: its length is checked against the listing's ``ContentLength``
+as bytes arrive, and the whole file against the DEM integrity check (:mod:`cdse_dem.dem_folder`)
+before it is renamed into place. Every failure here is a :class:`NodesFailed`, which a run in
+``auto`` mode answers by fetching the product's zip instead (the choice below).
+
+How a run fetches each DEM: the file alone through the Nodes API, or the whole product zip.
 
 ``auto`` (the default) tries Nodes first and falls back to the zip (MD5 verified) for a
 product whose Nodes transfer failed; once a few products have failed that way the Nodes API
@@ -16,11 +69,813 @@ that mean whole zips finish sooner (GLO-90 with 0.3 s per Nodes request: 1.4 s o
 spare 0.3 s of transfer at 20 MB/s), and the rest of the run uses them.
 """
 
+import hashlib
+import json
 import logging
+import os
+import socket
 import threading
-from enum import StrEnum
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
+from blake3 import blake3
+from urllib3.exceptions import HTTPError, ReadTimeoutError
+
+from cdse_dem.dem_folder import DEM_SUFFIXES, dem_problem
+from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError, Interrupted
+from cdse_dem.fsutil import (
+    POLL_SECONDS,
+    SlotPool,
+    create_temp_in,
+    raise_if_disk_full,
+    remove_quietly,
+    replace_into_place,
+)
+from cdse_dem.grid import Geocell
+from cdse_dem.http import Backoff, DownloadToken, retry_after, wait_for
+from cdse_dem.http import origin_text as _origin
+from cdse_dem.logs import scrub
+from cdse_dem.settings import Transfer
 
 log = logging.getLogger(__name__)
+
+
+_STOPPED = "stopped while waiting for a download connection"
+
+
+class ConnectionSlot:
+    """``with slot:`` holds one connection for the block; shared by every thread of a run.
+
+    Not re-entrant within one thread (a thread makes one request at a time).
+    """
+
+    def __init__(self, workers: int, pool: SlotPool | None = None, *, stop: threading.Event | None = None):
+        self._own = threading.BoundedSemaphore(workers)
+        self._pool = pool
+        self._stop = stop
+        self._held = threading.local()  # the account slot (a LockFile) this thread holds
+
+    def __enter__(self) -> "ConnectionSlot":
+        while not self._own.acquire(timeout=POLL_SECONDS):
+            self._raise_if_stopped()
+        if self._pool is None:
+            return self
+        try:
+            account = self._pool.acquire(stop=self._stop, on_wait=lambda: log.debug(
+                "Every download connection of the account is in use (other runs): waiting for one"))
+        except BaseException:
+            self._own.release()
+            raise
+        if account is None:  # stopped while waiting
+            self._own.release()
+            raise DownloadCancelled(_STOPPED)
+        self._held.account = account
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        account, self._held.account = getattr(self._held, "account", None), None
+        try:
+            if account is not None:
+                account.release()
+        finally:
+            self._own.release()
+
+    def _raise_if_stopped(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise DownloadCancelled(_STOPPED)
+
+
+CHUNK = 1024 * 1024  # bytes a read returns at most (each returns what has arrived: see _chunks)
+# A transfer slower than 10 kB/s over 30 s, or silent for 30 s, is abandoned and tried again: the
+# largest product (a 30 m zip, ~100 MB) would take hours at that pace, and a healthy CDSE link
+# gives MB/s; 30 s rides out a congested moment without holding a worker (a quarter of the quota).
+STALL_FLOOR = 10_000  # bytes per second
+STALL_WINDOW = 30.0  # seconds over which the floor is measured
+STALL_SILENCE = 30.0  # seconds without a byte (also the read timeout of the request itself)
+MAX_STALLS = 3  # a product that stalls this often fails: the server is not going to send it
+_MAX_ERROR_BODY = 64 * 1024
+MAX_JSON_BYTES = 4 * 1024 * 1024  # a Nodes listing is a few kB; more is not a listing
+_WATCH_INTERVAL = 0.2  # seconds; how late the stop watcher may notice a stop
+MAX_REDIRECTS = 3  # between CDSE's own download hosts; more is a loop
+# Answers that mean this tool built a wrong request (CDSE's documented download errors).
+OWN_BUG_CODES = {(400, "DAT-ZIP-104"): "malformed OData request path", (422, "DAT-ZIP-111"): "malformed product UUID"}
+# Retry-After is honoured up to this (as the session does): an absurd value must not park a
+# worker past the run's budget; coming back early only costs another 429, and tries are bounded.
+
+CCM_DENIED = (
+    "CDSE refuses the download (403 DAT-ZIP-608): this account is not registered for Copernicus "
+    "Contributing Missions (CCM) data. Request CCM access once on your CDSE profile "
+    "(https://dataspace.copernicus.eu: sign in, open your profile, request access to Copernicus "
+    "Contributing Missions data) and run again when it is granted; or try --collection COP-DEM"
+)
+AUDIENCE_DENIED = (
+    "CDSE refuses this access token for downloads (401 DAT-ZIP-609, token audience not allowed): "
+    "use the credentials of a CDSE account, not those of a Sentinel Hub client"
+)
+
+
+class DownloadFailed(DemError):
+    """One product could not be downloaded (after retries, or refused for good); others may go on."""
+
+
+class DownloadCancelled(Interrupted):
+    """The run was asked to stop (Ctrl-C, the ``stop`` event) while this product was being fetched."""
+
+
+@dataclass
+class DownloadResult:
+    product_id: str
+    zip_path: Path  # a verified zip under a temporary name in dest_dir: the caller extracts then deletes it
+    bytes: int
+    attempts: int  # requests made, the one that succeeded included
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StallLimits:
+    """When a transfer counts as stalled (the defaults are the named constants above)."""
+
+    floor: float = STALL_FLOOR
+    window: float = STALL_WINDOW
+    silence: float = STALL_SILENCE
+    max_stalls: int = MAX_STALLS
+
+
+class StallMeter:
+    """Bytes over time of one transfer: says when it is too slow or silent (clock given, so testable)."""
+
+    def __init__(self, limits: StallLimits, now: float):
+        self.limits = limits
+        self.start = self.last_byte = now
+        self.total = 0
+        self._samples: deque[tuple[float, int]] = deque([(now, 0)])
+
+    def add(self, count: int, now: float) -> None:
+        self.total += count
+        self.last_byte = now
+        self._samples.append((now, self.total))
+
+    def stalled(self, now: float) -> str | None:
+        """Why this transfer should be abandoned now, or None."""
+        limits = self.limits
+        if now - self.last_byte >= limits.silence:
+            return f"no byte for {limits.silence:g} s"
+        if now - self.start < limits.window:
+            return None
+        horizon = now - limits.window
+        while len(self._samples) > 1 and self._samples[1][0] <= horizon:
+            self._samples.popleft()
+        if self.total - self._samples[0][1] < limits.floor * limits.window:
+            return f"slower than {limits.floor / 1000:g} kB/s over {limits.window:g} s"
+        return None
+
+
+class _Retry(Exception):
+    """A failure another try may cure; ``wait`` is the least the server asked us to wait."""
+
+    def __init__(self, problem: str, wait: float | None = None):
+        super().__init__(problem)
+        self.problem, self.wait = problem, wait
+
+
+class _Redirect(Exception):
+    """A 3xx to another CDSE download host: follow it, token and all."""
+
+    def __init__(self, location: str):
+        super().__init__(location)
+        self.location = location
+
+
+class _Stalled(_Retry):
+    """The transfer trickled or fell silent: retried, but only ``max_stalls`` times in all."""
+
+
+class _TokenRefused(Exception):
+    """A 401 other than DAT-ZIP-609: the token may have expired; refresh and try again once."""
+
+
+def download_product(product, dest_dir: Path, session, http, endpoints, *,
+                     backoff: Backoff | None = None, on_bytes: Callable[[int], None] | None = None,
+                     stop: threading.Event | None = None, stall: StallLimits | None = None,
+                     timeout: tuple[float, float] | None = None,
+                     clock: Callable[[], float] = time.monotonic, slot=None) -> DownloadResult:
+    """Fetch ``product``'s zip into ``dest_dir`` (verified) and say where it is.
+
+    ``on_bytes`` is told of every chunk written; when a try fails after some bytes, it gets
+    one negative call taking them back, so a progress total stays true across retries.
+    Raises AccessDenied (no CCM access, token audience), BudgetExhausted (no time left to
+    start), DownloadCancelled (``stop`` set), DiskFull, or DownloadFailed; the temporary
+    file is removed in every such case.
+    """
+    label = f"{product.name} ({product.id})" if product.name else product.id
+    expect = Expected(product.content_length, product.md5, product.blake3)
+    fetched = fetch_file(endpoints.product_url(product.id), Path(dest_dir), f"{product.id}.zip", session, http,
+                         endpoints, label=label, expect=expect, backoff=backoff, on_bytes=on_bytes, stop=stop,
+                         stall=stall, timeout=timeout, clock=clock, slot=slot)
+    return DownloadResult(product.id, fetched.path, fetched.bytes, fetched.attempts, fetched.seconds)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a body must be, as far as it is known before it arrives: length and digests."""
+
+    length: int | None = None
+    md5: str | None = None
+    blake3: str | None = None
+
+
+@dataclass
+class Fetched:
+    path: Path  # under a temporary name in the destination folder: the caller renames or deletes it
+    bytes: int
+    attempts: int  # requests made, the one that succeeded included
+    seconds: float
+    request_seconds: float = 0.0  # the request that succeeded, from its slot to its last byte
+
+
+def fetch_file(url: str, dest_dir: Path, final_name: str, session, http, endpoints, *, label: str,
+               expect: Expected | None = None, backoff: Backoff | None = None,
+               on_bytes: Callable[[int], None] | None = None, stop: threading.Event | None = None,
+               stall: StallLimits | None = None, timeout: tuple[float, float] | None = None,
+               clock: Callable[[], float] = time.monotonic, first: bool = True, durable: bool = False,
+               slot=None) -> Fetched:
+    """Stream ``url`` from the download host into a temporary for ``final_name`` in ``dest_dir``.
+
+    The one download loop of the tool (whole zips and single node files): the token, its
+    refresh on a 401, redirects between CDSE's download hosts, retries with backoff, stalls,
+    ``stop``, the time budget, progress and the length and digests of ``expect`` checked as
+    bytes arrive. ``first`` (the first request for a geocell) makes a spent time budget refuse
+    to start; ``durable`` fsyncs the file (it is to be renamed into place, not unpacked);
+    ``slot`` (a context manager taking one of the account's connections) is held for each
+    request, never during the waits between tries. Raises as :func:`download_product` does.
+    """
+    expect = expect or Expected()
+
+    def receive(reply, watch, label):
+        return _receive(reply, expect, Path(dest_dir), final_name, on_bytes, watch, label, durable)
+
+    began = time.monotonic()
+    (path, size), attempts, request = _with_retries(url, session, http, endpoints, receive, label=label,
+                                                    backoff=backoff, stop=stop, stall=stall, timeout=timeout,
+                                                    clock=clock, first=first, slot=slot)
+    return Fetched(path, size, attempts, time.monotonic() - began, request)
+
+
+def get_json(url: str, session, http, endpoints, *, label: str, backoff: Backoff | None = None,
+             stop: threading.Event | None = None, stall: StallLimits | None = None,
+             timeout: tuple[float, float] | None = None, clock: Callable[[], float] = time.monotonic,
+             first: bool = False, max_bytes: int = MAX_JSON_BYTES, slot=None):
+    """A small JSON answer of the download host (a Nodes listing), with the same token,
+    redirects, retries, stall and stop handling as a download, and how long its request took
+    (slot waits excluded). A body that is not JSON raises DownloadFailed."""
+    def receive(reply, watch, label):
+        return _read_json(reply, max_bytes, watch, label)
+
+    body, _, seconds = _with_retries(url, session, http, endpoints, receive, label=label, backoff=backoff,
+                                     stop=stop, stall=stall, timeout=timeout, clock=clock, first=first, slot=slot)
+    return body, seconds
+
+
+def _with_retries(url, session, http, endpoints, receive, *, label, backoff, stop, stall, timeout, clock, first,
+                  slot=None):
+    """Requests ``url`` until ``receive`` accepts a 200 answer.
+
+    Returns its result, the requests made, and the seconds of the one that succeeded."""
+    backoff = backoff or Backoff()
+    stall = stall or StallLimits()
+    timeout = timeout or (10.0, stall.silence)
+    auth = DownloadToken(endpoints.token_hosts)
+    if not auth.allows(url):  # the token goes to CDSE's download hosts only
+        raise DownloadFailed(f"refusing to send the access token to {_origin(url)} (not a CDSE download host)")
+    delays = backoff.delays()
+    requests_made = 0
+    tries = 0  # failures counted against the backoff: a 401 refresh is not one
+    stalls = 0
+    after_refresh = False
+    redirects = 0
+    watch = _Watch(stop, stall, clock, getattr(session, "out_of_time", None))
+    while True:
+        _raise_if_stopped(stop, label)
+        if first and requests_made == 0 and not session.may_start():
+            raise BudgetExhausted(f"the time budget is spent: {label} not started")
+        requests_made += 1
+        token = None
+        try:
+            with slot if slot is not None else nullcontext():
+                _raise_if_stopped(stop, label)
+                token = session.access_token()
+                sent = time.monotonic()
+                result = _attempt(url, auth.bearing(token), http, receive, watch, timeout, label)
+                seconds = time.monotonic() - sent
+        except _Redirect as redirect:
+            redirects += 1
+            if redirects > MAX_REDIRECTS:
+                raise DownloadFailed(f"the download hosts redirected {label} more than {MAX_REDIRECTS} times") from None
+            url = redirect.location
+            continue
+        except _TokenRefused as refused:
+            if after_refresh:
+                raise AccessDenied(
+                    f"CDSE refused a freshly refreshed access token for {label} ({refused})"
+                ) from None
+            log.info("The access token was refused (%s); refreshing it", refused)
+            session.token_rejected(token)
+            after_refresh = True
+            continue
+        except _Retry as failure:
+            after_refresh = False
+            tries += 1
+            if isinstance(failure, _Stalled):
+                stalls += 1
+                if stalls >= stall.max_stalls:
+                    raise DownloadFailed(f"download of {label} stalled {stalls} times ({failure.problem});"
+                                         " given up") from None
+            delay = next(delays, None)
+            if delay is None:
+                raise DownloadFailed(
+                    f"download of {label} failed after {tries} tries: {failure.problem}"
+                ) from None
+            delay = wait_for(delay, failure.wait)
+            log.warning("Download of %s: %s; retrying in %.1f s (try %d of %d)",
+                        label, failure.problem, delay, tries + 1, backoff.attempts)
+            _pause(delay, stop, label)
+            continue
+        return result, requests_made, seconds
+
+
+def _attempt(url, auth: DownloadToken, http, receive, watch, timeout, label):
+    """One GET: what ``receive`` makes of a 200 answer, else the exception that says what to do next."""
+
+    try:
+        reply = http.get(url, auth=auth, headers={"Accept-Encoding": "identity"}, stream=True,
+                         allow_redirects=False, timeout=timeout)
+    except (requests.Timeout, requests.ConnectionError) as exc:
+        _raise_if_stopped(watch.stop, label)
+        if isinstance(exc, requests.ReadTimeout):
+            raise _Stalled(f"no answer for {watch.limits.silence:g} s") from None
+        raise _Retry(f"no answer from the download host ({type(exc).__name__})") from None
+    except requests.RequestException as exc:
+        raise DownloadFailed(f"cannot request {label}: {exc}") from None
+    with reply:
+        status = reply.status_code
+        if status == 200:
+            return receive(reply, watch, label)
+        code, message, trace = _error_body(reply, watch.stop, label)
+        detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+        if 300 <= status < 400:
+            location = urljoin(url, reply.headers.get("Location") or "")
+            if reply.headers.get("Location") and auth.allows(location):
+                raise _Redirect(location)
+            where = _origin(reply.headers.get("Location") or "")
+            raise DownloadFailed(f"the download host redirected {label} to {where or 'elsewhere'};"
+                                 " not followed, so that the access token stays on CDSE's download hosts")
+        if (status, code) in OWN_BUG_CODES:
+            raise DownloadFailed(
+                f"CDSE rejected the request for {label} as a {OWN_BUG_CODES[status, code]} ({detail}): a bug of"
+                f" this tool, please report it with the trace id {trace or '(none given)'}")
+        if status == 401:
+            if code == "DAT-ZIP-609":
+                raise AccessDenied(AUDIENCE_DENIED)
+            raise _TokenRefused(detail)
+        if status == 403 and code == "DAT-ZIP-608":
+            raise AccessDenied(CCM_DENIED)
+        if status == 429 or status >= 500:
+            raise _Retry(detail, retry_after(reply.headers))
+        raise DownloadFailed(f"CDSE refused {label}: {detail}")
+
+
+def _receive(reply, expect: Expected, dest_dir: Path, final_name: str, on_bytes, watch,
+             label, durable: bool = False) -> tuple[Path, int]:
+    """Stream a 200 body into a temporary file, checking length and checksums as bytes arrive."""
+
+    expected = expect.length
+    announced = _int_or_none(reply.headers.get("Content-Length"))
+    encoded = reply.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    if announced is not None and not encoded:
+        if expected is not None and announced != expected:
+            raise _Retry(f"the server announces {announced} bytes, {expected} are expected")
+        expected = announced
+    md5 = hashlib.md5(usedforsecurity=False) if expect.md5 else None
+    b3 = _blake3() if expect.blake3 else None
+
+    temp, handle = create_temp_in(dest_dir, final_name)
+    received = reported = 0
+    stop = watch.stop
+    watcher = _Watcher(watch, reply)
+    ok = False
+    try:
+        with handle:
+            for chunk in _chunks(reply):
+                watcher.meter.add(len(chunk), watch.clock())
+                watcher.raise_if_fired(label)
+                handle.write(chunk)
+                received += len(chunk)
+                if md5 is not None:
+                    md5.update(chunk)
+                if b3 is not None:
+                    b3.update(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+                    reported += len(chunk)
+                if expected is not None and received > expected:
+                    raise _Retry(f"more than the {expected} bytes announced")
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        watcher.raise_if_fired(label)  # the body was cut short by us, whatever it looks like
+        if expected is not None and received != expected:
+            _raise_if_stopped(stop, label)
+            raise _Retry(f"connection dropped after {received} of {expected} bytes")
+        if md5 is not None and md5.hexdigest() != expect.md5.strip().lower():
+            raise _Retry(f"MD5 mismatch ({md5.hexdigest()} received, {expect.md5} in the catalogue)")
+        if b3 is not None and b3.hexdigest() != expect.blake3.strip().lower():
+            raise _Retry(f"BLAKE3 mismatch ({b3.hexdigest()} received, {expect.blake3} in the catalogue)")
+        ok = True
+        return temp, received
+    except (requests.RequestException, ConnectionError, TimeoutError) as exc:
+        # ChunkedEncodingError and friends: the body ended early (or the watcher cut it).
+        _raise_if_stopped(stop, label)
+        watcher.raise_if_fired(label)
+        if _is_read_timeout(exc):
+            raise _Stalled(f"transfer stalled: no byte for {watcher.meter.limits.silence:g} s") from None
+        raise _Retry(f"connection dropped during the body ({type(exc).__name__})") from None
+    except OSError as exc:  # writing the temporary file
+        _raise_if_stopped(stop, label)
+        raise_if_disk_full(exc, dest_dir)
+        raise DownloadFailed(f"cannot write {temp}: {exc.strerror or exc}") from exc
+    finally:
+        watcher.close()
+        if not ok:
+            remove_quietly(temp)
+            if reported and on_bytes is not None:
+                on_bytes(-reported)
+
+
+def _read_json(reply, max_bytes: int, watch, label):
+    """A whole, bounded JSON body, watched as a download is; a cut one is retried, one that is
+    not JSON is refused (its text scrubbed of our secrets)."""
+
+
+    watcher = _Watcher(watch, reply)
+    raw = bytearray()
+    try:
+        for chunk in _chunks(reply):
+            watcher.meter.add(len(chunk), watch.clock())
+            watcher.raise_if_fired(label)
+            raw += chunk
+            if len(raw) > max_bytes:
+                break
+        watcher.raise_if_fired(label)  # the body was cut short by us, whatever it looks like
+        announced = _int_or_none(reply.headers.get("Content-Length"))
+        if announced is not None and len(raw) < announced:
+            _raise_if_stopped(watch.stop, label)
+            raise _Retry(f"connection dropped after {len(raw)} of {announced} bytes")
+    except (requests.RequestException, ConnectionError, TimeoutError) as exc:
+        _raise_if_stopped(watch.stop, label)
+        watcher.raise_if_fired(label)
+        if _is_read_timeout(exc):
+            raise _Stalled(f"transfer stalled: no byte for {watcher.meter.limits.silence:g} s") from None
+        raise _Retry(f"connection dropped during the answer ({type(exc).__name__})") from None
+    finally:
+        watcher.close()
+    if len(raw) > max_bytes:
+        raise DownloadFailed(f"{label}: the answer is larger than {max_bytes:,} bytes")
+    try:
+        return json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        text = " ".join(scrub(bytes(raw).decode("utf-8", "replace")).split())[:80]
+        raise DownloadFailed(f"{label}: the answer is not JSON ({text!r})") from None
+
+
+def _chunks(reply):
+    """The body as it arrives: each read returns what the socket has (up to CHUNK), not a full CHUNK.
+
+    ``iter_content`` blocks until a whole chunk is in, so a trickling body would look silent to
+    the stall watcher; ``read1`` lets it count every byte. urllib3's errors are raised as
+    requests' ConnectionError, as ``iter_content`` would.
+    """
+
+    if not hasattr(reply.raw, "read1"):  # urllib3 < 2.1: whole chunks only
+        yield from reply.iter_content(CHUNK)
+        return
+    while True:
+        try:
+            data = reply.raw.read1(CHUNK, decode_content=True)
+        except HTTPError as exc:
+            raise requests.ConnectionError(exc) from None
+        if not data:
+            return
+        yield data
+
+
+def _error_body(reply, stop, label) -> tuple[str | None, str | None, str | None]:
+    """The ``code``, ``message`` and ``trace-id`` of CDSE's JSON error body (read, bounded, scrubbed of
+    our secrets, never saved)."""
+
+
+    try:
+        raw = reply.raw.read(_MAX_ERROR_BODY, decode_content=True) or b""
+    except (requests.RequestException, OSError, ValueError):
+        _raise_if_stopped(stop, label)
+        return None, None, None
+    text = scrub(raw.decode("utf-8", "replace"))  # before it is cut: a server may quote our token back
+    try:
+        body = json.loads(text)
+    except ValueError:
+        text = " ".join(text.split())[:200]
+        return None, text or None, None
+    if not isinstance(body, dict):
+        return None, None, None
+    code, message, trace = body.get("code"), body.get("message") or body.get("detail"), body.get("trace-id")
+    return ((str(code)[:100] if code else None), (" ".join(str(message).split())[:300] if message else None),
+            (str(trace)[:64] if trace else None))
+
+
+@dataclass
+class _Watch:
+    """What a transfer is watched for: a stop, a stall, the end of the time budget."""
+
+    stop: threading.Event | None
+    limits: StallLimits
+    clock: Callable[[], float]
+    out_of_time: Callable[[], bool] | None
+
+
+class _Watcher:
+    """Shuts the response's socket down when the run stops, the body stalls or the budget ends:
+    this wakes a read blocked on a stalled body at once."""
+
+    def __init__(self, watch: _Watch, reply):
+        self._watch, self._reply = watch, reply
+        self.meter = StallMeter(watch.limits, watch.clock())
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self.fired: str | None = None  # "stop", "stall" or "budget"
+        self.reason = ""
+        self._interval = min(_WATCH_INTERVAL, watch.limits.silence / 4)
+        self._thread = threading.Thread(target=self._run, name="download-watch", daemon=True)
+        self._thread.start()
+
+    def _why(self) -> tuple[str, str] | None:
+        watch = self._watch
+        if watch.stop is not None and watch.stop.is_set():
+            return "stop", "cancelled"
+        reason = self.meter.stalled(watch.clock())
+        if reason is not None:
+            return "stall", reason
+        if watch.out_of_time is not None and watch.out_of_time():
+            return "budget", "the time budget is spent"
+        return None
+
+    def _run(self) -> None:
+        stop = self._watch.stop
+        while not self._done.is_set():
+            if stop is not None:
+                stop.wait(self._interval)
+            else:
+                self._done.wait(self._interval)
+            why = self._why()
+            if why is not None:
+                with self._lock:
+                    if not self._done.is_set():
+                        self.fired, self.reason = why
+                        _interrupt(self._reply)
+                return
+
+    def raise_if_fired(self, label: str) -> None:
+        """The exception that says why the watcher cut this transfer short, if it did."""
+        if self.fired is None and self._watch.stop is not None and self._watch.stop.is_set():
+            self.fired = "stop"
+        if self.fired == "stop":
+            raise DownloadCancelled(f"download of {label} cancelled")
+        if self.fired == "stall":
+            raise _Stalled(f"transfer stalled: {self.reason}")
+        if self.fired == "budget":
+            raise BudgetExhausted(f"the time budget is spent: {label} abandoned, left for the next run")
+
+    def close(self) -> None:
+        with self._lock:  # after this, the watcher can no longer touch the (maybe pooled) connection
+            self._done.set()
+
+
+def _interrupt(reply) -> None:
+    connection = getattr(reply.raw, "connection", None) or getattr(reply.raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """requests wraps a read timeout in the middle of a body as a ConnectionError."""
+
+    return any(isinstance(e, (ReadTimeoutError, TimeoutError)) for e in (exc, *exc.args))
+
+
+def _raise_if_stopped(stop: threading.Event | None, label: str) -> None:
+    if stop is not None and stop.is_set():
+        raise DownloadCancelled(f"download of {label} cancelled")
+
+
+def _pause(seconds: float, stop: threading.Event | None, label: str) -> None:
+    if stop is None:
+        time.sleep(seconds)
+    elif stop.wait(seconds):
+        raise DownloadCancelled(f"download of {label} cancelled")
+
+
+def _blake3():
+
+    return blake3()
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+# A node file that arrives whole (its length right) but fails the integrity check is fetched
+# once more; failing twice, it is not a transfer accident: the product goes the zip way.
+CHECK_TRIES = 2
+_NODES = "/Nodes"
+_VALUE = "/$value"
+DEM_FOLDER = "DEM"
+
+
+class NodesFailed(DownloadFailed):
+    """The Nodes API did not give this product's DEM layer whole; its zip may still."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One entry of a Nodes listing."""
+
+    name: str
+    content_length: int  # bytes; 0 for a folder
+    children: int
+    uri: str  # the listing of this node's children: ``.../Nodes(<name>)/Nodes``
+
+    @property
+    def value_url(self) -> str:
+        """The node's bytes: its uri with the last ``/Nodes`` replaced by ``/$value``."""
+        return self.uri[: -len(_NODES)] + _VALUE
+
+
+@dataclass(frozen=True)
+class Located:
+    """A product's DEM node, and what finding it cost: the seconds of its listings' requests."""
+
+    node: Node
+    listing_seconds: float
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    path: Path  # under its final name, whole and checked
+    bytes: int
+    seconds: float  # the request that brought it, from its slot to its last byte
+
+
+def parse_listing(body, where: str) -> list[Node]:
+    """The nodes of one listing (``{"result": [...]}``); anything else is a NodesFailed."""
+    if not isinstance(body, dict) or not isinstance(body.get("result"), list):
+        raise NodesFailed(f"unexpected Nodes listing for {where} (no 'result' list)")
+    nodes = []
+    for item in body["result"]:
+        node = _node(item)
+        if node is None:
+            raise NodesFailed(f"unexpected Nodes listing for {where}: an entry is not a node ({str(item)[:120]})")
+        nodes.append(node)
+    return nodes
+
+
+def _node(item) -> Node | None:
+    if not isinstance(item, dict):
+        return None
+    name, length, children = item.get("Name"), item.get("ContentLength"), item.get("ChildrenNumber", 0)
+    uri = (item.get("Nodes") or {}).get("uri") if isinstance(item.get("Nodes"), dict) else None
+    if not isinstance(name, str) or not name or not isinstance(uri, str) or not uri.endswith(_NODES):
+        return None
+    if not _is_count(length) or not _is_count(children):
+        return None
+    return Node(name, length, children, uri)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def dem_node_path(file_name: str) -> tuple[str, str, str]:
+    """The names under the root that lead to a DEM file: (``<cell>``, ``DEM``, ``<cell>_DEM.tif``)."""
+    suffix = next((s for s in DEM_SUFFIXES if file_name.endswith(s)), None)
+    if suffix is None:
+        raise ValueError(f"{file_name} is not named like a DEM layer")
+    return file_name[: -len(suffix)], DEM_FOLDER, file_name
+
+
+@dataclass
+class NodeClient:
+    """What every Nodes request of a run shares: the session, the HTTP pool, the hosts, the policy."""
+
+    session: object
+    http: object
+    endpoints: object
+    backoff: Backoff | None = None
+    stop: threading.Event | None = None
+    timeout: tuple[float, float] | None = None  # None: the download loop's (its read timeout is the stall silence)
+    stall: StallLimits | None = None
+    slot: object = None  # the account's connections: CDSE counts a listing as one, as it does a download
+    wanted: Callable[[], bool] | None = None  # False once the run has left Nodes: a walk under way stops
+
+    def listing(self, uri: str, label: str, *, first: bool = False) -> tuple[list[Node], float]:
+        """The nodes under ``uri``, and the seconds the request took."""
+        try:
+            body, seconds = get_json(uri, self.session, self.http, self.endpoints, label=label,
+                                     backoff=self.backoff, stop=self.stop, stall=self.stall, timeout=self.timeout,
+                                     first=first, slot=self.slot)
+        except NodesFailed:
+            raise
+        except DownloadFailed as exc:  # 404 (Nodes off), 5xx after retries, a foreign host, not JSON
+            raise NodesFailed(str(exc)) from None
+        return parse_listing(body, label), seconds
+
+    def locate_dem(self, product, file_name: str) -> Located:
+        """The DEM layer's node of ``product``: root listing, then its ``Nodes.uri`` down to the file.
+
+        The first request is the geocell's first: past the time budget it raises BudgetExhausted.
+        """
+        label = f"the Nodes of {file_name} ({product.id})"
+        roots, spent = self.listing(f"{self.endpoints.download_url}/Products({product.id}){_NODES}", label,
+                                    first=True)
+        folders = [n for n in roots if n.children > 0]
+        if len(folders) != 1:
+            names = ", ".join(n.name for n in roots) or "nothing"
+            raise NodesFailed(f"unexpected Nodes root for {product.id}: {names}")
+        node = folders[0]
+        for name in dem_node_path(file_name):
+            if self.wanted is not None and not self.wanted():
+                raise NodesFailed("the run has left the Nodes API")
+            nodes, seconds = self.listing(node.uri, label)
+            node, spent = _child(nodes, name, node.name), spent + seconds
+        if node.children or node.content_length <= 0:
+            raise NodesFailed(f"the node {file_name} of {product.id} is not a file "
+                              f"({node.content_length} bytes, {node.children} children)")
+        return Located(node, spent)
+
+    def fetch_dem(self, node: Node, out_dir: Path, file_name: str, *, cell: Geocell, resolution: int,
+                  on_bytes: Callable[[int], None] | None = None) -> NodeFile:
+        """Stream ``node`` into ``out_dir`` as ``file_name``, checked whole.
+
+        Length first (as bytes arrive), then the DEM integrity check; only then the rename. The
+        name is ours, never the server's: nothing it says reaches the file system.
+        """
+        suffix = Path(file_name).suffix
+        label = f"{file_name} (Nodes)"
+        problem = None
+        for _ in range(CHECK_TRIES):
+            try:
+                fetched = fetch_file(node.value_url, out_dir, file_name, self.session, self.http, self.endpoints,
+                                     label=label, expect=Expected(length=node.content_length),
+                                     backoff=self.backoff, on_bytes=on_bytes, stop=self.stop, stall=self.stall,
+                                     timeout=self.timeout, first=False, durable=True, slot=self.slot)
+            except NodesFailed:
+                raise
+            except DownloadFailed as exc:
+                raise NodesFailed(str(exc)) from None
+            try:
+                problem = dem_problem(fetched.path, resolution=resolution, cell=cell, suffix=suffix)
+                if problem is None:
+                    final = Path(out_dir) / file_name
+                    replace_into_place(fetched.path, final)
+                    return NodeFile(final, fetched.bytes, fetched.request_seconds)
+            except BaseException:
+                remove_quietly(fetched.path)
+                raise
+            remove_quietly(fetched.path)
+            if on_bytes is not None:
+                on_bytes(-fetched.bytes)  # the progress total stays true across the re-fetch
+            log.debug("%s failed its check (%s)", label, problem)
+        raise NodesFailed(f"{file_name} from the Nodes API failed its check {CHECK_TRIES} times: {problem}")
+
+
+def _child(nodes: list[Node], name: str, parent: str) -> Node:
+    matches = [n for n in nodes if n.name == name] or [n for n in nodes if n.name.casefold() == name.casefold()]
+    if len(matches) != 1:
+        found = ", ".join(n.name for n in nodes[:12]) or "nothing"
+        raise NodesFailed(f"no single node {name} under {parent} (found: {found})")
+    return matches[0]
+
 
 # Products whose Nodes transfer failed, after which the rest of the run uses zips (issue 15):
 # one or two can be a product's own trouble; three in one run say the API itself is not usable.
@@ -35,10 +890,6 @@ SLOWER_BY = 3.0
 LISTINGS_PER_PRODUCT = 4  # the root, the root folder, the cell folder, its DEM folder
 
 
-class Transfer(StrEnum):
-    AUTO = "auto"
-    NODES = "nodes"
-    ZIP = "zip"
 
 
 class TransferChoice:

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cdse_dem.kml_index import iter_placemarks  # noqa: E402
+from cdse_dem.grid import iter_placemarks  # noqa: E402
 from cdse_dem.tiles import TILE_IDS_FILE, normalize_tile_id, pack_tile_ids  # noqa: E402
 
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "s2_tiling.zip"

@@ -42,13 +42,13 @@ def _session_root(tmp_path_factory) -> Path:
 def real_kml(tmp_path_factory) -> Path:
     """The official tiling KML (109 MB), unzipped and indexed once per test session, for all workers.
 
-    The first worker to get here unzips it and builds its index (cdse_dem.kml_index.open_index,
+    The first worker to get here unzips it and builds its index (cdse_dem.grid.open_index,
     stored beside it) under a lock; the others wait for it and find both ready.
     """
     import fcntl
     import zipfile
 
-    from cdse_dem.kml_index import open_index
+    from cdse_dem.grid import open_index
 
     if not KML_ZIP.is_file():
         pytest.skip(f"the official tiling KML {KML_ZIP} is absent")
@@ -191,7 +191,7 @@ def pytest_xdist_make_scheduler(config, log):
 def _no_secrets_from_earlier_tests():
     """The secrets a run remembers (to scrub them from output) are process-wide: each test starts
     with none, so a short token of one test never masks text in another."""
-    from cdse_dem.redact import forget_all
+    from cdse_dem.logs import forget_all
 
     forget_all()
     yield

@@ -164,8 +164,7 @@ def stored_credentials_env(sim, home: Path, **extra) -> dict:
 def filled_tool_home(home: Path, env: dict, username: str, password: str, tile: str = "32UMA") -> Path:
     """A tool home with ``username``'s credentials stored for this OS user and ``tile``'s DEMs downloaded
     by a real run (``env``: the simulator's, with the environment's credentials blanked)."""
-    from cdse_dem.credentials import current_os_user
-    from cdse_dem.keystore import KeyStore
+    from cdse_dem.credentials import KeyStore, current_os_user
 
     for sub in ("configuration", "auxiliary", "credentials", "output_dir"):
         (home / sub).mkdir(parents=True)
@@ -187,7 +186,7 @@ def whole_dem_bytes(file_name: str) -> bytes:
     (real dimensions, one height, compressed to a few kB): a folder "filled" without downloading."""
     import numpy as np
 
-    from cdse_dem.geocells import geocell_of_name
+    from cdse_dem.grid import geocell_of_name
     from simulator.geotiff import geotiff_parts
     from simulator.terrain import BlockRaster, raster_shape
 
@@ -203,7 +202,7 @@ def whole_dem_bytes(file_name: str) -> bytes:
 
 def computed_footprint(tile: str):
     """The footprint of one tile computed from the grid (``computed_footprints`` of a list of one)."""
-    from cdse_dem.footprint import computed_footprints
+    from cdse_dem.grid import computed_footprints
 
     (footprint,) = computed_footprints([tile])
     return footprint
@@ -211,7 +210,7 @@ def computed_footprint(tile: str):
 
 def geocells_of(footprint) -> list:
     """The sorted geocells one footprint overlaps (``geocells_of_each`` of a list of one)."""
-    from cdse_dem.geocells import geocells_of_each
+    from cdse_dem.grid import geocells_of_each
 
     (cells,) = geocells_of_each([footprint.parts])
     return cells

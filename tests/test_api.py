@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import cdse_dem
-from cdse_dem.integrity import dem_problem
+from cdse_dem.dem_folder import dem_problem
 from simulator import Faults
 from tests.helpers import DEMO_PASSWORD, DEMO_USER, check_consistent, downloads, run_cli
 
@@ -264,8 +264,8 @@ def test_no_credentials_is_an_exception_with_exit_status_2_and_never_a_prompt(si
     def no_prompt(*args, **kwargs):
         raise AssertionError("the library prompted")
 
-    monkeypatch.setattr("cdse_dem.prompt.ask_username", no_prompt)
-    monkeypatch.setattr("cdse_dem.prompt.ask_password", no_prompt)
+    monkeypatch.setattr("cdse_dem.credentials.ask_username", no_prompt)
+    monkeypatch.setattr("cdse_dem.credentials.ask_password", no_prompt)
     with pytest.raises(cdse_dem.CredentialError) as caught:
         in_thread(cdse_dem.download, ["32UMA"], tmp_path / "dem")
     assert caught.value.exit_status == 2
@@ -313,7 +313,7 @@ def test_the_package_loads_its_api_on_first_use():
 
     code = ("import sys, cdse_dem; assert 'cdse_dem.job' not in sys.modules, 'loaded eagerly'; "
             "assert callable(cdse_dem.download) and callable(cdse_dem.plan) and callable(cdse_dem.check); "
-            "import cdse_dem.planning, cdse_dem.downloading; assert callable(cdse_dem.plan); "
+            "import cdse_dem.planning, cdse_dem.transfer; assert callable(cdse_dem.plan); "
             "assert set(cdse_dem.__all__) <= set(dir(cdse_dem)); print(cdse_dem.__version__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                           cwd=Path(__file__).resolve().parent.parent)
@@ -322,7 +322,7 @@ def test_the_package_loads_its_api_on_first_use():
 
 
 def test_one_run_ending_does_not_forget_the_secrets_of_another_still_running():
-    from cdse_dem.redact import remember, run_scope, scrub
+    from cdse_dem.logs import remember, run_scope, scrub
 
     with run_scope():
         remember("first-run-Secret")

@@ -2,11 +2,11 @@
 
 import logging
 
-from cdse_dem import planning as plan_mod
-from cdse_dem.area_search import search_all
+from cdse_dem import planning
 from cdse_dem.catalogue import TooManyResults, dataset_filter
 from cdse_dem.errors import ServiceError
-from cdse_dem.geocells import Geocell
+from cdse_dem.grid import Geocell
+from cdse_dem.search import search_all
 
 TEXT = dataset_filter("CCM", 90, "DGED", "2024_1")
 
@@ -53,8 +53,8 @@ class FakeCatalogue:
 
 
 def make_plan(tiles, present=()):
-    tile_plans = [plan_mod.TilePlan(None, name, "computed", cells) for name, cells in tiles.items()]
-    return plan_mod.start_plan(tile_plans, lambda c: f"{c.grid_id}_DEM.tif",
+    tile_plans = [planning.TilePlan(None, name, "computed", cells) for name, cells in tiles.items()]
+    return planning.start_plan(tile_plans, lambda c: f"{c.grid_id}_DEM.tif",
                                lambda name: "old-id" if name.split("_DEM")[0] in present else None)
 
 
@@ -86,10 +86,10 @@ def test_a_failed_search_fails_its_cells_and_never_calls_them_sea(caplog, monkey
     tiles = {"A": cells((10, 10)), "B": cells((40, 100))}  # far apart: two rectangles
     catalogue = FakeCatalogue([], fail_if=lambda text: "POLYGON((11 10" in text)
     plan = make_plan(tiles)
-    from cdse_dem import search_areas
+    from cdse_dem import catalogue as catalogue_mod
 
-    one_rect = search_areas.SearchArea((search_areas.Rect(40, 100, 41, 101),)).url(catalogue.catalogue_url, TEXT)
-    monkeypatch.setattr(search_areas, "MAX_URL_LENGTH", len(one_rect) + 5)  # one search per rectangle
+    one_rect = catalogue_mod.SearchArea((catalogue_mod.Rect(40, 100, 41, 101),)).url(catalogue.catalogue_url, TEXT)
+    monkeypatch.setattr(catalogue_mod, "MAX_URL_LENGTH", len(one_rect) + 5)  # one search per rectangle
     with caplog.at_level(logging.INFO, logger="cdse_dem"):
         assert search_all(plan, catalogue, TEXT, None, threads=2) == 2
     assert plan.cells[Geocell(10, 10)].status == "failed"
@@ -113,7 +113,7 @@ def test_too_many_results_splits_the_area_and_still_decides_every_cell():
 def test_present_and_known_sea_cells_are_not_searched(caplog):
     tiles = {"A": cells((10, 10), (10, 11)), "B": cells((20, 20))}
     plan = make_plan(tiles, present={"N10_E010"})
-    plan_mod.mark_known_sea(plan, lambda c: c in (Geocell(10, 11), Geocell(20, 20)))
+    planning.mark_known_sea(plan, lambda c: c in (Geocell(10, 11), Geocell(20, 20)))
     catalogue = FakeCatalogue([])
     with caplog.at_level(logging.INFO, logger="cdse_dem"):
         assert search_all(plan, catalogue, TEXT, None, threads=2) == 0

@@ -13,12 +13,11 @@ import pytest
 
 from cdse_dem.catalogue import Catalogue, choose, parse_product
 from cdse_dem.credentials import Credentials
-from cdse_dem.downloading import download_product
-from cdse_dem.endpoints import Endpoints
 from cdse_dem.errors import BudgetExhausted
-from cdse_dem.geocells import Geocell
-from cdse_dem.http import new_http_session
+from cdse_dem.grid import Geocell
+from cdse_dem.http import Endpoints, new_http_session
 from cdse_dem.session import Budget, CdseSession
+from cdse_dem.transfer import download_product
 from tests.helpers import FakeClock, cli_env, downloads, logins, product_filter, run_cli
 
 CELLS = [Geocell(lat, lon) for lat in (49, 50) for lon in (7, 8, 9)]  # tile 32UMA's six

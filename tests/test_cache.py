@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from cdse_dem import fsutil
-from cdse_dem.cache import NameIdCache
+from cdse_dem.dem_folder import NameIdCache
 from cdse_dem.errors import DemError
-from cdse_dem.fsutil import (
-    atomic_write_bytes,
-    atomic_write_json,
-    remove_stale_temporaries,
-    temp_path_in,
-)
+from cdse_dem.fsutil import atomic_write_bytes, atomic_write_json, remove_stale_temporaries, temp_path_in
 
 JSON = "dict_filename_dem_id.json"
 A = "Copernicus_DSM_30_N50_00_E007_00_DEM.tif"

@@ -6,9 +6,8 @@ import time
 import pytest
 import shapely
 
-from cdse_dem.catalogue import Product, choose, dataset_filter, intersects, parse_product
-from cdse_dem.geocells import Geocell
-from cdse_dem.search_areas import Rect, SearchArea
+from cdse_dem.catalogue import Product, Rect, SearchArea, choose, dataset_filter, intersects, parse_product
+from cdse_dem.grid import Geocell
 from tests.helpers import product_filter
 
 
@@ -172,8 +171,7 @@ def small_sim(make_sim, tmp_path_factory):
 
 def _searcher(sim, **options):
     from cdse_dem.catalogue import Catalogue
-    from cdse_dem.endpoints import Endpoints
-    from cdse_dem.http import new_http_session
+    from cdse_dem.http import Endpoints, new_http_session
 
     http = new_http_session(endpoints=Endpoints(sim.token_url, sim.catalogue_url, sim.download_url))
     return Catalogue(sim.catalogue_url, http, **options)

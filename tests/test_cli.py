@@ -4,8 +4,7 @@ import json
 import re
 import zipfile
 
-from cdse_dem.credentials import current_os_user
-from cdse_dem.keystore import KeyStore
+from cdse_dem.credentials import KeyStore, current_os_user
 from tests.helpers import DEMO_PASSWORD, DEMO_USER, downloads, logins, run_cli
 
 OPTIONS = ["--config", "--r", "-r", "--resolution", "--m", "-m", "--model", "--o", "-o", "--output", "--i", "-i",

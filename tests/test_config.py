@@ -2,8 +2,8 @@
 
 import pytest
 
-from cdse_dem.config import load_config
 from cdse_dem.errors import ConfigError
+from cdse_dem.settings import load_config
 from tests.helpers import run_cli
 
 GOOD = """<?xml version="1.0" encoding="UTF-8"?>

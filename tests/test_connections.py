@@ -4,9 +4,8 @@ import threading
 
 import pytest
 
-from cdse_dem.connections import ConnectionSlot
-from cdse_dem.downloading import DownloadCancelled
-from cdse_dem.locks import SlotPool
+from cdse_dem.fsutil import SlotPool
+from cdse_dem.transfer import ConnectionSlot, DownloadCancelled
 
 
 def _hold(slot: ConnectionSlot, entered: threading.Event, leave: threading.Event) -> threading.Thread:

@@ -6,10 +6,9 @@ import os
 import pytest
 import yaml
 
-from cdse_dem import prompt
-from cdse_dem.credentials import Credentials, obtain_credentials, reset_credentials
+from cdse_dem import credentials
+from cdse_dem.credentials import Credentials, KeyStore, obtain_credentials, reset_credentials
 from cdse_dem.errors import CredentialError
-from cdse_dem.keystore import KeyStore
 
 HOST = "identity.example.test"
 TOKEN_URL = f"https://{HOST}/auth/realms/CDSE/protocol/openid-connect/token"
@@ -41,9 +40,9 @@ class Terminal:
 
     def __init__(self, monkeypatch, lines=(), secrets=()):
         self.lines, self.secrets, self.asked, self.said = list(lines), list(secrets), [], []
-        monkeypatch.setattr(prompt, "read_line", self._line)
-        monkeypatch.setattr(prompt, "read_secret", self._secret)
-        monkeypatch.setattr(prompt, "tell", self.said.append)
+        monkeypatch.setattr(credentials, "read_line", self._line)
+        monkeypatch.setattr(credentials, "read_secret", self._secret)
+        monkeypatch.setattr(credentials, "tell", self.said.append)
 
     def _line(self, text):
         self.asked.append(text)

@@ -5,7 +5,7 @@ from urllib.parse import parse_qs
 import pytest
 import requests
 
-from cdse_dem.config import load_config
+from cdse_dem.settings import load_config
 from tests.helpers import check_consistent, cli_env, run_cli
 
 NINE = ("2019_1", "2019_2", "2020_1", "2020_2", "2021_1", "2021_2", "2022_1", "2023_1", "2024_1")

@@ -15,15 +15,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from cdse_dem.catalogue import Catalogue, dataset_filter, parse_product
+from cdse_dem.catalogue import Catalogue, Rect, SearchArea, dataset_filter, parse_product
 from cdse_dem.credentials import Credentials
-from cdse_dem.downloading import DownloadCancelled, DownloadFailed, download_product
-from cdse_dem.endpoints import Endpoints
+from cdse_dem.dem_folder import extract_dem
 from cdse_dem.errors import AccessDenied, BudgetExhausted
-from cdse_dem.extract import extract_dem
-from cdse_dem.retry import Backoff
-from cdse_dem.search_areas import Rect, SearchArea
+from cdse_dem.http import Backoff, Endpoints
 from cdse_dem.session import CdseSession
+from cdse_dem.transfer import DownloadCancelled, DownloadFailed, download_product
 from simulator import Faults, User
 
 DEMO = Credentials("demo@example.com", "demo")

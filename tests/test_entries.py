@@ -2,8 +2,8 @@
 
 import pytest
 
-from cdse_dem.entries import from_command_line, read_tile_list, tile_of, unique_tiles
 from cdse_dem.errors import InputError
+from cdse_dem.tiles import from_command_line, read_tile_list, tile_of, unique_tiles
 
 NOT_TILE_OR_SAFE = "is not a Sentinel-2 tile id or SAFE name"
 

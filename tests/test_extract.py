@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from cdse_dem.dem_folder import extract_dem
 from cdse_dem.errors import DemError
-from cdse_dem.extract import extract_dem
 
 CELL = "Copernicus_DSM_30_N50_00_E007_00"
 STEM = "DEM1_SAR_DGE_90_20110109T094723_20140326T001716_ADS_000000_4e2B"

@@ -8,7 +8,7 @@ import shapely
 from pyproj import Geod, Transformer
 
 from cdse_dem.errors import InputError
-from cdse_dem.footprint import FootprintFinder, computed_footprints, utm_tile
+from cdse_dem.grid import FootprintFinder, computed_footprints, utm_tile
 from tests.helpers import computed_footprint, geocells_of
 
 GEOD = Geod(ellps="WGS84")
@@ -140,7 +140,7 @@ def test_with_the_real_kml_footprints_are_its_polygons(real_kml, caplog):
 
 
 def test_the_known_tiles_get_the_same_cells_from_the_kml(real_kml):
-    from cdse_dem.geocells import parse_grid_id
+    from cdse_dem.grid import parse_grid_id
 
     def grid(lats, lons):
         return sorted(parse_grid_id(f"{a}_{o}") for a in lats for o in lons)

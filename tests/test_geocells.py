@@ -10,8 +10,7 @@ when the whole tile lies on one side of the central meridian.
 import pytest
 import shapely
 
-from cdse_dem.footprint import Footprint
-from cdse_dem.geocells import Geocell, geocell_of_footprint_wkt, geocell_of_name, parse_grid_id
+from cdse_dem.grid import Footprint, Geocell, geocell_of_footprint_wkt, geocell_of_name, parse_grid_id
 from tests.helpers import computed_footprint, geocells_of
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cdse_dem.errors import UsageError
-from cdse_dem.gipp import check_gipp_option, gipp_lines, read_gipp, set_dem
+from cdse_dem.sen2cor import check_gipp_option, gipp_lines, read_gipp, set_dem
 
 GIPP = b"""<?xml version="1.0" encoding="UTF-8"?>
 <Level-2A_Ground_Image_Processing_Parameter xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" \
@@ -169,7 +169,7 @@ def test_gipp_with_dted_is_refused_and_dted_alone_is_warned_about(tmp_path, capl
 
 
 def test_at_the_end_a_gipp_that_stopped_being_one_is_an_error_and_left_alone(tmp_path, caplog):
-    from cdse_dem.gipp import end_of_work
+    from cdse_dem.sen2cor import end_of_work
 
     gipp = tmp_path / "L2A_GIPP.xml"
     gipp.write_bytes(GIPP)

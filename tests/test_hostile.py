@@ -229,8 +229,7 @@ def test_a_bad_next_link_stops_the_search(hostile, tool_home, tmp_path, mode, me
 
 def _client(hostile, **session_options):
     from cdse_dem.credentials import Credentials
-    from cdse_dem.endpoints import Endpoints
-    from cdse_dem.http import new_http_session
+    from cdse_dem.http import Endpoints, new_http_session
     from cdse_dem.session import CdseSession
 
     endpoints = Endpoints(hostile.token_url, hostile.catalogue_url, hostile.download_url)
@@ -254,8 +253,8 @@ QUICK_LIMITS = dict(floor=1000, window=0.4, silence=0.3)
     (h.SILENT, "transfer stalled: no byte for 0.3 s"),
 ])
 def test_a_stalled_transfer_is_retried_and_three_stalls_fail_the_product(hostile, tmp_path, mode, reason):
-    from cdse_dem.downloading import DownloadFailed, StallLimits, download_product
-    from cdse_dem.retry import Backoff
+    from cdse_dem.http import Backoff
+    from cdse_dem.transfer import DownloadFailed, StallLimits, download_product
 
     hostile.mode = mode
     endpoints, http, session = _client(hostile)
@@ -268,7 +267,7 @@ def test_a_stalled_transfer_is_retried_and_three_stalls_fail_the_product(hostile
 
 
 def test_the_stall_limits_are_the_documented_ones():
-    from cdse_dem.downloading import MAX_STALLS, STALL_FLOOR, STALL_SILENCE, STALL_WINDOW, StallLimits, StallMeter
+    from cdse_dem.transfer import MAX_STALLS, STALL_FLOOR, STALL_SILENCE, STALL_WINDOW, StallLimits, StallMeter
 
     assert (STALL_FLOOR, STALL_WINDOW, STALL_SILENCE, MAX_STALLS) == (10_000, 30.0, 30.0, 3)
     meter = StallMeter(StallLimits(), now=0.0)
@@ -284,8 +283,8 @@ def test_the_stall_limits_are_the_documented_ones():
 
 
 def test_max_minutes_also_ends_a_transfer_already_running(hostile, tmp_path):
-    from cdse_dem.downloading import download_product
     from cdse_dem.errors import BudgetExhausted
+    from cdse_dem.transfer import download_product
 
     hostile.mode = h.SILENT
     now = [0.0]
@@ -401,7 +400,7 @@ def test_a_download_error_quoting_the_token_is_scrubbed(hostile, tool_home, tmp_
 
 
 def test_scrub_knows_every_spelling_of_a_secret():
-    from cdse_dem.redact import remember, scrub
+    from cdse_dem.logs import remember, scrub
 
     remember("p@ss w/rd+\"x")
     assert scrub('form: password=p%40ss+w%2Frd%2B%22x; json: "p@ss w/rd+\\"x"; raw p@ss w/rd+"x') == (
@@ -443,7 +442,7 @@ def test_no_secret_reaches_any_output_or_the_stranger_in_any_mode(hostile, tool_
 
 
 def test_a_short_password_inside_the_user_name_leaves_the_name_readable():
-    from cdse_dem.redact import remember, scrub, shown
+    from cdse_dem.logs import remember, scrub, shown
 
     remember("demo")
     shown("demo@example.com")

@@ -243,8 +243,8 @@ def _zip_with(path: Path, info: zipfile.ZipInfo, data: bytes | None = None, size
     (CELL, 7 * (1 << 20), 7_000_000, 90), (CELL_30, 58 * (1 << 20), 60_000_000, 30)], ids=["90m", "30m"])
 def test_a_dem_member_inflating_past_a_dem_is_refused_before_a_byte_is_written(tmp_path, cell, size, limit,
                                                                                 resolution):
+    from cdse_dem.dem_folder import extract_dem
     from cdse_dem.errors import DemError
-    from cdse_dem.extract import extract_dem
 
     out = tmp_path / "out"
     out.mkdir()
@@ -258,8 +258,8 @@ def test_a_dem_member_inflating_past_a_dem_is_refused_before_a_byte_is_written(t
 
 
 def test_a_symlink_member_named_like_the_dem_is_refused(tmp_path):
+    from cdse_dem.dem_folder import extract_dem
     from cdse_dem.errors import DemError
-    from cdse_dem.extract import extract_dem
 
     out = tmp_path / "out"
     out.mkdir()
@@ -278,9 +278,9 @@ def test_a_refused_member_fails_its_geocell_and_the_run_goes_on(tmp_path):
     """Through the fetcher, as a run meets it: that geocell is failed, with the reason, nothing on disk."""
     from types import SimpleNamespace
 
-    from cdse_dem.cache import NameIdCache
+    from cdse_dem.dem_folder import NameIdCache
     from cdse_dem.fetch import Fetcher
-    from cdse_dem.geocells import Geocell
+    from cdse_dem.grid import Geocell
     from cdse_dem.planning import CellState, Status
 
     out = tmp_path / "out"
@@ -610,16 +610,9 @@ def test_the_plan_hook_replans_a_present_cell_once_and_reports_it():
     once (several areas may reach it), then planned again when the product differs; a cell the
     catalogue has nothing for stays present; a confirmed one is marked so."""
     from cdse_dem.catalogue import Product
-    from cdse_dem.entries import Entry
-    from cdse_dem.geocells import Geocell
-    from cdse_dem.planning import (
-        Status,
-        TilePlan,
-        apply_area,
-        cells_to_search,
-        mark_to_compare,
-        start_plan,
-    )
+    from cdse_dem.grid import Geocell
+    from cdse_dem.planning import Status, TilePlan, apply_area, cells_to_search, mark_to_compare, start_plan
+    from cdse_dem.tiles import Entry
 
     a, b, c, d = Geocell(49, 7), Geocell(49, 8), Geocell(50, 7), Geocell(50, 8)
     tiles = [TilePlan(Entry(t, "command line", None, tile=t), t, "computed", cells)

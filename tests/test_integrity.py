@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdse_dem.geocells import Geocell
-from cdse_dem.integrity import dem_problem, expected_shape
+from cdse_dem.dem_folder import dem_problem, expected_shape
+from cdse_dem.grid import Geocell
 
 rasterio = pytest.importorskip("rasterio")
 

@@ -9,8 +9,8 @@ import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from cdse_dem.credentials import KeyStore
 from cdse_dem.errors import CredentialError
-from cdse_dem.keystore import KeyStore
 
 PASSWORD = "s3cret-Pa55word!"
 

@@ -1,7 +1,7 @@
 """Every tile of ESA's tiling KML against the computed footprints and their geocells.
 
 The KML is read here with a plain regular expression over its text, independently of
-cdse_dem.kml_index (whose output is compared to it). Two things the KML does differently
+cdse_dem.grid (whose output is compared to it). Two things the KML does differently
 from the true tile, and which these tests measure and explain rather than hide:
 - its edges are straight lines in lon/lat between the corners, while the true tile (a UTM
   square) has curved edges in lon/lat; near the poles they part by up to ~2.4 km;
@@ -18,9 +18,7 @@ from functools import cache
 import numpy as np
 import pytest
 
-from cdse_dem.footprint import computed_footprints
-from cdse_dem.geocells import Geocell, geocells_of_each
-from cdse_dem.kml_index import open_index
+from cdse_dem.grid import Geocell, computed_footprints, geocells_of_each, open_index
 from cdse_dem.tiles import all_tile_ids
 
 SIDE = 109_800.0
@@ -160,7 +158,7 @@ def test_the_shipped_tile_list_is_exactly_the_kml(kml):
 
 
 def test_the_grid_arithmetic_gives_every_kml_square(kml, computed):
-    from cdse_dem.footprint import utm_tile
+    from cdse_dem.grid import utm_tile
 
     wrong = []
     for name, tile in kml.items():

@@ -10,10 +10,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from cdse_dem import kml_index
+from cdse_dem import grid
 from cdse_dem.errors import InputError
-from cdse_dem.footprint import FootprintFinder
-from cdse_dem.kml_index import index_path, iter_placemarks, open_index
+from cdse_dem.grid import FootprintFinder, index_path, iter_placemarks, open_index
 
 UMA = [(7.5880861366, 50.5437323314), (9.1377697558, 50.5522106218), (9.1349705026, 49.5646762974),
        (7.6167627329, 49.5564878429), (7.5880861366, 50.5437323314)]
@@ -76,7 +75,7 @@ def test_later_runs_load_the_index_without_parsing_the_kml(small_kml, monkeypatc
     def no_parse(_):
         raise AssertionError("the KML was parsed again")
 
-    monkeypatch.setattr(kml_index, "build_index", no_parse)
+    monkeypatch.setattr(grid, "build_index", no_parse)
     np.testing.assert_array_equal(open_index(small_kml).rings("32UMA")[0], UMA)
 
 
@@ -132,7 +131,7 @@ def test_an_index_that_cannot_be_stored_costs_a_warning_not_a_failure(small_kml,
     def refuse(*_):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(kml_index, "save_index", refuse)
+    monkeypatch.setattr(grid, "save_index", refuse)
     caplog.set_level(logging.WARNING, logger="cdse_dem")
     assert open_index(small_kml).tile_ids() == ["01WCV", "32UMA"]
     assert "Could not store the KML index" in caplog.text

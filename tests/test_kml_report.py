@@ -6,8 +6,8 @@ import pytest
 from fastkml import KML
 
 from cdse_dem.errors import UsageError
-from cdse_dem.geocells import Geocell
-from cdse_dem.kml_report import write_kml_report
+from cdse_dem.grid import Geocell
+from cdse_dem.report import write_kml_report
 from tests.helpers import computed_footprint
 
 STATUS = {

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from cdse_dem import locks
-from cdse_dem.cache import NameIdCache
+from cdse_dem import fsutil as fsutil_mod
+from cdse_dem.dem_folder import NameIdCache
 from tests.helpers import (
     DEMO_USER,
     ENTRY,
@@ -111,9 +111,9 @@ def hold(path: Path) -> subprocess.Popen:
 # --- the locks themselves ------------------------------------------------------------------------
 
 def test_a_lock_of_a_killed_process_is_taken_over_at_once_and_a_live_one_is_waited_for(tmp_path):
-    path = locks.lock_path_for(tmp_path, "cell")
+    path = fsutil_mod.lock_path_for(tmp_path, "cell")
     holder = hold(path)
-    mine = locks.LockFile(path)
+    mine = fsutil_mod.LockFile(path)
     assert mine.try_acquire() is False  # alive: held
 
     holder.send_signal(signal.SIGKILL)
@@ -125,13 +125,13 @@ def test_a_lock_of_a_killed_process_is_taken_over_at_once_and_a_live_one_is_wait
     mine.release()
     assert not path.exists()  # released cleanly: no lock file left in the folder
 
-    clean = locks.LockFile(path)
+    clean = fsutil_mod.LockFile(path)
     assert clean.try_acquire() and clean.took_over is None  # a lock released cleanly is no takeover
     clean.release()
 
 
 def test_slots_bound_the_account_across_processes_and_come_back_when_a_holder_dies(tmp_path):
-    pool = locks.SlotPool.for_account("https://id.example/token", "Someone@Example.com", 2, base=tmp_path)
+    pool = fsutil_mod.SlotPool.for_account("https://id.example/token", "Someone@Example.com", 2, base=tmp_path)
     assert "someone" not in str(pool.folder).lower()  # the user name never in clear
     other = hold(pool.folder / "slot-0")
     first = pool.acquire()
@@ -156,12 +156,12 @@ def test_a_file_system_without_locks_still_serves_one_run_and_sweeps_nothing(tmp
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(locks, "_warned", threading.Event())
+    monkeypatch.setattr(fsutil_mod, "_warned", threading.Event())
     monkeypatch.setattr(fcntl, "flock", no_locks)
     left = tmp_path / ".x_DEM.tif.123-0badcafe.cdse-tmp"
     left.write_bytes(b"another run's, maybe alive")
     fsutil.atomic_write_bytes(tmp_path / "a.json", b"{}")
-    with locks.LockFile(locks.lock_path_for(tmp_path, "cell")):
+    with fsutil_mod.LockFile(fsutil_mod.lock_path_for(tmp_path, "cell")):
         pass
     assert fsutil.remove_stale_temporaries(tmp_path) == []  # cannot tell: removes nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == [left.name, "a.json"]
@@ -171,7 +171,7 @@ def test_a_file_system_without_locks_still_serves_one_run_and_sweeps_nothing(tmp
 def test_json_updates_of_many_processes_interleaved_lose_nothing(tmp_path):
     out = tmp_path / "dem"
     out.mkdir()
-    script = ("import sys; from pathlib import Path; from cdse_dem.cache import NameIdCache\n"
+    script = ("import sys; from pathlib import Path; from cdse_dem.dem_folder import NameIdCache\n"
               "out, k = Path(sys.argv[1]), sys.argv[2]\n"
               "cache = NameIdCache.load(out)\n"  # every writer starts from a stale copy
               "for i in range(10):\n"
@@ -272,7 +272,7 @@ def _killed_run(sim, out: Path, seed: int) -> tuple[int, set[str]]:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
-    return proc.pid, {p.name for p in out.glob(f".*{locks.LOCK_SUFFIX}")}
+    return proc.pid, {p.name for p in out.glob(f".*{fsutil_mod.LOCK_SUFFIX}")}
 
 
 def test_sigkill_at_random_points_then_a_rerun_is_complete_and_takes_locks_over_at_once(

@@ -15,11 +15,19 @@ import numpy as np
 import pytest
 import requests
 
-from cdse_dem.endpoints import Endpoints
-from cdse_dem.geocells import Geocell
-from cdse_dem.nodes import CHECK_TRIES, Node, NodeClient, NodesFailed, dem_node_path, parse_listing
-from cdse_dem.retry import Backoff
-from cdse_dem.transfer import FALLBACKS_BEFORE_SWITCH, Transfer, TransferChoice
+from cdse_dem.grid import Geocell
+from cdse_dem.http import Backoff, Endpoints
+from cdse_dem.settings import Transfer
+from cdse_dem.transfer import (
+    CHECK_TRIES,
+    FALLBACKS_BEFORE_SWITCH,
+    Node,
+    NodeClient,
+    NodesFailed,
+    TransferChoice,
+    dem_node_path,
+    parse_listing,
+)
 from simulator.geotiff import geotiff_bytes
 
 PRODUCT_ID = "0b2c5a5e-1d52-4a4b-9a70-4c2a1f0e9d11"
@@ -290,7 +298,7 @@ def test_nodes_mode_never_falls_back_and_zip_mode_never_tries():
 
 
 def test_a_listing_too_large_is_refused(host):
-    from cdse_dem.downloading import DownloadFailed, get_json
+    from cdse_dem.transfer import DownloadFailed, get_json
 
     fake = host()
     fake.body_override[rf"Products\({PRODUCT_ID}\)/Nodes$"] = b'{"result": [' + b" " * 5000 + b"]}"

@@ -129,7 +129,7 @@ def test_a_node_file_failing_its_check_twice_is_fetched_as_a_zip(make_sim, tool_
     the zip's, and with fewer than three such products the run keeps using Nodes for the others."""
     import logging
 
-    import cdse_dem.nodes as nodes
+    import cdse_dem.transfer as nodes
     import cdse_dem.transfer as transfer
     from cdse_copernicus_dem_downloader import main
 

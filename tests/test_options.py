@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 
 from cdse_copernicus_dem_downloader import build_parser
-from cdse_dem.config import ConfigFile
-from cdse_dem.options import decide
+from cdse_dem.settings import ConfigFile, decide
 
 
 def parse(*argv):

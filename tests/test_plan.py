@@ -1,8 +1,7 @@
 """The plan: each geocell once per run, present files skipped, sea and failures told apart."""
 
 from cdse_dem.catalogue import Product, choose
-from cdse_dem.entries import Entry
-from cdse_dem.geocells import Geocell
+from cdse_dem.grid import Geocell
 from cdse_dem.planning import (
     Status,
     TilePlan,
@@ -13,6 +12,7 @@ from cdse_dem.planning import (
     start_plan,
     tiles_to_search,
 )
+from cdse_dem.tiles import Entry
 
 
 def tile(name, cells):

@@ -3,11 +3,11 @@
 import pytest
 
 from cdse_dem.catalogue import Product
-from cdse_dem.entries import Entry
 from cdse_dem.errors import UsageError
-from cdse_dem.geocells import Geocell
+from cdse_dem.grid import Geocell
 from cdse_dem.planning import TilePlan, apply_area, cells_failed, start_plan
-from cdse_dem.readiness import NOT_ON_LIST, parse_missing_list, report_lines, tile_readiness
+from cdse_dem.report import NOT_ON_LIST, parse_missing_list, report_lines, tile_readiness
+from cdse_dem.tiles import Entry
 
 LAND1, LAND2, SEA1 = Geocell(-38, 149), Geocell(-37, 149), Geocell(-39, 150)
 

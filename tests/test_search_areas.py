@@ -5,17 +5,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from cdse_dem.catalogue import Product, dataset_filter
-from cdse_dem.geocells import Geocell
-from cdse_dem.search_areas import (
+from cdse_dem.catalogue import (
     MAX_RECT_WIDTH,
     MAX_URL_LENGTH,
+    Product,
     Rect,
     SearchArea,
+    dataset_filter,
     plan_search_areas,
     products_of_area,
     rectangles,
 )
+from cdse_dem.grid import Geocell
 
 REAL_CATALOGUE = "https://catalogue.dataspace.copernicus.eu/odata/v1"
 CCM_90 = dataset_filter("CCM", 90, "DGED", "2024_1")

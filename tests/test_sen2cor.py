@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from cdse_dem.footprint import computed_footprints
-from cdse_dem.geocells import Geocell, geocells_of_each, parse_grid_id
-from cdse_dem.sen2cor import Coverage, cells_with_reasons, rectangle_cells, sen2cor_cells, sen2cor_floor
+from cdse_dem.grid import Geocell, computed_footprints, geocells_of_each, parse_grid_id
+from cdse_dem.sen2cor import cells_with_reasons, rectangle_cells, sen2cor_cells, sen2cor_floor
+from cdse_dem.settings import Coverage
 from tests.helpers import check_consistent, cli_env, dem_files, downloads, run_cli
 
 

@@ -16,9 +16,8 @@ import pytest
 import requests
 
 from cdse_dem.credentials import Credentials
-from cdse_dem.endpoints import Endpoints
 from cdse_dem.errors import AuthRejected, BudgetExhausted, CredentialError, ServiceError
-from cdse_dem.http import RetryCancelled
+from cdse_dem.http import Endpoints, RetryCancelled
 from cdse_dem.session import CdseSession
 from tests.helpers import FakeClock
 

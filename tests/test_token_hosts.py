@@ -13,10 +13,8 @@ import pytest
 import requests
 
 from cdse_dem.catalogue import Product
-from cdse_dem.downloading import DownloadFailed, download_product
-from cdse_dem.endpoints import Endpoints
-from cdse_dem.http import DownloadToken
-from cdse_dem.retry import Backoff
+from cdse_dem.http import Backoff, DownloadToken, Endpoints
+from cdse_dem.transfer import DownloadFailed, download_product
 from tests.helpers import cli_env, dem_files, run_cli
 
 TRACE = "0123456789abcdef0123456789abcdef"
