@@ -27,11 +27,11 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, urlsplit
 
 import requests
 import shapely
+from shapely import Polygon
 from urllib3.exceptions import MaxRetryError
 
 from cdse_dem.errors import Interrupted, ServiceError
@@ -53,9 +53,6 @@ from cdse_dem.logs import scrub
 
 log = logging.getLogger(__name__)
 
-
-if TYPE_CHECKING:
-    from shapely import Polygon
 
 
 PAGE_SIZE = 1000  # CDSE's largest $top: fewest round trips per search

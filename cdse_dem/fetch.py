@@ -34,7 +34,7 @@ from cdse_dem.fsutil import DiskFull, raise_if_disk_full, remove_quietly
 from cdse_dem.grid import geocell_of_name
 from cdse_dem.planning import CellState, Status
 from cdse_dem.search import Stop
-from cdse_dem.transfer import ConnectionSlot, NodesFailed, TransferChoice, download_product
+from cdse_dem.transfer import ConnectionSlot, NodeClient, NodesFailed, TransferChoice, download_product
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,6 @@ class Fetcher:
             self._downloads = ThreadPoolExecutor(self._workers, thread_name_prefix="download")
             self._extracts = ThreadPoolExecutor(EXTRACT_THREADS, thread_name_prefix="extract")
             self._listings = ThreadPoolExecutor(LISTING_THREADS, thread_name_prefix="nodes")
-            from cdse_dem.transfer import NodeClient
-
             self._nodes = NodeClient(self.session, self._http, self._endpoints, stop=self.stop, slot=self._slots,
                                      wanted=self.transfer.use_nodes)
         if self.progress is not None:

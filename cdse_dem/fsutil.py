@@ -46,6 +46,7 @@ import re
 import secrets
 import socket
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -392,8 +393,6 @@ def write_report(path: Path, data: bytes) -> None:
         atomic_write_bytes(path, data)
         return
     if fd is not None:
-        import sys
-
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()  # the report comes after what was printed, not over it

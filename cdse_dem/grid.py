@@ -45,12 +45,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import numpy as np
 import shapely
 from lxml import etree
 from pyproj import Transformer
+from shapely import Polygon
 from shapely.errors import ShapelyError
 
 from cdse_dem.errors import InputError
@@ -58,11 +59,6 @@ from cdse_dem.fsutil import DiskFull, atomic_writer
 from cdse_dem.tiles import BANDS, check_tile, normalize_tile_id
 
 log = logging.getLogger(__name__)
-
-
-if TYPE_CHECKING:
-    import numpy as np
-    from shapely import Polygon
 
 
 TILE_SIZE = 109_800  # metres, every tile
@@ -360,10 +356,6 @@ class FootprintFinder:
         return [found[t] for t in tiles]
 
 
-if TYPE_CHECKING:
-    import numpy as np
-    from shapely import Polygon
-
 _RESOLUTION_CODE = {90: "30", 30: "10"}  # arc-seconds ×10 in the product names: 3" and 1"
 _DTED_SUFFIX = {90: ".dt1", 30: ".dt2"}
 _GRID_ID_RE = re.compile(r"([NS])(\d{2})_([EW])(\d{3})")
@@ -547,10 +539,6 @@ def _cells_holding_a_vertex(parts: "np.ndarray", chunk: int = 4096) -> "np.ndarr
         key = key[new]
         found.append((key[~np.isnan(key)] + (start * _CELLS + _cell_index(0, 0))).astype(np.int64))
     return np.unique(np.concatenate(found))
-
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 INDEX_SUFFIX = ".index.npz"

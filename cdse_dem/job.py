@@ -47,7 +47,7 @@ from cdse_dem.errors import (
     UsageError,
 )
 from cdse_dem.fetch import Fetcher, FetchOutcome
-from cdse_dem.fsutil import SlotPool
+from cdse_dem.fsutil import SlotPool, remove_stale_temporaries
 from cdse_dem.grid import FootprintFinder, FootprintSource, computed_footprints, geocells_of_each
 from cdse_dem.http import Endpoints, new_http_session
 from cdse_dem.report import Result, folder_problems, read_missing_list, result_of, tile_readiness
@@ -296,8 +296,6 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
     tile_plans = _tile_plans(job.valid, job.kml, job.coverage)
     cache = NameIdCache.load(out_dir) if out_dir is not None and out_dir.is_dir() else None
     if cache is not None and downloading:
-        from cdse_dem.fsutil import remove_stale_temporaries
-
         for stale in remove_stale_temporaries(out_dir):
             log.info("Removed a temporary file left by an earlier run: %s", stale.name)
 

@@ -44,7 +44,6 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pygeoif
 import shapely
@@ -54,7 +53,7 @@ from fastkml.styles import StyleUrl
 from cdse_dem.dem_folder import dem_problem
 from cdse_dem.errors import EXIT_INTERRUPTED, UsageError
 from cdse_dem.fsutil import read_input, write_report
-from cdse_dem.grid import FootprintSource, Geocell, geocell_of_name
+from cdse_dem.grid import Footprint, FootprintSource, Geocell, geocell_of_name
 from cdse_dem.logs import scrub
 from cdse_dem.planning import Plan, Status, TilePlan
 from cdse_dem.tiles import Entry
@@ -435,9 +434,6 @@ def folder_problems(out_dir: Path, plan: Plan, resolution: int) -> dict[str, str
     return {state.file_name: dem_problem(out_dir / state.file_name, resolution=resolution, cell=state.geocell)
             for state in plan.cells.values()}
 
-
-if TYPE_CHECKING:
-    from cdse_dem.grid import Footprint, Geocell
 
 # KML colours are aabbggrr
 STATUS_COLOURS = {

@@ -26,11 +26,10 @@ import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from cdse_dem.errors import ConfigError
+from cdse_dem.errors import ConfigError, UsageError
 from cdse_dem.fsutil import read_input
 
 KML_NAME = "S2A_OPER_GIP_TILPAR_MPC__20151209T095117_V20150622T000000_21000101T000000_B00.kml"
@@ -106,14 +105,9 @@ def expand_user(text: str | Path, what: str, error: type[Exception] | None = Non
             return Path(expanded)
         problem = f"no user {user!r} is known, so '~{user}' names no folder" if user else "no home folder is known"
     if error is None:
-        from cdse_dem.errors import UsageError
-
         error = UsageError
     raise error(f"{text}: cannot use it as the {what} ({problem})")
 
-
-if TYPE_CHECKING:  # the configuration module loads only when --config is used
-    pass
 
 COLLECTIONS = ("CCM", "COP-DEM")
 # CCM's nine deliveries, each a full set of cells; the newest is the default.
