@@ -157,7 +157,6 @@ def retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time
 
 
 USER_AGENT = f"cdse-copernicus-dem-downloader/{__version__}"
-TIMEOUT = (10.0, 60.0)  # connect, read: every request has both
 
 # The retry policy of the identity and catalogue requests: 6 tries in all; waits of 0, 1, 2, 4
 # and 8 s between them, each lengthened by up to 0.5 s at random (many workers retrying in step

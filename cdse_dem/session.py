@@ -277,11 +277,6 @@ class CdseSession:
         """True once ``--max-minutes`` have passed since the login: transfers still running stop too."""
         return self.budget.out_of_time()
 
-    @property
-    def stop_reason(self) -> str | None:
-        """Why no new download starts (for the run's final message), else None."""
-        return self.budget.stop_reason
-
     def logout(self) -> None:
         """End the CDSE session (frees one of the account's 100); a failure is only a debug line."""
         with self._lock:

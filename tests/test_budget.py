@@ -65,7 +65,7 @@ def test_the_refresh_window_stops_new_downloads_and_a_new_run_resumes(world, tmp
     # downloads at 0, 1.5, 3 and 4.5 s; at 6 s the window (6 s from the login) has closed
     assert [p.id for p in done] == [p.id for p in products[:4]]
     assert [p.id for p in left] == [p.id for p in products[4:]]
-    assert first.stop_reason == "the CDSE refresh window (from the login) is closing"
+    assert first.budget.stop_reason == "the CDSE refresh window (from the login) is closing"
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("No new download")] == [
         "No new download starts: the CDSE refresh window (from the login) is closing"]
     first.logout()
@@ -83,7 +83,7 @@ def test_max_minutes_0_logs_in_again_when_the_window_closes(world, tmp_path):
     session = CdseSession(DEMO, endpoints, http=http, clock=clock, max_minutes=0)
     done, left = fetch(world, session, products, tmp_path)
     assert len(done) == 6 and left == []
-    assert session.may_start() and session.stop_reason is None
+    assert session.may_start() and session.budget.stop_reason is None
     assert len(logins(sim)) == 2  # 9 s of work, a 6 s window: a second login
 
 

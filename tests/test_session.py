@@ -169,7 +169,7 @@ def test_refresh_window_bounds_the_default_budget_and_zero_logs_in_again(make_si
     assert all(not may for t, may, _ in trace if t >= stop)  # no new start after that
     assert any(isinstance(token, str) for t, _, token in trace if stop < t < 5.8)  # in-flight work goes on
     assert 5.8 <= exhausted <= 6.6  # tokens end with the window
-    assert bounded.stop_reason is not None
+    assert bounded.budget.stop_reason is not None
     assert len(grants(sim, "password", "budget@example.com")) == 1
 
     trace = traces["unbounded"]
@@ -245,7 +245,7 @@ def test_max_minutes_stops_new_starts(make_sim):
     assert session.may_start() is True
     clock.advance(0.2 * 60)
     assert session.may_start() is False
-    assert "5 minutes" in session.stop_reason
+    assert "5 minutes" in session.budget.stop_reason
 
 
 def test_wrong_password_is_rejected_in_one_line_without_retry(make_sim):
@@ -394,7 +394,7 @@ def test_a_refused_refresh_is_not_asked_again_and_the_valid_token_still_serves()
     assert session.access_token() == "A1"  # 10 s left: in-flight work goes on
     assert session.access_token() == "A1"
     assert session.may_start() is False
-    assert "Session not active" in session.stop_reason
+    assert "Session not active" in session.budget.stop_reason
     clock.advance(11)
     with pytest.raises(BudgetExhausted, match="Session not active"):
         session.access_token()
@@ -455,7 +455,7 @@ def test_a_second_login_with_two_factor_asks_a_fresh_code_or_stops_and_never_res
 
     with pytest.raises(BudgetExhausted, match="fresh two-factor code"):
         silent.token_rejected(old)
-    assert silent.may_start() is False and "two-factor" in silent.stop_reason
+    assert silent.may_start() is False and "two-factor" in silent.budget.stop_reason
 
     new = typed.token_rejected(old_typed)
     assert probe(sim, new) == 404
