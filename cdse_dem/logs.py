@@ -7,7 +7,7 @@ header, a login form repeated in an ``error_description``. Such text is only eve
 after :func:`scrub` has replaced every secret of this run (password, access and refresh
 tokens) in it, in the spellings a server would quote it in: as sent, URL-encoded (the login
 form) and JSON-escaped. Secrets are registered as soon as the tool holds them; the log
-handlers (see logs.py), the ``cdse_dem`` loggers themselves (:func:`scrub_our_loggers`: a
+handlers (below), the ``cdse_dem`` loggers themselves (:func:`scrub_our_loggers`: a
 Python caller's own handlers get clean records too) and the summary pass every line through
 :func:`scrub` as a backstop, and the code that reads server text scrubs it before cutting it
 short (a token cut in the middle would no longer be recognised). Names we show on purpose (the
