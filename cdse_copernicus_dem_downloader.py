@@ -163,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
 # bar, printing, the report files, the exit status.
 
 INTERRUPTED = "Interrupted: finished geocells are recorded; a re-run resumes"
-DOWNLOAD, PLAN, CHECK = "download", "plan", "check"  # as cdse_dem.job names them
 
 
 def run(args: argparse.Namespace) -> int:
@@ -301,6 +300,7 @@ def _run(args, signals: _Signals, log) -> int:
     from cdse_dem import job as job_mod
     from cdse_dem import settings as settings_mod
     from cdse_dem.errors import EXIT_INTERRUPTED, DemError
+    from cdse_dem.job import Mode
     from cdse_dem.settings import CDSE_CONNECTION_LIMIT, decide
 
     config = None
@@ -317,7 +317,7 @@ def _run(args, signals: _Signals, log) -> int:
         log.warning("--workers %d: CDSE serves %d downloads at once per account; the others wait for 429 answers",
                     args.workers, CDSE_CONNECTION_LIMIT)
     _check_options(args)
-    mode = CHECK if args.check else PLAN if args.dry_run else DOWNLOAD
+    mode = Mode.CHECK if args.check else Mode.PLAN if args.dry_run else Mode.DOWNLOAD
     out_dir = settings.output_dir
     job = job_mod.prepare(
         mode, list(settings.tile_args) if settings.tile_args else settings.tiles_file, out_dir,
@@ -329,16 +329,16 @@ def _run(args, signals: _Signals, log) -> int:
         if path:
             _check_report_path(Path(path), what, out_dir)
     credentials, ask_totp = None, None
-    if mode == DOWNLOAD:  # neither a dry run nor a check reads, asks for or sends credentials
+    if mode == Mode.DOWNLOAD:  # neither a dry run nor a check reads, asks for or sends credentials
         from cdse_dem.credentials import obtain_credentials
         from cdse_dem.http import Endpoints
 
-        credentials = obtain_credentials(settings_mod.credentials_dir(), _host(Endpoints.from_env().token_url))
+        credentials = obtain_credentials(settings_mod.credentials_dir(), Endpoints.from_env().identity_host)
         if credentials.totp and sys.stdin.isatty():
             from cdse_dem.credentials import read_totp
 
             ask_totp = read_totp
-    bar = _Bar(args.quiet) if mode == DOWNLOAD else None
+    bar = _Bar(args.quiet) if mode == Mode.DOWNLOAD else None
     signals.run_starts()  # from here on a signal sets the stop event, and the run ends itself
     try:
         result = job_mod.run(job, credentials=credentials, stop=signals.stop, ask_totp=ask_totp,
@@ -346,17 +346,17 @@ def _run(args, signals: _Signals, log) -> int:
     except DemError as exc:  # a login refused while tiles were searched: what was done is reported
         if bar is not None:
             bar.close()
-        if exc.result is not None and mode != CHECK:
+        if exc.result is not None and mode != Mode.CHECK:
             _report(args, settings, mode, exc.result, finished=False)
         raise
     if bar is not None:
         bar.close()
-    if not (mode == CHECK and result.interrupted):
+    if not (mode == Mode.CHECK and result.interrupted):
         _report(args, settings, mode, result, finished=not result.interrupted)
     if result.interrupted:
         log.error("%s", INTERRUPTED)
         return EXIT_INTERRUPTED
-    if mode == CHECK:
+    if mode == Mode.CHECK:
         ready = sum(1 for tile in result.tiles if tile.check.ready)
         log.info("Check finished: %d of %d tiles ready for Sen2Cor", ready, len(result.tiles))
     else:
@@ -374,15 +374,16 @@ def _check_options(args) -> None:
         raise UsageError("--sen2cor-missing-list is for --check")
 
 
-def _report(args, settings, mode: str, result, *, finished: bool) -> None:
+def _report(args, settings, mode, result, *, finished: bool) -> None:
     """What the user is shown of a result: the plan (dry run), the summary or the check, and the
     files asked for (--summary-json, --kml-report)."""
     from pathlib import Path
 
+    from cdse_dem.job import Mode
     from cdse_dem.logs import scrub
     from cdse_dem.report import plan_lines, summary_lines, write_summary_json
 
-    if mode == CHECK:
+    if mode == Mode.CHECK:
         from cdse_dem.report import report_lines
         from cdse_dem.sen2cor import dem_directory
 
@@ -390,13 +391,13 @@ def _report(args, settings, mode: str, result, *, finished: bool) -> None:
             print("\n".join(report_lines([t.check for t in result.tiles], dem_directory(settings.output_dir))),
                   flush=True)
     else:
-        if mode == PLAN and finished:
+        if mode == Mode.PLAN and finished:
             print("\n".join(plan_lines(result)))
         if not args.quiet:
             print(scrub("\n".join(summary_lines(result))), flush=True)
     if args.summary_json:
         write_summary_json(Path(args.summary_json), result.to_dict())
-    if args.kml_report and mode != CHECK:
+    if args.kml_report and mode != Mode.CHECK:
         from cdse_dem.grid import parse_grid_id
         from cdse_dem.report import write_kml_report
 
@@ -454,12 +455,6 @@ def _check_report_path(path, what: str, out_dir) -> None:
             else os.path.realpath(path) == os.path.realpath(record))
     if same:
         raise UsageError(f"{path}: cannot write the {what} there: it is the output folder's record {JSON_NAME}")
-
-
-def _host(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).hostname or ""
 
 
 def _end_now(status: int) -> None:

@@ -45,8 +45,14 @@ Modules, one concept each (the pure core: ``tiles``, ``grid``, ``sen2cor``'s rul
 - ``logs``: the command line's log set-up, and secrets kept out of every record and output
 """
 
+import logging
+
 __version__ = "2.0.0"
 RELEASE_DATE = "24-November-2026"
+
+# A library logs, the application decides where to: without a handler of the caller's, Python's
+# last-resort handler would print our warnings to stderr. Set here, it holds whichever module comes first.
+logging.getLogger("cdse_dem").addHandler(logging.NullHandler())
 
 # name -> the module that defines it
 _EXPORTS = {

@@ -62,7 +62,7 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnection
 from urllib3.util.retry import RequestHistory, Retry
 
 from cdse_dem import __version__
-from cdse_dem.errors import EXIT_INTERRUPTED, DemError
+from cdse_dem.errors import Interrupted
 
 DEFAULT_TOKEN_URL = "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
 DEFAULT_CATALOGUE_URL = "https://catalogue.dataspace.copernicus.eu/odata/v1"
@@ -90,6 +90,11 @@ class Endpoints:
     def product_url(self, product_id: str) -> str:
         """Where a product's bytes are fetched: the download host, never the catalogue."""
         return f"{self.download_url}/Products({product_id})/$value"
+
+    @property
+    def identity_host(self) -> str:
+        """The identity service's host name: what stored and ``~/.netrc`` credentials are kept under."""
+        return urlsplit(self.token_url).hostname or ""
 
     @property
     def token_hosts(self) -> tuple[str, ...]:
@@ -171,10 +176,8 @@ _identity_log = logging.getLogger("cdse_dem.session")
 _catalogue_log = logging.getLogger("cdse_dem.catalogue")
 
 
-class RetryCancelled(DemError):
+class RetryCancelled(Interrupted):
     """The run was asked to stop while it waited to try a service again: no further request is sent."""
-
-    exit_status = EXIT_INTERRUPTED
 
 
 # --- waits ---------------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from cdse_dem import logs, planning, settings
 from cdse_dem import tiles as tiles_mod
@@ -73,10 +73,17 @@ from cdse_dem.tiles import Entry
 log = logging.getLogger(__name__)
 
 
-logging.getLogger("cdse_dem").addHandler(logging.NullHandler())  # no "No handlers could be found", no lastResort
 
 SEARCH_THREADS = 8
-DOWNLOAD, PLAN, CHECK = "download", "plan", "check"
+
+
+class Mode(StrEnum):
+    """What a run does: :func:`download`, :func:`plan` (``--dry-run``) or :func:`check` (``--check``)."""
+
+    DOWNLOAD = "download"
+    PLAN = "plan"
+    CHECK = "check"
+
 
 Tiles = str | os.PathLike | Iterable[str]
 ProgressCallback = Callable[[int, int], None]
@@ -113,7 +120,7 @@ def download(tiles: Tiles, output_dir: str | os.PathLike, *, resolution: int = D
     :class:`cdse_dem.DemError` subclass for what stops a run before or during its work (a bad
     option or tile list, no credentials, a refused login, an unreachable identity service).
     """
-    job = prepare(DOWNLOAD, tiles, output_dir, resolution=resolution, model=model, collection=collection,
+    job = prepare(Mode.DOWNLOAD, tiles, output_dir, resolution=resolution, model=model, collection=collection,
                   delivery=delivery, coverage=coverage, workers=workers, transfer=transfer,
                   keep_existing=keep_existing, max_minutes=max_minutes, kml=kml, gipp=gipp)
     return run(job, credentials=credentials, stop=stop, progress=progress)
@@ -129,7 +136,7 @@ def plan(tiles: Tiles, output_dir: str | os.PathLike | None = None, *, resolutio
     recorded in ``output_dir``), ``sea`` (no product on CDSE) or ``failed`` (the search failed).
     ``output_dir`` None: nothing is taken as present.
     """
-    job = prepare(PLAN, tiles, output_dir, resolution=resolution, model=model, collection=collection,
+    job = prepare(Mode.PLAN, tiles, output_dir, resolution=resolution, model=model, collection=collection,
                   delivery=delivery, coverage=coverage, keep_existing=keep_existing, kml=kml)
     return run(job, stop=stop)
 
@@ -146,7 +153,7 @@ def check(tiles: Tiles, output_dir: str | os.PathLike, *, resolution: int = DEFA
     (``ready``, ``present``, ``sea``, ``missing``); ``result.ready`` is all of them, and
     ``exit_status`` 0 when every tile is ready, 1 when one is not (or an entry was invalid).
     """
-    job = prepare(CHECK, tiles, output_dir, resolution=resolution, model=model, collection=collection,
+    job = prepare(Mode.CHECK, tiles, output_dir, resolution=resolution, model=model, collection=collection,
                   delivery=delivery, coverage=coverage, kml=kml, gipp=gipp, missing_list=sen2cor_missing_list)
     return run(job, stop=stop)
 
@@ -157,7 +164,7 @@ def check(tiles: Tiles, output_dir: str | os.PathLike, *, resolution: int = DEFA
 class Job:
     """A request found usable: nothing in it can fail the run before the network is asked."""
 
-    mode: str  # DOWNLOAD, PLAN or CHECK
+    mode: Mode
     valid: tuple[Entry, ...]  # one per tile, in the order first asked for
     invalid: tuple[Entry, ...]
     output_dir: Path | None
@@ -175,7 +182,7 @@ class Job:
     missing_list: str | None
 
 
-def prepare(mode: str, tiles: Tiles, output_dir: str | os.PathLike | None, *,
+def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *,
             resolution: int = DEFAULT_RESOLUTION, model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION,
             delivery: str = DEFAULT_DELIVERY, coverage: str = DEFAULT_COVERAGE, workers: int = 4,
             transfer: str = "auto", keep_existing: bool = False, max_minutes: float = 60.0,
@@ -206,7 +213,7 @@ def prepare(mode: str, tiles: Tiles, output_dir: str | os.PathLike | None, *,
         raise InputError("no valid tile id or SAFE name to process")
     out_dir = settings.expand_user(output_dir, "output folder") if output_dir is not None else None
     if out_dir is not None:
-        _check_output_dir(out_dir, create=mode == DOWNLOAD)
+        _check_output_dir(out_dir, create=mode == Mode.DOWNLOAD)
     return Job(mode, tuple(valid), tuple(invalid), out_dir, resolution, model, collection, delivery, coverage,
                workers, transfer, bool(keep_existing), float(max_minutes), kml, gipp,
                os.fspath(missing_list) if missing_list is not None else None)
@@ -262,19 +269,19 @@ def run(job: Job, *, credentials: Credentials | tuple[str, str] | None = None, s
     stop = stop if stop is not None else threading.Event()
     logs.scrub_our_loggers()
     with logs.run_scope():
-        if job.mode == DOWNLOAD:  # neither a plan nor a check reads, asks for or sends credentials
+        if job.mode == Mode.DOWNLOAD:  # neither a plan nor a check reads, asks for or sends credentials
             credentials = _credentials(credentials)
         log.info("Processing %d Tile(s)", len(job.valid))
         log.info("Start time: %s", datetime.now())
         log.info("<----->")
-        if job.mode == CHECK:
+        if job.mode == Mode.CHECK:
             return _check(job, stop)
         return _plan_and_fetch(job, credentials, stop, progress, ask_totp)
 
 
 def _credentials(given) -> Credentials:
     if given is None:
-        return obtain_credentials(settings.credentials_dir(), _host(Endpoints.from_env().token_url), interactive=False)
+        return obtain_credentials(settings.credentials_dir(), Endpoints.from_env().identity_host, interactive=False)
     if isinstance(given, Credentials):
         logs.remember(given.password, given.totp)  # again: a run that ended meanwhile forgot them
         logs.shown(given.username)
@@ -290,7 +297,7 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
                     progress: ProgressCallback | None, ask_totp) -> Result:
     """A download, or a plan (``--dry-run``: the same up to the downloads, which it leaves out)."""
     started = time.monotonic()
-    downloading = job.mode == DOWNLOAD
+    downloading = job.mode == Mode.DOWNLOAD
     endpoints = Endpoints.from_env()
     out_dir = job.output_dir
     tile_plans = _tile_plans(job.valid, job.kml, job.coverage)
@@ -522,7 +529,3 @@ def _exit_status(plan_, invalid, left, fatal) -> int:
     if fatal is not None or invalid or plan_.count(planning.Status.FAILED):
         return EXIT_FAILED
     return EXIT_OK
-
-
-def _host(url: str) -> str:
-    return urlsplit(url).hostname or ""

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from lxml import etree
-
 from cdse_dem.errors import ConfigError, UsageError
 from cdse_dem.fsutil import read_input
 
@@ -203,6 +201,7 @@ def _schema_path() -> Path:
 
 
 def load_config(path: Path) -> ConfigFile:
+    from lxml import etree  # here, not at the top: the command line's --help reads this module's choices
 
     data = read_input(path, "configuration file", ConfigError)
 
