@@ -15,24 +15,32 @@ from cdse_dem import RELEASE_DATE, __version__
 VERSION_LINE = f"DEM Downloader Version: {__version__} Release Date: {RELEASE_DATE}."
 
 EPILOG = """\
-precedence:
-  --reset is handled first. --config (bare: configuration/configuration.xml) overrides
-  --collection, --delivery, --r, --m, --o, --i and --t. --t wins over --i. With neither,
-  configuration/input_tiles.txt is read.
+examples:
+  %(prog)s --t 32UMA --dry-run
+      which geocells and products tile 32UMA needs (no account needed)
+  %(prog)s --i tiles.txt --o ~/dem/CopernicusDEM90 --gipp ~/sen2cor/2.12/cfg/L2A_GIPP.xml
+      download the DEM of every tile listed, and point Sen2Cor's GIPP at the folder
+  %(prog)s --i tiles.txt --o ~/dem/CopernicusDEM90 --check
+      is every tile's DEM complete for Sen2Cor? (downloads nothing, no account needed)
 
-environment:
-  CDSE_USERNAME, CDSE_PASSWORD (CDSE_TOTP)  credentials for scripts and CI
-  CDSE_KEY_PASSPHRASE                      encrypts the stored private key
-  CDSE_TOKEN_URL, CDSE_CATALOGUE_URL, CDSE_DOWNLOAD_URL
-                                           service addresses (default: the real CDSE)
-  CDSE_DEM_HOME                            folder holding configuration/, auxiliary/,
-                                           credentials/ and output_dir/ (default: this tool's)
-
-exit status:
-  0 all done; 1 some tiles or geocells failed; 2 usage, configuration or credential
-  error (nothing attempted); 3 stopped by the time budget (a re-run resumes);
-  130 interrupted.
+--config overrides the data, input and output options; --t wins over --i.
+exit status: 0 done, 1 some failed, 2 usage error, 3 time budget, 130 interrupted.
+Every option, the configuration file and the environment: docs/options.md
 """
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's names once, then its value once (``--t, -t, --tile TILE``), so that its help
+    fits on the same line."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        value = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {value}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,68 +90,65 @@ def build_parser() -> argparse.ArgumentParser:
         description="Download the Copernicus DEM geocells (DGED or DTED, 30 m or 90 m) that Sen2Cor needs\n"
                     "for Sentinel-2 tiles or SAFE products, from the Copernicus Data Space Ecosystem.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
         allow_abbrev=False,
     )
-    add = parser.add_argument
-    add("--config", nargs="?", const="", metavar="CONFIG",
-        help="set the path to the Config file. If blank, read the parameters from the "
-             "configuration/configuration.xml")
-    add("--r", "-r", "--resolution", dest="resolution", type=int, choices=RESOLUTIONS,
-        help="set the (r)esolution of the DEM: 30 or 90 (m) (default 90)")
-    add("--m", "-m", "--model", dest="model", type=str.upper, choices=MODELS,
-        help="set the (m)odel of the DEM: DGED (GeoTIFF, read by Sen2Cor) or DTED (default DGED)")
-    add("-d", "--delivery", "--delivery_id", dest="delivery", choices=DELIVERIES,
-        help="set the CCM delivery of the DEM (default 2024_1, the newest)")
-    add("--collection", type=str.upper, choices=COLLECTIONS,
-        help="set the CDSE collection: CCM (where CDSE serves the DEM today; default) or COP-DEM")
-    add("--o", "-o", "--output", dest="output", metavar="DIR",
-        help="set the (o)utput directory for storing the DEM. If blank, store into the Tool's output_dir")
-    add("--i", "-i", "--input", dest="input", metavar="FILE",
-        help="set the path for the (i)nput file containing the tiles list. If blank, read from the "
-             "Tool's configuration/input_tiles.txt")
-    add("--t", "-t", "--tile", dest="tile", action="append", metavar="TILE",
-        help="specify a required MGRS (t)ile, e.g. 32UMA, or Product (SAFE) name; repeatable")
-    add("--reset", nargs="?", const=True, default=False, metavar="RESET",
-        help="reset credentials: remove this OS user's stored entry, then ask for new ones on a terminal")
-    add("--yes", action="store_true", help="with --reset: do not ask for confirmation")
-    add("--dry-run", action="store_true",
-        help="plan only: tiles, geocells and products; downloads nothing and needs no credentials")
-    add("--coverage", type=str.lower, choices=COVERAGES, default=DEFAULT_COVERAGE,
-        help="which geocells a tile gets: sen2cor (default), every cell Sen2Cor asks for (the lat/lon "
-             "rectangle around the tile's corners) and those the tile overlaps; footprint, only those the "
-             "tile overlaps (the reference tool's set, for processors other than Sen2Cor)")
-    add("--keep-existing", action="store_true",
-        help="keep DEM files already present even when they came from another delivery or collection "
-             "than this run's (they are then not compared with the catalogue)")
-    add("--workers", type=_workers, default=4, metavar="N",
-        help="parallel downloads (default 4, the CDSE per-account limit; at most 16)")
-    add("--transfer", choices=[t.value for t in Transfer], default=Transfer.AUTO.value,
-        help="how each DEM is fetched: auto (default) the DEM file alone through CDSE's Nodes API, "
-             "the whole product zip when that fails; nodes: Nodes only (a failure fails the geocell); "
-             "zip: whole zips only")
-    add("--max-minutes", type=_minutes, default=60.0, metavar="M",
-        help="stop starting downloads after M minutes (default 60, the token refresh window); "
-             "0: no limit, log in again when the window closes")
-    add("--kml", metavar="PATH",
-        help="the Sentinel-2 tiling KML (default: auxiliary/ under its official name; "
-             "without it footprints are computed from the tile ids)")
-    add("--summary-json", metavar="PATH", help="write the run's summary as JSON, for pipelines")
-    add("--kml-report", metavar="PATH",
-        help="write a KML of the tile footprints and geocells coloured by status")
-    add("--check", action="store_true",
-        help="download nothing: say for each tile whether Sen2Cor will find a complete DEM in the output "
-             "folder (exit 0: all ready, 1: some not); needs no credentials")
-    add("--sen2cor-missing-list", metavar="FILE",
-        help="with --check: Sen2Cor's aux_data/CopernicusDEM_<90|30>_TIFF_missing_tiles.list, to name open-sea "
-             "cells it would not skip")
-    add("--gipp", metavar="FILE",
-        help="set DEM_Directory and DEM_Reference in this Sen2Cor L2A_GIPP.xml once the folder is complete "
-             "(nothing else in it changes; the original is kept as FILE.bak)")
-    add("--log-file", metavar="PATH", help="also write the log to this file")
-    add("-v", "--verbose", action="store_true", help="add debug lines to the log")
-    add("-q", "--quiet", action="store_true", help="log only warnings and errors")
-    add("--version", action="version", version=VERSION_LINE)
+    group = parser.add_argument_group("input (which tiles)")
+    group.add_argument("--t", "-t", "--tile", dest="tile", action="append", metavar="TILE",
+                       help="a tile id (32UMA) or SAFE name; repeatable")
+    group.add_argument("--i", "-i", "--input", dest="input", metavar="FILE",
+                       help="a list of tiles or SAFE names, one a line")
+    group.add_argument("--config", nargs="?", const="", metavar="CONFIG",
+                       help="options from a configuration.xml (bare: default)")
+    group.add_argument("--kml", metavar="PATH",
+                       help="the tiling KML (default: the one in auxiliary/)")
+
+    group = parser.add_argument_group("data (which DEM)")
+    group.add_argument("--r", "-r", "--resolution", dest="resolution", type=int, choices=RESOLUTIONS,
+                       help="resolution in metres (default 90)")
+    group.add_argument("--m", "-m", "--model", dest="model", type=str.upper, choices=MODELS,
+                       help="DGED (GeoTIFF, read by Sen2Cor; default) or DTED")
+    group.add_argument("-d", "--delivery", "--delivery_id", dest="delivery", choices=DELIVERIES, metavar="ID",
+                       help=f"CCM delivery {DELIVERIES[0]}..{DELIVERIES[-1]} (default {DELIVERIES[-1]})")
+    group.add_argument("--collection", type=str.upper, choices=COLLECTIONS,
+                       help="CDSE collection: CCM (default) or COP-DEM")
+    group.add_argument("--coverage", type=str.lower, choices=COVERAGES, default=DEFAULT_COVERAGE,
+                       help="cells Sen2Cor asks for (default), or overlapped")
+
+    group = parser.add_argument_group("output")
+    group.add_argument("--o", "-o", "--output", dest="output", metavar="DIR",
+                       help="the DEM folder, Sen2Cor's DEM_Directory")
+    group.add_argument("--keep-existing", action="store_true",
+                       help="keep DEM files of another delivery as they are")
+    group.add_argument("--summary-json", metavar="PATH", help="write the run's summary as JSON")
+    group.add_argument("--kml-report", metavar="PATH", help="write a KML of tiles and geocells by status")
+    group.add_argument("--log-file", metavar="PATH", help="also write the log to this file")
+
+    group = parser.add_argument_group("processors (Sen2Cor and others)")
+    group.add_argument("--gipp", metavar="FILE",
+                       help="point this Sen2Cor L2A_GIPP.xml at the folder")
+    group.add_argument("--sen2cor-missing-list", metavar="FILE",
+                       help="with --check: Sen2Cor's missing-tiles list")
+
+    group = parser.add_argument_group("run control")
+    group.add_argument("--dry-run", action="store_true",
+                       help="plan only: tiles, geocells, products")
+    group.add_argument("--check", action="store_true",
+                       help="is each tile's DEM complete for Sen2Cor?")
+    group.add_argument("--workers", type=_workers, default=4, metavar="N",
+                       help="parallel downloads (default 4, at most 16)")
+    group.add_argument("--transfer", choices=[t.value for t in Transfer], default=Transfer.AUTO.value,
+                       help="DEM file alone, zip if that fails (auto)")
+    group.add_argument("--max-minutes", type=_minutes, default=60.0, metavar="M",
+                       help="time budget (default 60; 0: none)")
+    group.add_argument("-v", "--verbose", action="store_true", help="add debug lines to the log")
+    group.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    group.add_argument("--version", action="version", version=VERSION_LINE)
+
+    group = parser.add_argument_group("credentials")
+    group.add_argument("--reset", nargs="?", const=True, default=False, metavar="RESET",
+                       help="forget your stored credentials, ask anew")
+    group.add_argument("--yes", action="store_true", help="with --reset: do not ask to confirm")
     return parser
 
 

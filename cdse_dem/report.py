@@ -9,7 +9,7 @@ What a run did: the result objects the library returns, and what the user is tol
 from the same objects. One definition, so a pipeline reading the JSON and a script reading
 the objects see the same thing.
 
-The JSON shape is documented in the README and is a promise to pipelines: keys are only
+The JSON shape is documented in docs/output.md and is a promise to pipelines: keys are only
 ever added, never renamed. A few fields of the objects are not in it (marked below): what
 the command line's lines need besides (bytes per geocell, the file name, the footprint).
 
@@ -231,7 +231,7 @@ class Result:
         return self.totals.bytes
 
     def to_dict(self) -> dict:
-        """The ``--summary-json`` document (shape in the README)."""
+        """The ``--summary-json`` document (shape in docs/output.md)."""
         return {"tiles": [t.to_dict() for t in self.tiles],
                 "invalid_entries": [e.to_dict() for e in self.invalid_entries],
                 "totals": self.totals.to_dict(), "exit_status": self.exit_status}

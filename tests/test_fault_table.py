@@ -1,8 +1,8 @@
 """Every fault the simulator can inject, against the real command line: what the tool does about it.
 
-One test per row of the README table "When CDSE misbehaves". Each runs the whole tool on tile 32UMA (6 geocells
-at 90 m, small products) against a simulator with one kind of fault, and checks what a user
-would: the exit status, the files on disk byte for byte against the served DEM, the JSON, the
+One test per row of the table "When CDSE misbehaves" in docs/reliability.md. Each runs the whole
+tool on tile 32UMA (6 geocells at 90 m, small products) against a simulator with one kind of fault,
+and checks what a user would: the exit status, the files on disk byte for byte against the served DEM, the JSON, the
 log lines, and in the simulator's request log what the tool really did (retries, waits, logins).
 The module-level tests of each mechanism are in test_download.py, test_session.py and
 test_catalogue.py; here it is the whole process.

@@ -97,7 +97,7 @@ def test_faults_leave_only_whole_files_and_a_consistent_json(make_sim, tool_home
     sim = make_sim(access_lifetime=2, faults=Faults(seed=7, retry_after=0.2, **FAULTS[fault]))
     out = tmp_path / "dem"
     summary_path = tmp_path / "s.json"
-    # a node file has no checksum: a corrupted body is the zip path's to catch (README, "One limit")
+    # a node file has no checksum: a corrupted body is the zip path's to catch (docs/reliability.md, "One limit")
     transfer = ("--transfer", "zip") if fault == "corrupt" else ()
     result = run_cli("--t", "32UMA", "--t", "31TCJ", "--o", out, "--summary-json", summary_path, *transfer,
                      env=cli_env(sim))
