@@ -23,7 +23,8 @@ examples:
   %(prog)s --i tiles.txt --o ~/dem/CopernicusDEM90 --check
       is every tile's DEM complete for Sen2Cor? (downloads nothing, no account needed)
 
---config overrides the data, input and output options; --t wins over --i.
+--config overrides the data, input and output options; --t wins over --i;
+the tiles of --aoi and --point add to theirs.
 exit status: 0 done, 1 some failed, 2 usage error, 3 time budget, 130 interrupted.
 Every option, the configuration file and the environment: docs/options.md
 """
@@ -50,6 +51,9 @@ class _Parser(argparse.ArgumentParser):
         return f"{VERSION_LINE}\n\n{super().format_help()}"
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        for option, example in (("--point", "--point=-33.48,-62.96"), ("--aoi", "--aoi=-20,-10,-15,-5")):
+            if message == f"argument {option}: expected one argument":  # argparse took '-33.48,...' for an option
+                message += f" (a value that starts with a minus is written {example})"
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -96,8 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("input (which tiles)")
     group.add_argument("--t", "-t", "--tile", dest="tile", action="append", metavar="TILE",
                        help="a tile id (32UMA) or SAFE name; repeatable")
-    group.add_argument("--i", "-i", "--input", dest="input", metavar="FILE",
-                       help="a list of tiles or SAFE names, one a line")
+    group.add_argument("--i", "-i", "--input", dest="input", metavar="PATH",
+                       help="a list of tiles or SAFE names, one a line; or a folder of products (*.SAFE, *.zip)")
+    group.add_argument("--aoi", action="append", metavar="AREA",
+                       help="add the tiles overlapping an area: a GeoJSON or WKT file, WKT, or W,S,E,N; repeatable")
+    group.add_argument("--point", action="append", metavar="LAT,LON",
+                       help="add the tiles covering a point (--point=-33.48,-62.96 for a minus); repeatable")
     group.add_argument("--config", nargs="?", const="", metavar="CONFIG",
                        help="options from a configuration.xml (bare: default)")
     group.add_argument("--kml", metavar="PATH",
@@ -326,10 +334,10 @@ def _run(args, signals: _Signals, log) -> int:
     out_dir = settings.output_dir
     job = job_mod.prepare(
         mode, list(settings.tile_args) if settings.tile_args else settings.tiles_file, out_dir,
-        resolution=settings.resolution, model=settings.model, collection=settings.collection,
-        delivery=settings.delivery, coverage=args.coverage, workers=args.workers, transfer=args.transfer,
-        keep_existing=args.keep_existing, max_minutes=args.max_minutes, kml=args.kml, gipp=args.gipp,
-        missing_list=args.sen2cor_missing_list)
+        aoi=list(settings.areas), points=list(settings.points), resolution=settings.resolution,
+        model=settings.model, collection=settings.collection, delivery=settings.delivery, coverage=args.coverage,
+        workers=args.workers, transfer=args.transfer, keep_existing=args.keep_existing, max_minutes=args.max_minutes,
+        kml=args.kml, gipp=args.gipp, missing_list=args.sen2cor_missing_list)
     for path, what in ((args.summary_json, "summary JSON"), (args.kml_report, "KML report")):
         if path:
             _check_report_path(Path(path), what, out_dir)

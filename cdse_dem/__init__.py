@@ -11,12 +11,14 @@ it::
     result.tiles[0].geocells[0].status      # planned | downloaded | present | sea | failed
     cdse_dem.plan([...])                    # what --dry-run shows, as objects
     cdse_dem.check([...], "dem/CopernicusDEM90").ready   # what --check says
+    cdse_dem.plan(aoi="corsica.geojson", points=[(45.83, 6.86)])   # tiles from an area and a point
+    cdse_dem.tiles_for_area((8.5, 41.3, 9.6, 43.1))      # ['32TML', ...]: the tiles of a W,S,E,N box
 
 Errors are :class:`DemError` subclasses, each with the ``exit_status`` the command line gives
 it. The names below load on first use (PEP 562), so that ``import cdse_dem`` stays instant
 for the command line's ``--help``.
 
-Modules, one concept each (the pure core: ``tiles``, ``grid``, ``sen2cor``'s rule, ``planning``,
+Modules, one concept each (the pure core: ``tiles``, ``grid``, ``areas``, ``sen2cor``'s rule, ``planning``,
 ``catalogue``'s queries and product choice, ``settings``' precedence; the rest is I/O):
 
 - ``job``: one run, from a request to its Result: the API functions, the order of the work, the stop event
@@ -25,7 +27,10 @@ Modules, one concept each (the pure core: ``tiles``, ``grid``, ``sen2cor``'s rul
 - ``errors``: the exceptions, and the exit status each leads to
 - ``settings``: the tool home and its folders, the choices (collections, deliveries, coverage, transfer),
   configuration.xml checked against its XSD, and the precedence of the command line over it
-- ``tiles``: the 56,686 Sentinel-2 tile ids (data/), and tile lists, tile ids and SAFE names as users write them
+- ``tiles``: the 56,686 Sentinel-2 tile ids (data/), and tile lists, tile ids, SAFE names and folders of
+  products as users give them
+- ``areas``: the tiles of an area (GeoJSON, WKT, a W,S,E,N box) or of a point, from every tile's bounds and
+  the footprints of the few that may meet it
 - ``grid``: a tile's lon/lat footprint (the tiling KML through its index, or computed) and the 1°×1° geocells
   it overlaps
 - ``sen2cor``: the cells Sen2Cor asks for beyond the footprint, and the two DEM lines of its L2A_GIPP.xml
@@ -59,6 +64,7 @@ _EXPORTS = {
     "download": "cdse_dem.job",
     "plan": "cdse_dem.job",
     "check": "cdse_dem.job",
+    "tiles_for_area": "cdse_dem.areas",
     "Result": "cdse_dem.report",
     "TileResult": "cdse_dem.report",
     "GeocellResult": "cdse_dem.report",

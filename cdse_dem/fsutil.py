@@ -294,16 +294,23 @@ def _remove_if_unlocked(path: Path) -> bool:
         os.close(fd)
 
 
-def read_input(path: Path, what: str, error: type[DemError]) -> bytes:
-    """The bytes of a file the user named, or ``error`` saying in one line why not."""
+def read_input(path: Path, what: str, error: type[DemError], limit: int | None = None) -> bytes:
+    """The bytes of a file the user named, or ``error`` saying in one line why not.
+
+    ``limit``: the most bytes such a file may hold; a larger one is refused before it fills the memory.
+    """
     if path.is_dir():
         raise error(f"{path}: is a folder, not a {what}")
     try:
-        return path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read() if limit is None else handle.read(limit + 1)
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
     except OSError as exc:
         raise error(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    if limit is not None and len(data) > limit:
+        raise error(f"{path}: larger than a {what} may be ({limit // 2**20} MiB)")
+    return data
 
 
 # --- what is at a path, before the tool writes or reads it ------------------------------------

@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -54,7 +55,8 @@ from pyproj import Transformer
 from shapely import Polygon
 from shapely.errors import ShapelyError
 
-from cdse_dem.errors import InputError
+from cdse_dem import settings
+from cdse_dem.errors import InputError, UsageError
 from cdse_dem.fsutil import DiskFull, atomic_writer
 from cdse_dem.tiles import BANDS, check_tile, normalize_tile_id
 
@@ -181,17 +183,44 @@ def computed_footprints(tile_ids: Sequence[str], segments: int = SEGMENTS_PER_ED
 
     tiles = [check_tile(t) for t in tile_ids]
     unique = sorted(set(tiles))
-    utms = [utm_tile(t) for t in unique]
-    squares = sorted({_relative_square(u) for u in utms})
-    outlines = _square_outlines(squares, segments)
-    square_of = {square: row for row, square in enumerate(squares)}
-    rows = np.array([square_of[_relative_square(u)] for u in utms], dtype=np.intp)
-    meridians = np.array([_central_meridian(u.epsg) for u in utms], dtype=np.float64)
+    outlines, rows, meridians = _relative_outlines(unique, segments)
     found: dict[str, Footprint] = {}
     for start in range(0, len(unique), _CHUNK):
         chunk = slice(start, start + _CHUNK)
         found.update((f.tile, f) for f in _footprints(unique[chunk], outlines[rows[chunk]], meridians[chunk]))
     return [found[t] for t in tiles]
+
+
+def _relative_outlines(tiles: Sequence[str], segments: int):
+    """The outline of each distinct square once, and for each tile its square's row and its zone's meridian."""
+
+    utms = [utm_tile(t) for t in tiles]
+    squares = sorted({_relative_square(u) for u in utms})
+    outlines = _square_outlines(squares, segments)
+    square_of = {square: row for row, square in enumerate(squares)}
+    rows = np.array([square_of[_relative_square(u)] for u in utms], dtype=np.intp)
+    meridians = np.array([_central_meridian(u.epsg) for u in utms], dtype=np.float64)
+    return outlines, rows, meridians
+
+
+def footprint_bounds(tile_ids: Sequence[str]) -> "np.ndarray":
+    """Each tile's (west, south, east, north) in degrees, shape (tiles, 4), without making a polygon.
+
+    The bounds of the computed (true) footprint, with longitudes continuous across ±180°: a tile
+    that straddles it has ``west < -180`` or ``east > 180``. They hold the KML polygon too: its
+    vertices are the tile's corners (within 0.2 m) and its edges straight lon/lat lines between
+    them, so it never reaches beyond the corners' box. Cheap for the whole grid (the 1,079
+    distinct squares are projected once), which is what finding the tiles of an area needs.
+    """
+
+    tiles = [check_tile(t) for t in tile_ids]
+    outlines, rows, meridians = _relative_outlines(tiles, SEGMENTS_PER_EDGE)
+    lon, lat = outlines[..., 0], outlines[..., 1]
+    square_bounds = np.column_stack([lon.min(axis=1), lat.min(axis=1), lon.max(axis=1), lat.max(axis=1)])
+    bounds = square_bounds[rows]
+    bounds[:, 0] += meridians
+    bounds[:, 2] += meridians
+    return bounds
 
 
 def _relative_square(utm: UtmTile) -> tuple[int, int]:
@@ -312,6 +341,15 @@ class FootprintFinder:
         self._index = None
         self._opened = False
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_option(cls, kml: "str | os.PathLike | None") -> "FootprintFinder":
+        """The finder of a run's ``--kml`` option: that KML, which must exist; None: the tool's
+        auxiliary/ KML under its official name when it is there, else computed footprints."""
+        kml_path = settings.expand_user(kml, "tiling KML") if kml else settings.default_kml_path()
+        if kml and not kml_path.is_file():
+            raise UsageError(f"{kml_path}: tiling KML not found")
+        return cls(kml_path if kml_path.is_file() else None)
 
     def _kml_index(self):
         with self._lock:
@@ -449,6 +487,15 @@ def geocell_of_footprint_wkt(text: str) -> Geocell | None:
 
 def _geometry_of(text: str):
     """The shapely geometry of an OData ``geography'...'`` literal, EWKT or WKT; None if it is none."""
+    try:
+        return read_wkt(text)
+    except ValueError:
+        return None
+
+
+def read_wkt(text: str):
+    """The lon/lat geometry of WKT, EWKT (``SRID=4326;POLYGON ...``) or an OData ``geography'...'``
+    literal; ValueError with GEOS's reason when it is none, or when it names another SRID than 4326."""
 
     body = text.strip()
     quote = body.find("'")
@@ -456,11 +503,13 @@ def _geometry_of(text: str):
         body = body[quote + 1 : -1]
     srid, semicolon, wkt = body.partition(";")
     if semicolon and srid.strip().upper().startswith("SRID"):
+        if srid.split("=", 1)[-1].strip() != "4326":
+            raise ValueError(f"{srid.strip()}: only lon/lat (SRID=4326) is understood")
         body = wkt
     try:
         return shapely.from_wkt(body)
-    except (ShapelyError, TypeError):
-        return None
+    except (ShapelyError, TypeError) as exc:
+        raise ValueError(re.sub(r"^\w+Exception: ", "", str(exc))) from None
 
 
 def geocells_of_each(parts_per_item: "Iterable[Iterable[Polygon]]") -> list[list[Geocell]]:

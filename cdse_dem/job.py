@@ -31,7 +31,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from cdse_dem import logs, planning, settings
+from cdse_dem import areas, logs, planning, settings
 from cdse_dem import tiles as tiles_mod
 from cdse_dem.catalogue import Catalogue, dataset_filter, dataset_key
 from cdse_dem.credentials import Credentials, obtain_credentials
@@ -85,13 +85,16 @@ class Mode(StrEnum):
     CHECK = "check"
 
 
-Tiles = str | os.PathLike | Iterable[str]
+Tiles = str | os.PathLike | Iterable[str] | None
+Areas = object  # one area or a list of them, in the forms areas.area_of takes; None: none
+Points = object  # one (lat, lon) pair or 'LAT,LON', or a list of them; None: none
 ProgressCallback = Callable[[int, int], None]
 
 
 # --- the API ------------------------------------------------------------------------------------
 
-def download(tiles: Tiles, output_dir: str | os.PathLike, *, resolution: int = DEFAULT_RESOLUTION,
+def download(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, aoi: Areas = None,
+             points: Points = None, resolution: int = DEFAULT_RESOLUTION,
              model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY,
              coverage: str = DEFAULT_COVERAGE, workers: int = 4, transfer: str = "auto",
              keep_existing: bool = False, max_minutes: float = 60.0, kml: str | os.PathLike | None = None,
@@ -100,7 +103,11 @@ def download(tiles: Tiles, output_dir: str | os.PathLike, *, resolution: int = D
     """Download the DEM geocells of ``tiles`` into ``output_dir``; what the command line does.
 
     ``tiles``: tile ids and SAFE names (an iterable of str, or one str), or a ``pathlib.Path``
-    to a tile list file (one a line, ``#`` comments). ``resolution`` 90 or 30, ``model`` DGED or
+    to a tile list file (one a line, ``#`` comments) or to a folder of products (the names of its
+    ``*.SAFE``, ``*.SAFE.zip`` and ``*.zip`` entries). ``aoi``: an area, or a list of them (a shapely
+    geometry, a GeoJSON-like mapping, WKT, a ``(W, S, E, N)`` box, a GeoJSON or WKT file; see
+    :func:`cdse_dem.tiles_for_area`), whose tiles are added; ``points``: ``(lat, lon)`` pairs, the
+    tiles covering each added. Duplicates are fetched once. ``resolution`` 90 or 30, ``model`` DGED or
     DTED, ``collection`` CCM or COP-DEM, ``delivery`` (CCM), ``coverage`` sen2cor or footprint,
     ``workers``, ``transfer`` (auto, nodes, zip), ``keep_existing``, ``max_minutes`` (0: no
     limit), ``kml`` (the tiling KML) and ``gipp`` (a Sen2Cor L2A_GIPP.xml to point at the folder
@@ -120,13 +127,16 @@ def download(tiles: Tiles, output_dir: str | os.PathLike, *, resolution: int = D
     :class:`cdse_dem.DemError` subclass for what stops a run before or during its work (a bad
     option or tile list, no credentials, a refused login, an unreachable identity service).
     """
-    job = prepare(Mode.DOWNLOAD, tiles, output_dir, resolution=resolution, model=model, collection=collection,
-                  delivery=delivery, coverage=coverage, workers=workers, transfer=transfer,
+    if output_dir is None:
+        raise UsageError("download needs an output_dir")
+    job = prepare(Mode.DOWNLOAD, tiles, output_dir, aoi=aoi, points=points, resolution=resolution, model=model,
+                  collection=collection, delivery=delivery, coverage=coverage, workers=workers, transfer=transfer,
                   keep_existing=keep_existing, max_minutes=max_minutes, kml=kml, gipp=gipp)
     return run(job, credentials=credentials, stop=stop, progress=progress)
 
 
-def plan(tiles: Tiles, output_dir: str | os.PathLike | None = None, *, resolution: int = DEFAULT_RESOLUTION,
+def plan(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, aoi: Areas = None,
+         points: Points = None, resolution: int = DEFAULT_RESOLUTION,
          model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY,
          coverage: str = DEFAULT_COVERAGE, keep_existing: bool = False, kml: str | os.PathLike | None = None,
          stop: threading.Event | None = None) -> Result:
@@ -134,14 +144,15 @@ def plan(tiles: Tiles, output_dir: str | os.PathLike | None = None, *, resolutio
 
     Each geocell is ``planned`` (with the product the catalogue chose), ``present`` (whole and
     recorded in ``output_dir``), ``sea`` (no product on CDSE) or ``failed`` (the search failed).
-    ``output_dir`` None: nothing is taken as present.
+    ``output_dir`` None: nothing is taken as present. ``tiles``, ``aoi`` and ``points`` as :func:`download`'s.
     """
-    job = prepare(Mode.PLAN, tiles, output_dir, resolution=resolution, model=model, collection=collection,
-                  delivery=delivery, coverage=coverage, keep_existing=keep_existing, kml=kml)
+    job = prepare(Mode.PLAN, tiles, output_dir, aoi=aoi, points=points, resolution=resolution, model=model,
+                  collection=collection, delivery=delivery, coverage=coverage, keep_existing=keep_existing, kml=kml)
     return run(job, stop=stop)
 
 
-def check(tiles: Tiles, output_dir: str | os.PathLike, *, resolution: int = DEFAULT_RESOLUTION,
+def check(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, aoi: Areas = None,
+          points: Points = None, resolution: int = DEFAULT_RESOLUTION,
           model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY,
           coverage: str = DEFAULT_COVERAGE, kml: str | os.PathLike | None = None,
           sen2cor_missing_list: str | os.PathLike | None = None, gipp: str | os.PathLike | None = None,
@@ -152,9 +163,13 @@ def check(tiles: Tiles, output_dir: str | os.PathLike, *, resolution: int = DEFA
     written only when every tile is ready). Each tile's ``check`` holds the verdict
     (``ready``, ``present``, ``sea``, ``missing``); ``result.ready`` is all of them, and
     ``exit_status`` 0 when every tile is ready, 1 when one is not (or an entry was invalid).
+    ``tiles``, ``aoi`` and ``points`` as :func:`download`'s.
     """
-    job = prepare(Mode.CHECK, tiles, output_dir, resolution=resolution, model=model, collection=collection,
-                  delivery=delivery, coverage=coverage, kml=kml, gipp=gipp, missing_list=sen2cor_missing_list)
+    if output_dir is None:
+        raise UsageError("check needs an output_dir")
+    job = prepare(Mode.CHECK, tiles, output_dir, aoi=aoi, points=points, resolution=resolution, model=model,
+                  collection=collection, delivery=delivery, coverage=coverage, kml=kml, gipp=gipp,
+                  missing_list=sen2cor_missing_list)
     return run(job, stop=stop)
 
 
@@ -177,19 +192,20 @@ class Job:
     transfer: str
     keep_existing: bool
     max_minutes: float
-    kml: str | os.PathLike | None
+    footprints: FootprintFinder  # of the run's tiling KML (--kml), or computed
     gipp: str | None
     missing_list: str | None
 
 
-def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *,
-            resolution: int = DEFAULT_RESOLUTION, model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION,
-            delivery: str = DEFAULT_DELIVERY, coverage: str = DEFAULT_COVERAGE, workers: int = 4,
-            transfer: str = "auto", keep_existing: bool = False, max_minutes: float = 60.0,
+def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, aoi: Areas = None,
+            points: Points = None, resolution: int = DEFAULT_RESOLUTION, model: str = DEFAULT_MODEL,
+            collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY, coverage: str = DEFAULT_COVERAGE,
+            workers: int = 4, transfer: str = "auto", keep_existing: bool = False, max_minutes: float = 60.0,
             kml: str | os.PathLike | None = None, gipp: str | os.PathLike | None = None,
             missing_list: str | os.PathLike | None = None) -> Job:
-    """The request checked, in the command line's order: options, GIPP, tile list (invalid entries
-    logged), output folder (created and probed for a download); UsageError (exit 2) otherwise."""
+    """The request checked, in the command line's order: options, GIPP, tile list, areas and points
+    (invalid entries logged), output folder (created and probed for a download); UsageError (exit 2)
+    otherwise."""
     model, collection = str(model).upper(), str(collection).upper()
     coverage, transfer = str(coverage).lower(), str(transfer).lower()
     _one_of("resolution", resolution, RESOLUTIONS)
@@ -204,7 +220,10 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *,
         raise UsageError(f"max_minutes must be 0 (no limit) or more, not {max_minutes!r}")
     gipp = os.fspath(gipp) if gipp is not None else None
     check_gipp_option(gipp, model)  # before any work: refused GIPPs stay untouched
-    entries = _entries(tiles)
+    footprints = FootprintFinder.for_option(kml)
+    entries = _entries(tiles) + areas.entries_of(aoi, points, footprints)
+    if not entries:
+        raise InputError("no tile id, SAFE name, area or point to process")
     invalid = [e for e in entries if e.error]
     for entry in invalid:
         log.error("%s", entry.message)
@@ -215,7 +234,7 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *,
     if out_dir is not None:
         _check_output_dir(out_dir, create=mode == Mode.DOWNLOAD)
     return Job(mode, tuple(valid), tuple(invalid), out_dir, resolution, model, collection, delivery, coverage,
-               workers, transfer, bool(keep_existing), float(max_minutes), kml, gipp,
+               workers, transfer, bool(keep_existing), float(max_minutes), footprints, gipp,
                os.fspath(missing_list) if missing_list is not None else None)
 
 
@@ -225,9 +244,13 @@ def _one_of(name: str, value, choices: tuple) -> None:
 
 
 def _entries(tiles: Tiles) -> list[Entry]:
-    """A tile list file (a path), one entry (a str), or entries (an iterable of str)."""
+    """A tile list file or a folder of products (a path), one entry (a str), or entries (an iterable of str)."""
+    if tiles is None:
+        return []
     if isinstance(tiles, os.PathLike):
         path = settings.expand_user(tiles, "tile list file")
+        if path.is_dir():
+            return tiles_mod.read_product_folder(path)
         log.info("Reading tiles from %s", path)
         return tiles_mod.read_tile_list(path)
     if isinstance(tiles, str):
@@ -300,7 +323,7 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
     downloading = job.mode == Mode.DOWNLOAD
     endpoints = Endpoints.from_env()
     out_dir = job.output_dir
-    tile_plans = _tile_plans(job.valid, job.kml, job.coverage)
+    tile_plans = _tile_plans(job.valid, job.footprints, job.coverage)
     cache = NameIdCache.load(out_dir) if out_dir is not None and out_dir.is_dir() else None
     if cache is not None and downloading:
         for stale in remove_stale_temporaries(out_dir):
@@ -389,7 +412,7 @@ def _check(job: Job, stop: threading.Event) -> Result:
     """The check from planned tiles to its Result: each tile's verdict in ``tile.check``."""
 
     out_dir = job.output_dir
-    tile_plans = _tile_plans(job.valid, job.kml, job.coverage)  # exactly the geocells a run plans
+    tile_plans = _tile_plans(job.valid, job.footprints, job.coverage)  # exactly the geocells a run plans
     missing_list = read_missing_list(job.missing_list, job.resolution) if job.missing_list else None
     started = time.monotonic()
     plan_ = planning.start_plan(tile_plans, lambda cell: cell.dem_file_name(job.resolution, job.model),
@@ -472,7 +495,7 @@ class _Progress:
             self._report(self._done, self.total or 0)
 
 
-def _tile_plans(valid, kml_arg, coverage: str):
+def _tile_plans(valid, finder: FootprintFinder, coverage: str):
     """Footprints and geocells of every tile, in one batch.
 
     With the KML, a tile's geocells are those of its KML polygon and of its true area (the
@@ -481,10 +504,6 @@ def _tile_plans(valid, kml_arg, coverage: str):
     sen2cor`` (the default) every cell of Sen2Cor's rectangle is added (sen2cor.py).
     """
 
-    kml_path = settings.expand_user(kml_arg, "tiling KML") if kml_arg else settings.default_kml_path()
-    if kml_arg and not kml_path.is_file():
-        raise UsageError(f"{kml_path}: tiling KML not found")
-    finder = FootprintFinder(kml_path if kml_path.is_file() else None)
     footprints = finder.footprints([entry.tile for entry in valid])
     cells = geocells_of_each(f.parts for f in footprints)
     from_kml = [i for i, f in enumerate(footprints) if f.source == FootprintSource.KML]

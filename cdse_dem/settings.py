@@ -128,7 +128,7 @@ MAX_WORKERS = 16
 
 # The data options that --config overrides (dest names of the argparse namespace).
 DATA_OPTIONS = {"collection": "--collection", "delivery": "--delivery", "resolution": "--r",
-                "model": "--m", "output": "--o", "input": "--i", "tile": "--t"}
+                "model": "--m", "output": "--o", "input": "--i", "tile": "--t", "aoi": "--aoi", "point": "--point"}
 
 
 @dataclass(frozen=True)
@@ -144,12 +144,15 @@ class Settings:
     tile_args: tuple[str, ...]  # from --t, in order
     tiles_file: Path | None  # read when tile_args is empty
     ignored: tuple[str, ...] = ()  # options given but overridden by --config
+    areas: tuple = ()  # --aoi values, or the configuration's Area (an areas.Area): their tiles are added
+    points: tuple[str, ...] = ()  # --point values, LAT,LON
 
 
 def decide(args, config: "ConfigFile | None") -> Settings:
     """Settings from the parsed arguments, and from ``config`` when --config was given."""
     if config is not None:
         ignored = tuple(flag for dest, flag in DATA_OPTIONS.items() if getattr(args, dest, None))
+        areas = (config.area,) if config.area is not None else ()
         return Settings(
             origin="Configuration File",
             collection=config.collection or DEFAULT_COLLECTION,
@@ -158,10 +161,18 @@ def decide(args, config: "ConfigFile | None") -> Settings:
             model=config.model or DEFAULT_MODEL,
             output_dir=config.output_dir or default_output_dir(),
             tile_args=(),
-            tiles_file=config.tiles_file or default_tiles_file(),
+            tiles_file=config.tiles_file or (None if areas else default_tiles_file()),
             ignored=ignored,
+            areas=areas,
         )
     tile_args = tuple(args.tile or ())
+    areas, points = tuple(getattr(args, "aoi", None) or ()), tuple(getattr(args, "point", None) or ())
+    if tile_args:
+        tiles_file = None
+    elif args.input:
+        tiles_file = expand_user(args.input, "tile list file")
+    else:  # the default list only when nothing else names a tile
+        tiles_file = None if areas or points else default_tiles_file()
     return Settings(
         origin="Command Line",
         collection=args.collection or DEFAULT_COLLECTION,
@@ -170,15 +181,16 @@ def decide(args, config: "ConfigFile | None") -> Settings:
         model=args.model or DEFAULT_MODEL,
         output_dir=expand_user(args.output, "output folder") if args.output else default_output_dir(),
         tile_args=tile_args,
-        tiles_file=None if tile_args else (expand_user(args.input, "tile list file") if args.input
-                                           else default_tiles_file()),
+        tiles_file=tiles_file,
         ignored=("--i",) if tile_args and args.input else (),
+        areas=areas,
+        points=points,
     )
 
 
 SCHEMA_NAME = "configuration.xsd"
 _ELEMENTS = ("Collection", "Delivery_Id", "Resolution", "Elevation_Model", "Tiles_Input_File",
-             "DEM_Output_Directory")
+             "DEM_Output_Directory", "Area")
 
 
 @dataclass(frozen=True)
@@ -192,6 +204,7 @@ class ConfigFile:
     model: str | None
     tiles_file: Path | None
     output_dir: Path | None
+    area: object = None  # an areas.Area, read and checked with the file
 
 
 def _schema_path() -> Path:
@@ -239,7 +252,21 @@ def load_config(path: Path) -> ConfigFile:
         model=values["Elevation_Model"],
         tiles_file=_relative_to(base, values["Tiles_Input_File"], path, "Tiles_Input_File"),
         output_dir=_relative_to(base, values["DEM_Output_Directory"], path, "DEM_Output_Directory"),
+        area=_area(option.find("Area"), values["Area"], base, path),
     )
+
+
+def _area(element, value: str | None, base: Path, path: Path):
+    """The Area element read as --aoi reads its value (a file relative to the configuration's folder);
+    ConfigError at its line when it is not usable."""
+    if value is None:
+        return None
+    from cdse_dem.areas import area_of  # shapely: only for a configuration that names an area
+
+    try:
+        return area_of(value, base=base)
+    except UsageError as exc:
+        raise ConfigError(f"{path}:{element.sourceline}: Area: {exc}") from None
 
 
 def _text(option, name: str) -> str | None:

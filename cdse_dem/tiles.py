@@ -16,6 +16,8 @@ every entry is checked on its own, every invalid one is reported with its file a
 and the valid ones still run.
 """
 
+import logging
+import os
 import re
 import struct
 import zlib
@@ -26,6 +28,8 @@ from pathlib import Path
 
 from cdse_dem.errors import InputError
 from cdse_dem.fsutil import read_input
+
+log = logging.getLogger(__name__)
 
 ZONES = range(1, 61)
 BANDS = "CDEFGHJKLMNPQRSTUVWX"  # 8° latitude bands, I and O skipped
@@ -204,7 +208,8 @@ def _is_utf16(raw: bytes) -> bool:
                                   for half, other in ((head[1::2], head[0::2]), (head[0::2], head[1::2])))
 
 
-def _tile_of_safe_name(name: str) -> str | None:
+def _product_base(name: str) -> str:
+    """``.../S2A_MSIL1C_..._T32UMA_....SAFE.ZIP`` → ``S2A_MSIL1C_..._T32UMA_...`` (upper case in, as out)."""
     base = re.split(r"[/\\]", name.rstrip("/\\"))[-1]
     stripped = True
     while stripped:
@@ -212,6 +217,11 @@ def _tile_of_safe_name(name: str) -> str | None:
         for suffix in _SAFE_SUFFIXES:
             if base.endswith(suffix):
                 base, stripped = base[: -len(suffix)], True
+    return base
+
+
+def _tile_of_safe_name(name: str) -> str | None:
+    base = _product_base(name)
     if not _SAFE_RE.match(base):
         return None
     fields = [m.group(1) for m in map(_TILE_FIELD.match, base.split("_")[2:]) if m]
@@ -255,6 +265,37 @@ def read_tile_list(path: Path) -> list[Entry]:
             entries.append(resolve(content, str(path), number))
     if not entries:
         raise InputError(f"{path}: holds no tile id or SAFE name")
+    return entries
+
+
+# What a folder of products holds: SAFE folders, and their zips as CDSE and other archives serve them.
+PRODUCT_SUFFIXES = (".SAFE", ".SAFE.ZIP", ".ZIP")
+
+
+def read_product_folder(folder: Path) -> list[Entry]:
+    """Entries of a folder of products: the names of its ``*.SAFE``, ``*.SAFE.zip`` and ``*.zip`` entries.
+
+    One level deep, names only (nothing is opened), sorted, as if listed in a file. An entry
+    whose name is not a Sentinel-2 product name (``photos.zip``, a README, a sub-folder) is
+    none of the user's products: it is counted in one log line, not reported as an error; a
+    product name whose tile does not exist is an invalid entry, as in a list file. A folder with
+    no product at all is an InputError.
+    """
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder))
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot read the folder of products ({exc.strerror or exc})") from None
+    entries = []
+    for name in names:
+        upper = name.upper()
+        if upper.endswith(PRODUCT_SUFFIXES) and _SAFE_RE.match(_product_base(upper)):
+            entries.append(resolve(name, str(folder), None))
+    other = len(names) - len(entries)
+    kinds = "*.SAFE, *.SAFE.zip or *.zip named S2x_MSIL1C_... or S2x_MSIL2A_..."
+    if not entries:
+        raise InputError(f"{folder}: holds no Sentinel-2 product ({kinds}); {other} other entries")
+    log.info("Reading products from %s: %d product(s); %d other entries ignored (not %s)",
+             folder, len(entries), other, kinds)
     return entries
 
 
