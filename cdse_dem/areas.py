@@ -8,7 +8,7 @@ are the run's own (grid.FootprintFinder: the tiling KML's when it is there, else
 so an area is decided from the same outlines as the geocells of its tiles.
 
 No footprint is made for a tile that cannot meet the area: every tile's bounds
-(grid.footprint_bounds, the whole grid in a fraction of a second) go into an STRtree once per
+(grid.grid_bounds, the whole grid in a fraction of a second) go into an STRtree once per
 process, the tree names the tiles whose box meets the area, and only those get a footprint
 and the exact test.
 
@@ -36,10 +36,10 @@ from shapely.errors import ShapelyError
 from shapely.geometry import shape
 
 from cdse_dem.errors import InputError, UsageError
-from cdse_dem.fsutil import read_input
-from cdse_dem.grid import FootprintFinder, footprint_bounds, read_wkt
+from cdse_dem.fsutil import read_input, text_of
+from cdse_dem.grid import FootprintFinder, grid_bounds, read_wkt
 from cdse_dem.settings import expand_user
-from cdse_dem.tiles import COMMAND_LINE, Entry, all_tile_ids, shown
+from cdse_dem.tiles import COMMAND_LINE, Entry, shown
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +145,7 @@ def _area_of_text(text: str, base: Path | None) -> Area:
 
 def read_area_file(path: Path) -> Area:
     """A GeoJSON or WKT file's area (told apart by its first character, not its name)."""
-    raw = read_input(path, "area file", InputError, limit=MAX_AREA_FILE)
-    if b"\0" in raw:
-        raise InputError(f"{path}: not GeoJSON or WKT (binary content)")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not GeoJSON or WKT (not UTF-8 text)") from None
+    text = text_of(read_input(path, "GeoJSON or WKT file", InputError, limit=MAX_AREA_FILE), path, InputError)
     head = text.lstrip()
     where = str(path)
     if head.startswith(("{", "[")):
@@ -343,14 +336,14 @@ def points_of(value) -> list[Point]:
 def _bounds_tree() -> tuple[np.ndarray, np.ndarray, shapely.STRtree]:
     """Every tile's box in an STRtree: (tile ids, the tile of each box, the tree). A tile across
     ±180° has a box on each side."""
-    tiles = np.array(list(all_tile_ids()))
-    west, south, east, north = (footprint_bounds(tiles) + np.array([-1, -1, 1, 1]) * _BOUNDS_MARGIN).T
+    tiles, bounds = grid_bounds()
+    west, south, east, north = (bounds + np.array([-1, -1, 1, 1]) * _BOUNDS_MARGIN).T
     across_west, across_east = west < -180, east > 180
     owner = np.concatenate([np.arange(len(tiles)), np.flatnonzero(across_west), np.flatnonzero(across_east)])
     box_west = np.concatenate([np.maximum(west, -180), west[across_west] + 360, np.full(across_east.sum(), -180.0)])
     box_east = np.concatenate([np.minimum(east, 180), np.full(across_west.sum(), 180.0), east[across_east] - 360])
     boxes = shapely.box(box_west, south[owner], box_east, north[owner])
-    return tiles, owner, shapely.STRtree(boxes)
+    return np.array(tiles), owner, shapely.STRtree(boxes)
 
 
 class TileIndex:

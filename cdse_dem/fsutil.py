@@ -309,8 +309,21 @@ def read_input(path: Path, what: str, error: type[DemError], limit: int | None =
     except OSError as exc:
         raise error(f"{path}: cannot read the {what} ({exc.strerror})") from None
     if limit is not None and len(data) > limit:
-        raise error(f"{path}: larger than a {what} may be ({limit // 2**20} MiB)")
+        raise error(f"{path}: too large for a {what} (over {limit:,} bytes)")
     return data
+
+
+def text_of(raw: bytes, path: Path, error: type[DemError]) -> str:
+    """The bytes of a text file the user named as str (UTF-8, a BOM dropped), or ``error`` naming the
+    line where it stops being text: ``path:2: not a text file (binary content)`` or ``(not UTF-8)``."""
+    if b"\0" in raw:
+        line = raw[: raw.index(b"\0")].count(b"\n") + 1
+        raise error(f"{path}:{line}: not a text file (binary content)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: not a text file (not UTF-8)") from None
 
 
 # --- what is at a path, before the tool writes or reads it ------------------------------------

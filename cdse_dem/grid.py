@@ -58,7 +58,7 @@ from shapely.errors import ShapelyError
 from cdse_dem import settings
 from cdse_dem.errors import InputError, UsageError
 from cdse_dem.fsutil import DiskFull, atomic_writer
-from cdse_dem.tiles import BANDS, check_tile, normalize_tile_id
+from cdse_dem.tiles import BANDS, all_tile_ids, check_tile, normalize_tile_id
 
 log = logging.getLogger(__name__)
 
@@ -203,24 +203,24 @@ def _relative_outlines(tiles: Sequence[str], segments: int):
     return outlines, rows, meridians
 
 
-def footprint_bounds(tile_ids: Sequence[str]) -> "np.ndarray":
-    """Each tile's (west, south, east, north) in degrees, shape (tiles, 4), without making a polygon.
+def grid_bounds() -> "tuple[list[str], np.ndarray]":
+    """Every tile of the grid, and its (west, south, east, north) in degrees, without making a polygon.
 
     The bounds of the computed (true) footprint, with longitudes continuous across ±180°: a tile
     that straddles it has ``west < -180`` or ``east > 180``. They hold the KML polygon too: its
     vertices are the tile's corners (within 0.2 m) and its edges straight lon/lat lines between
-    them, so it never reaches beyond the corners' box. Cheap for the whole grid (the 1,079
-    distinct squares are projected once), which is what finding the tiles of an area needs.
+    them, so it never reaches beyond the corners' box. A few tenths of a second (the 1,079
+    distinct squares are projected once): what finding the tiles of an area starts from.
     """
 
-    tiles = [check_tile(t) for t in tile_ids]
+    tiles = list(all_tile_ids())
     outlines, rows, meridians = _relative_outlines(tiles, SEGMENTS_PER_EDGE)
     lon, lat = outlines[..., 0], outlines[..., 1]
     square_bounds = np.column_stack([lon.min(axis=1), lat.min(axis=1), lon.max(axis=1), lat.max(axis=1)])
     bounds = square_bounds[rows]
     bounds[:, 0] += meridians
     bounds[:, 2] += meridians
-    return bounds
+    return tiles, bounds
 
 
 def _relative_square(utm: UtmTile) -> tuple[int, int]:

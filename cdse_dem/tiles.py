@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from cdse_dem.errors import InputError
-from cdse_dem.fsutil import read_input
+from cdse_dem.fsutil import read_input, text_of
 
 log = logging.getLogger(__name__)
 
@@ -249,15 +249,7 @@ def read_tile_list(path: Path) -> list[Entry]:
     if _is_utf16(raw):
         raise InputError(f"{path}: a UTF-16 text file, not UTF-8: convert it, e.g. "
                          f"iconv -f UTF-16 -t UTF-8 '{path}' > tiles.txt (or save it as UTF-8)")
-    if b"\0" in raw:
-        line = raw[: raw.index(b"\0")].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not a text file (binary content)")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not a text file (not UTF-8)") from None
-
+    text = text_of(raw, path, InputError)
     entries = []
     for number, line in enumerate(text.split("\n"), start=1):  # as editors and grep number lines: \n only
         content = line.split("#", 1)[0].strip()

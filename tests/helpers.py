@@ -222,3 +222,59 @@ def product_filter(collection: str, resolution: int, model: str, delivery: str, 
 
     return (f"{dataset_filter(collection, resolution, model, delivery)} and "
             f"OData.CSC.Intersects(area=geography'SRID=4326;{wkt}')")
+
+
+# --- the official tiling KML, read independently of cdse_dem.grid ------------------------------
+
+# one Placemark: its name, EPSG, UTM_WKT square and the MultiGeometry with its polygons
+_TILE = re.compile(
+    r"<Placemark>\s*<name>(\w+)</name>.*?<b>EPSG</b>.*?>\s*(\d+)\s*<.*?UTM_WKT</b>.*?MULTIPOLYGON\(\(\(([^)]*)\)\)\)"
+    r".*?<MultiGeometry>(.*?)</MultiGeometry>\s*</Placemark>",
+    re.S,
+)
+_RING = re.compile(r"<LinearRing>\s*<coordinates>(.*?)</coordinates>", re.S)
+
+
+@dataclass
+class KmlTile:
+    name: str
+    epsg: int
+    x_min: float  # of the UTM_WKT square
+    y_max: float
+    width: float
+    height: float
+    rings: list  # the Polygons' outer rings: (n, 2) lon/lat arrays
+
+
+def _numbers(texts: list[str], separators: str):
+    """All the numbers of many texts at once (one conversion, not one per vertex)."""
+    import numpy as np
+
+    joined = " ".join(texts)
+    for separator in separators:
+        joined = joined.replace(separator, " ")
+    return np.array(joined.split(), dtype=np.float64)
+
+
+def parse_tiling_kml(text: str) -> dict[str, KmlTile]:
+    """Every Placemark of ESA's tiling KML, read with plain regular expressions over its text: the
+    reference the library's own reading (cdse_dem.grid) is compared with."""
+    import numpy as np
+
+    records = _TILE.findall(text)
+    assert len(records) == text.count("<Placemark>")  # no Placemark skipped or run into the next
+    squares = _numbers([utm for _, _, utm, _ in records], ",").reshape(len(records), 5, 2)
+    rings_of = [_RING.findall(geometry) for _, _, _, geometry in records]
+    texts = [ring for rings in rings_of for ring in rings]
+    values = _numbers(texts, ",").reshape(-1, 3)[:, :2]  # lon,lat,alt
+    ends = np.cumsum([len(ring.split()) for ring in texts])
+    rings = np.split(values, ends[:-1])
+    x, y = squares[:, :, 0], squares[:, :, 1]
+    x_min, y_max = x.min(axis=1).tolist(), y.max(axis=1).tolist()
+    width, height = np.ptp(x, axis=1).tolist(), np.ptp(y, axis=1).tolist()
+    tiles, next_ring = {}, 0
+    for i, ((name, epsg, _, _), count) in enumerate(zip(records, map(len, rings_of), strict=True)):
+        tiles[name] = KmlTile(name, int(epsg), x_min[i], y_max[i], width[i], height[i],
+                              rings[next_ring : next_ring + count])
+        next_ring += count
+    return tiles

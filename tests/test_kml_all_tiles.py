@@ -12,7 +12,6 @@ when its area overlaps that square.
 
 import random
 import re
-from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -20,59 +19,12 @@ import pytest
 
 from cdse_dem.grid import Geocell, computed_footprints, geocells_of_each, open_index
 from cdse_dem.tiles import all_tile_ids
+from tests.helpers import KmlTile, parse_tiling_kml
 
 SIDE = 109_800.0
 ONE_METRE = 1.0
 NUMERICAL_AREA = 1e-9  # deg²: overlaps this small are rounding, not geography
 KML_TILES = 56_686  # Placemarks in the official KML
-
-# one Placemark: its name, EPSG, UTM_WKT square and the MultiGeometry with its polygons
-_TILE = re.compile(
-    r"<Placemark>\s*<name>(\w+)</name>.*?<b>EPSG</b>.*?>\s*(\d+)\s*<.*?UTM_WKT</b>.*?MULTIPOLYGON\(\(\(([^)]*)\)\)\)"
-    r".*?<MultiGeometry>(.*?)</MultiGeometry>\s*</Placemark>",
-    re.S,
-)
-_RING = re.compile(r"<LinearRing>\s*<coordinates>(.*?)</coordinates>", re.S)
-
-
-@dataclass
-class KmlTile:
-    name: str
-    epsg: int
-    x_min: float  # of the UTM_WKT square
-    y_max: float
-    width: float
-    height: float
-    rings: list[np.ndarray]  # the Polygons' outer rings, lon/lat
-
-
-def _numbers(texts: list[str], separators: str) -> np.ndarray:
-    """All the numbers of many texts at once (one conversion, not one per vertex)."""
-    joined = " ".join(texts)
-    for separator in separators:
-        joined = joined.replace(separator, " ")
-    return np.array(joined.split(), dtype=np.float64)
-
-
-def _parse_kml(text: str) -> dict[str, KmlTile]:
-    records = _TILE.findall(text)
-    assert len(records) == text.count("<Placemark>")  # no Placemark skipped or run into the next
-    squares = _numbers([utm for _, _, utm, _ in records], ",").reshape(len(records), 5, 2)
-    rings_of = [_RING.findall(geometry) for _, _, _, geometry in records]
-    texts = [ring for rings in rings_of for ring in rings]
-    values = _numbers(texts, ",").reshape(-1, 3)[:, :2]  # lon,lat,alt
-    ends = np.cumsum([len(ring.split()) for ring in texts])
-    rings = np.split(values, ends[:-1])
-    x, y = squares[:, :, 0], squares[:, :, 1]
-    x_min, y_max = x.min(axis=1).tolist(), y.max(axis=1).tolist()
-    width, height = np.ptp(x, axis=1).tolist(), np.ptp(y, axis=1).tolist()
-    tiles, next_ring = {}, 0
-    for i, ((name, epsg, _, _), count) in enumerate(zip(records, map(len, rings_of), strict=True)):
-        tiles[name] = KmlTile(name, int(epsg), x_min[i], y_max[i], width[i], height[i],
-                              rings[next_ring : next_ring + count])
-        next_ring += count
-    return tiles
-
 
 def _report(capsys, text: str) -> None:
     """Shown in the pytest output (not captured), so `make test` tells the numbers."""
@@ -82,7 +34,7 @@ def _report(capsys, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def kml(real_kml) -> dict[str, KmlTile]:
-    return _parse_kml(real_kml.read_text(encoding="utf-8"))
+    return parse_tiling_kml(real_kml.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
