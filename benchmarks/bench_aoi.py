@@ -15,7 +15,7 @@ Measures, on this machine:
    process (small products: a dry run fetches none), every catalogue search answered after
    ``--catalogue-latency`` seconds: wall time from start to exit, median of ``--repeat``.
 
-France is an outline of the mainland written by hand (66 vertices, anticlockwise) and densified
+France is an outline of the mainland written by hand (58 vertices, anticlockwise) and densified
 with ``shapely.segmentize`` to about 10,000 vertices, so that it weighs as much as a real
 country's boundary in GEOS; its area is printed with the figures.
 """

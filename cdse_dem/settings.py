@@ -11,7 +11,8 @@ What a run will do, decided from the command line and the configuration file.
 
 The precedence is the reference tool's, kept exactly because scripts rely on it:
 ``--config`` (bare: ``configuration/configuration.xml``) wins over every other data
-option; ``--t`` wins over ``--i``; with neither, ``configuration/input_tiles.txt`` is read
+option; ``--t`` wins over ``--i``; the tiles of ``--aoi`` and ``--point`` (or the file's
+``<Area>``) are added to theirs; with none of them, ``configuration/input_tiles.txt`` is read
 (the reference tool announced that but never did it). ``--reset`` is handled before all
 of this by the entry script.
 
