@@ -85,9 +85,14 @@ class Point:
         return f"point {self.label}"
 
 
+# What the API takes for one area and one point (the command line's strings included)
+AreaLike = shapely.Geometry | Mapping | str | os.PathLike | tuple[float, float, float, float] | Area
+PointLike = str | tuple[float, float] | Point
+
+
 # --- reading an area ----------------------------------------------------------------------------
 
-def area_of(value, *, base: Path | None = None) -> Area:
+def area_of(value: AreaLike, *, base: Path | None = None) -> Area:
     """One area, in any form the API and the command line take; InputError saying what is wrong.
 
     ``value``: a shapely geometry; a GeoJSON-like mapping (Geometry, Feature or FeatureCollection);
@@ -112,7 +117,7 @@ def area_of(value, *, base: Path | None = None) -> Area:
                      f"not {type(value).__name__}")
 
 
-def areas_of(value) -> list[Area]:
+def areas_of(value: AreaLike | list[AreaLike] | None) -> list[Area]:
     """The ``aoi=`` of the API: None, one area, or a list of them (a list of four numbers is one box)."""
     if value is None:
         return []
@@ -299,7 +304,7 @@ def _numbers(value, count: int) -> bool:
 
 # --- reading a point ----------------------------------------------------------------------------
 
-def point_of(value) -> Point:
+def point_of(value: PointLike) -> Point:
     """``'45.83,6.86'`` (as --point takes it) or a ``(lat, lon)`` pair; InputError when it is neither."""
     if isinstance(value, Point):
         return value
@@ -321,7 +326,7 @@ def point_of(value) -> Point:
     return Point(label, lat, lon)
 
 
-def points_of(value) -> list[Point]:
+def points_of(value: PointLike | list[PointLike] | None) -> list[Point]:
     """The ``points=`` of the API: None, one point, or a list of them, each as :func:`point_of` takes it."""
     if value is None:
         return []
@@ -385,7 +390,7 @@ class TileIndex:
         return sorted({tile for tile, h in zip(of, hit.tolist(), strict=True) if h})
 
 
-def tiles_for_area(area, *, kml: str | os.PathLike | None = None) -> list[str]:
+def tiles_for_area(area: AreaLike, *, kml: str | os.PathLike | None = None) -> list[str]:
     """The Sentinel-2 tiles whose footprint's area overlaps ``area`` (touching along an edge does not
     count), sorted: what ``--aoi`` adds to a run.
 
@@ -403,7 +408,8 @@ def tiles_for_area(area, *, kml: str | os.PathLike | None = None) -> list[str]:
     return found
 
 
-def entries_of(aoi, points, finder: FootprintFinder) -> list[Entry]:
+def entries_of(aoi: AreaLike | list[AreaLike] | None, points: PointLike | list[PointLike] | None,
+               finder: FootprintFinder) -> list[Entry]:
     """The entries of a run's areas and points (``aoi=``, ``points=``, --aoi, --point): one per tile,
     each area's tiles in order, then each point's. InputError for an area or point that cannot be
     used or that no tile covers: a request that says where is wrong when it says nowhere."""

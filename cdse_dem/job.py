@@ -86,8 +86,8 @@ class Mode(StrEnum):
 
 
 Tiles = str | os.PathLike | Iterable[str] | None
-Areas = object  # one area or a list of them, in the forms areas.area_of takes; None: none
-Points = object  # one (lat, lon) pair or 'LAT,LON', or a list of them; None: none
+Areas = areas.AreaLike | list[areas.AreaLike] | None  # one area or a list of them; None: none
+Points = areas.PointLike | list[areas.PointLike] | None  # (lat, lon) pairs or 'LAT,LON'; None: none
 ProgressCallback = Callable[[int, int], None]
 
 
