@@ -282,12 +282,12 @@ def read_product_folder(folder: Path) -> list[Entry]:
         upper = name.upper()
         if upper.endswith(PRODUCT_SUFFIXES) and _SAFE_RE.match(_product_base(upper)):
             entries.append(resolve(name, str(folder), None))
-    other = len(names) - len(entries)
+    others = len(names) - len(entries)
+    others_text = f"{others} other {'entry' if others == 1 else 'entries'}"
     kinds = "*.SAFE, *.SAFE.zip or *.zip named S2x_MSIL1C_... or S2x_MSIL2A_..."
     if not entries:
-        raise InputError(f"{folder}: holds no Sentinel-2 product ({kinds}); {other} other entries")
-    log.info("Reading products from %s: %d product(s); %d other entries ignored (not %s)",
-             folder, len(entries), other, kinds)
+        raise InputError(f"{folder}: holds no Sentinel-2 product ({kinds}); {others_text}")
+    log.info("Reading products from %s: %d product(s); %s ignored (not %s)", folder, len(entries), others_text, kinds)
     return entries
 
 

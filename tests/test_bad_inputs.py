@@ -217,10 +217,15 @@ def test_unusable_list_file(world, tmp_path, content, message):
     assert_clean(world, result)
 
 
-def test_list_file_that_is_a_folder(world, tmp_path):
-    result = world.run("--i", tmp_path)
+def test_a_folder_given_as_the_list_holds_no_product(world, tmp_path):
+    folder = tmp_path / "l1c"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a product\n")
+    result = world.run("--i", folder)
     assert result.returncode == 2
-    assert error_messages(result.stderr) == [f"{tmp_path}: is a folder, not a tile list file"]
+    assert error_messages(result.stderr) == [
+        f"{folder}: holds no Sentinel-2 product (*.SAFE, *.SAFE.zip or *.zip named S2x_MSIL1C_... or "
+        "S2x_MSIL2A_...); 1 other entry"]
     assert_clean(world, result)
 
 
