@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CDSE collection: CCM (default) or COP-DEM")
     group.add_argument("--coverage", type=str.lower, choices=COVERAGES, default=DEFAULT_COVERAGE,
                        help="cells Sen2Cor asks for (default), or overlapped")
+    group.add_argument("--fill-gaps", action="store_true",
+                       help="fill land this dataset lacks from another one")
 
     group = parser.add_argument_group("output")
     group.add_argument("--o", "-o", "--output", dest="output", metavar="DIR",
@@ -337,7 +339,7 @@ def _run(args, signals: _Signals, log) -> int:
         aoi=list(settings.areas), points=list(settings.points), resolution=settings.resolution,
         model=settings.model, collection=settings.collection, delivery=settings.delivery, coverage=args.coverage,
         workers=args.workers, transfer=args.transfer, keep_existing=args.keep_existing, max_minutes=args.max_minutes,
-        kml=args.kml, gipp=args.gipp, missing_list=args.sen2cor_missing_list)
+        kml=args.kml, gipp=args.gipp, missing_list=args.sen2cor_missing_list, fill_gaps=args.fill_gaps)
     for path, what in ((args.summary_json, "summary JSON"), (args.kml_report, "KML report")):
         if path:
             _check_report_path(Path(path), what, out_dir)

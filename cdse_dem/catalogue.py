@@ -67,6 +67,17 @@ ORDER_BY = "ContentDate/Start asc"
 MAX_PAGE_BYTES = 16 * 1024 * 1024
 # COP-DEM product types and CCM datasets, by (resolution, model).
 _PRODUCT_TYPES = {(30, "DGED"): "DGE_30", (90, "DGED"): "DGE_90", (30, "DTED"): "DTE_30", (90, "DTED"): "DTE_90"}
+# CCM's product types (cdse-api.md section 3): one per resolution and model, whatever the delivery.
+_CCM_PRODUCT_TYPES = {(30, "DGED"): "SAR_DGE_30_A4AD", (90, "DGED"): "SAR_DGE_90_A407",
+                      (30, "DTED"): "SAR_DTE_30_615C", (90, "DTED"): "SAR_DTE_90_61F6"}
+_RESOLUTION_IN_TYPE = re.compile(r"D[GT]E_(30|90)(?:_|$)")
+# The search for other datasets asks for the fields that tell a product's dataset and choose among
+# them; a product to fill a gap with is asked for again whole (its size and checksums), in its dataset.
+OTHER_DATASETS_SELECT = "Id,Name,Footprint,ModificationDate"
+# Rectangles of the search for other datasets are shrunk by this (degrees) inside their cells, so that
+# Intersects answers no touching neighbour: that search lists every product of every dataset of a cell
+# (about twenty for a land cell), and the cells it asks about are mostly sea among land.
+OTHER_DATASETS_INSET = 0.1
 
 
 
@@ -85,6 +96,14 @@ class Product:
     footprint_wkt: str
     s3_path: str
     online: bool
+    # the dataset it belongs to, as the folder's records name datasets (``dataset_label``):
+    # ``CCM COP-DEM_GLO-90-DGED/2024_1``, ``COP-DEM DGE_90``; and its resolution (30, 90), from its type
+    dataset: str = ""
+    resolution: int | None = None
+
+    @property
+    def collection(self) -> str:
+        return self.dataset.split(" ", 1)[0]
 
 
 def dataset_name(resolution: int, model: str) -> str:
@@ -101,14 +120,62 @@ def dataset_key(collection: str, resolution: int, model: str, delivery: str) -> 
     return "productType", _PRODUCT_TYPES[(resolution, model)]
 
 
+@dataclass(frozen=True)
+class Dataset:
+    """What a run downloads from: a collection, and in it a resolution, a model and (CCM) a delivery."""
+
+    collection: str
+    resolution: int
+    model: str
+    delivery: str
+
+    @property
+    def label(self) -> str:
+        """As the folder's records and the log name it: ``CCM COP-DEM_GLO-30-DGED/2024_1``, ``COP-DEM DGE_30``."""
+        return f"{self.collection} {dataset_key(self.collection, self.resolution, self.model, self.delivery)[1]}"
+
+    def filter_text(self) -> str:
+        return dataset_filter(self.collection, self.resolution, self.model, self.delivery)
+
+    def of(self, product: Product) -> "Dataset":
+        """The dataset of another product of this model (one the search for other datasets found)."""
+        return Dataset(product.collection, product.resolution or self.resolution, self.model,
+                       product.delivery or self.delivery)
+
+
+_LABEL_RE = re.compile(r"(?P<collection>\S+) (?:COP-DEM_GLO-|D[GT]E_)(?P<resolution>30|90)(?:-\w+/(?P<delivery>\S+))?")
+
+
+def label_parts(label: str) -> tuple[str, int, str | None] | None:
+    """(collection, resolution, delivery or None) of a dataset label; None for one we cannot read."""
+    match = _LABEL_RE.fullmatch(label)
+    if match is None:
+        return None
+    return match["collection"], int(match["resolution"]), match["delivery"]
+
+
+def _attribute_is(attribute: str, value: str) -> str:
+    return (f"Attributes/OData.CSC.StringAttribute/any(att:att/Name eq '{attribute}'"
+            f" and att/OData.CSC.StringAttribute/Value eq '{value}')")
+
+
 def dataset_filter(collection: str, resolution: int, model: str, delivery: str) -> str:
     """The part of every search's ``$filter`` that names the dataset (collection and attribute)."""
     attribute, value = dataset_key(collection, resolution, model, delivery)
-    return (
-        f"Collection/Name eq '{collection}'"
-        f" and Attributes/OData.CSC.StringAttribute/any(att:att/Name eq '{attribute}'"
-        f" and att/OData.CSC.StringAttribute/Value eq '{value}')"
-    )
+    return f"Collection/Name eq '{collection}' and {_attribute_is(attribute, value)}"
+
+
+def other_datasets_filter(model: str) -> str:
+    """``$filter``'s dataset part for every Copernicus DEM GLO product of ``model``: both collections,
+    both resolutions, every delivery (never EEA-10, which CCM also holds).
+
+    A cell the run's dataset has no product for is open sea only when this finds nothing for it
+    either; otherwise it is a gap of that dataset (GLO-30 lacks cells GLO-90 has; a delivery may
+    lack cells another has).
+    """
+    types = [kinds[(resolution, model)] for kinds in (_PRODUCT_TYPES, _CCM_PRODUCT_TYPES) for resolution in (30, 90)]
+    return ("(Collection/Name eq 'CCM' or Collection/Name eq 'COP-DEM') and ("
+            + " or ".join(_attribute_is("productType", kind) for kind in types) + ")")
 
 
 def intersects(area: "Polygon") -> str:
@@ -122,10 +189,12 @@ def intersects(area: "Polygon") -> str:
     return f"OData.CSC.Intersects(area=geography'SRID=4326;{wkt}')"
 
 
-def search_url(catalogue_url: str, filter_text: str) -> str:
-    """A search's first page: ordered, so that paging neither repeats nor loses products."""
+def search_url(catalogue_url: str, filter_text: str, select: str | None = None) -> str:
+    """A search's first page: ordered, so that paging neither repeats nor loses products; with
+    ``select``, only those fields of each product (and its attributes)."""
+    fields = f"&$select={quote(select, safe=',')}" if select else ""
     return (f"{catalogue_url}/Products?$filter={quote(filter_text, safe='')}"
-            f"&$orderby={quote(ORDER_BY, safe='')}&$expand=Attributes&$top={PAGE_SIZE}")
+            f"&$orderby={quote(ORDER_BY, safe='')}&$expand=Attributes{fields}&$top={PAGE_SIZE}")
 
 
 class TooManyResults(ServiceError):
@@ -195,9 +264,13 @@ def parse_product(record: object) -> Product:
     dataset = dataset if isinstance(dataset, str) else ""
     length = record.get("ContentLength")
     name = record.get("Name")
+    name = name if isinstance(name, str) else ""
+    kind = attributes.get("productType")
+    kind = kind if isinstance(kind, str) else ""
+    in_type = _RESOLUTION_IN_TYPE.search(kind) or _RESOLUTION_IN_TYPE.search(name)
     return Product(
         id=pid,
-        name=name if isinstance(name, str) else "",
+        name=name,
         geocell=geocell,
         content_length=length if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None,
         md5=(checksums.get("MD5") or None),
@@ -207,6 +280,8 @@ def parse_product(record: object) -> Product:
         footprint_wkt=footprint,
         s3_path=str(record.get("S3Path") or ""),
         online=bool(record.get("Online", True)),
+        dataset=f"CCM {dataset}" if dataset else f"COP-DEM {kind}" if kind else "",
+        resolution=int(in_type.group(1)) if in_type else None,
     )
 
 
@@ -295,14 +370,15 @@ class Catalogue:
         self.max_page_bytes = max_page_bytes
         self.sleep = sleep
 
-    def search(self, filter_text: str) -> list[dict]:
-        """Every record matching ``filter_text``, following ``@odata.nextLink`` to the end.
+    def search(self, filter_text: str, select: str | None = None) -> list[dict]:
+        """Every record matching ``filter_text`` (with ``select``: those fields), following
+        ``@odata.nextLink`` to the end.
 
         A next link must be a new URL on the catalogue's own origin: a page that links to
         itself (or to an earlier page) would be asked for ever, and a link elsewhere would
         send our requests to a host we never chose. Either ends the search with an error.
         """
-        url: str | None = search_url(self.catalogue_url, filter_text)
+        url: str | None = search_url(self.catalogue_url, filter_text, select)
         seen: set[str] = set()
         records: list[dict] = []
         while url:
@@ -448,12 +524,13 @@ class Rect:
                 for lat in range(max(self.south - 1, -90), min(self.north + 1, 90))
                 for lon in range(self.west - 1, self.east + 1)}
 
-    def polygon(self) -> shapely.Polygon:
-        """The rectangle as a lon/lat box (its ring counter-clockwise from the south-east corner)."""
-        return shapely.box(self.west, self.south, self.east, self.north)
+    def polygon(self, inset: float = 0.0) -> shapely.Polygon:
+        """The rectangle as a lon/lat box (its ring counter-clockwise from the south-east corner),
+        shrunk by ``inset`` degrees on each side (then no neighbouring cell touches it)."""
+        return shapely.box(self.west + inset, self.south + inset, self.east - inset, self.north - inset)
 
-    def clause(self) -> str:
-        return intersects(self.polygon())
+    def clause(self, inset: float = 0.0) -> str:
+        return intersects(self.polygon(inset))
 
     def halves(self) -> "tuple[Rect, Rect]":
         """Two rectangles covering this one, cut across its longer side."""
@@ -466,9 +543,14 @@ class Rect:
 
 @dataclass(frozen=True)
 class SearchArea:
-    """The rectangles of one search and the wanted cells its answer decides."""
+    """The rectangles of one search and the wanted cells its answer decides.
+
+    ``inset``: the rectangles are searched shrunk by that much (degrees), so that only their own
+    cells answer (see ``OTHER_DATASETS_INSET``).
+    """
 
     rects: tuple[Rect, ...]
+    inset: float = 0.0
 
     @cached_property
     def cells(self) -> frozenset[Geocell]:
@@ -476,23 +558,23 @@ class SearchArea:
 
     def filter_text(self, dataset_text: str) -> str:
         """``$filter``: the dataset clauses and an ``or`` of one ``Intersects`` per rectangle."""
-        clauses = [rect.clause() for rect in self.rects]
+        clauses = [rect.clause(self.inset) for rect in self.rects]
         area = clauses[0] if len(clauses) == 1 else "(" + " or ".join(clauses) + ")"
         return f"{dataset_text} and {area}"
 
-    def url(self, catalogue_url: str, dataset_text: str) -> str:
-        return search_url(catalogue_url, self.filter_text(dataset_text))
+    def url(self, catalogue_url: str, dataset_text: str, select: str | None = None) -> str:
+        return search_url(catalogue_url, self.filter_text(dataset_text), select)
 
     def split(self) -> "tuple[SearchArea, SearchArea]":
         """Two searches covering the same cells, for an answer too large to page through."""
         if len(self.rects) > 1:
             middle = len(self.rects) // 2
-            return SearchArea(self.rects[:middle]), SearchArea(self.rects[middle:])
+            return SearchArea(self.rects[:middle], self.inset), SearchArea(self.rects[middle:], self.inset)
         (rect,) = self.rects
         if len(rect.cells()) == 1:
             raise ValueError(f"one geocell ({rect.cells()[0].grid_id}) cannot be split")
         first, second = rect.halves()
-        return SearchArea((first,)), SearchArea((second,))
+        return SearchArea((first,), self.inset), SearchArea((second,), self.inset)
 
 
 def rectangles(cells: Iterable[Geocell]) -> list[Rect]:
@@ -533,34 +615,36 @@ def rectangles(cells: Iterable[Geocell]) -> list[Rect]:
     return sorted(rects)
 
 
-def plan_search_areas(cells: Iterable[Geocell], catalogue_url: str, dataset_text: str) -> list[SearchArea]:
+def plan_search_areas(cells: Iterable[Geocell], catalogue_url: str, dataset_text: str, *, inset: float = 0.0,
+                      select: str | None = None) -> list[SearchArea]:
     """The searches that cover ``cells``: few, each URL at most ``MAX_URL_LENGTH`` characters.
 
     Rectangles are packed in south-to-north, west-to-east order, so each search holds
-    neighbouring rectangles (which share their touched neighbours).
+    neighbouring rectangles (which share their touched neighbours). ``inset`` and ``select``:
+    see :class:`SearchArea` and :func:`search_url`.
     """
     # URL length, counted as clauses are added: the fixed part (with the parentheses of an
     # ``or``), each encoded clause, and an encoded " or " between two.
-    fixed = len(search_url(catalogue_url, f"{dataset_text} and ()"))
+    fixed = len(search_url(catalogue_url, f"{dataset_text} and ()", select))
     separator = len(quote(" or ", safe=""))
     areas: list[SearchArea] = []
     current: list[Rect] = []
     touched: set[tuple[int, int]] = set()
     length = fixed
     for rect in rectangles(cells):
-        clause = len(quote(rect.clause(), safe=""))
+        clause = len(quote(rect.clause(inset), safe=""))
         reach = touched | rect.touched()
         if current and (len(reach) > MAX_TOUCHED_CELLS or length + separator + clause > MAX_URL_LENGTH):
-            areas.append(SearchArea(tuple(current)))
+            areas.append(SearchArea(tuple(current), inset))
             current, reach, length = [rect], rect.touched(), fixed + clause
         else:
             length += clause + (separator if current else 0)
             current.append(rect)
         touched = reach
     if current:
-        areas.append(SearchArea(tuple(current)))
+        areas.append(SearchArea(tuple(current), inset))
     for area in areas:
-        if len(area.url(catalogue_url, dataset_text)) > MAX_URL_LENGTH:
+        if len(area.url(catalogue_url, dataset_text, select)) > MAX_URL_LENGTH:
             raise ValueError(f"a single rectangle's search URL is longer than {MAX_URL_LENGTH} characters")
     return areas
 
@@ -568,3 +652,26 @@ def plan_search_areas(cells: Iterable[Geocell], catalogue_url: str, dataset_text
 def products_of_area(area: SearchArea, products: Iterable[Product]) -> dict[Geocell, Product]:
     """One product per cell the area covers; products of cells that only touch it are dropped."""
     return choose(products, area.cells)
+
+
+def products_by_cell(area: SearchArea, products: Iterable[Product]) -> dict[Geocell, list[Product]]:
+    """Every product of each cell the area covers (those of other cells dropped): what the search
+    for other datasets found."""
+    found: dict[Geocell, list[Product]] = {}
+    for product in products:
+        if product.geocell in area.cells:
+            found.setdefault(product.geocell, []).append(product)
+    return found
+
+
+def fill_source(products: Iterable[Product], resolution: int, collection: str) -> Product | None:
+    """The product to fill a gap of ``resolution`` with, among the cell's products in other datasets.
+
+    Another delivery at the same resolution first (its own heights, no interpolation), then the
+    other resolution (GLO-90 under a GLO-30 name: interpolated; GLO-30 under a GLO-90 name: every
+    third post); in the run's collection first, then by :func:`preference` (the newest delivery).
+    """
+    usable = [p for p in products if p.resolution in (30, 90)]
+    if not usable:
+        return None
+    return max(usable, key=lambda p: (p.resolution == resolution, p.collection == collection, preference(p)))

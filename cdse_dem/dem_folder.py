@@ -510,7 +510,12 @@ class FileSources:
     present cell on every re-run. Files known to come from this run's dataset are not searched
     again; the others (another dataset, or a folder filled by another tool) are compared once.
     Like the sea record it only ever saves searches: a record that cannot be read is ignored.
+
+    A file ``--fill-gaps`` made is recorded as ``"filled from <dataset>"`` (``dict_filename_dem_id.json``
+    holds the Id of the product it was made from): later runs keep it, and say it is filled.
     """
+
+    FILLED = "filled from "
 
     def __init__(self, out_dir: Path, data: dict[str, str] | None = None):
         self.path = Path(out_dir) / SOURCES_NAME
@@ -524,6 +529,16 @@ class FileSources:
 
     def came_from(self, file_name: str, key: str) -> bool:
         return self._data.get(file_name) == key
+
+    def filled_from(self, file_name: str) -> str | None:
+        """The dataset a filled file was made from; None for a file that is a product's own DEM."""
+        value = self._data.get(file_name, "")
+        return value[len(self.FILLED):] if value.startswith(self.FILLED) else None
+
+    @classmethod
+    def filled(cls, dataset: str) -> str:
+        """The record's value for a file filled from ``dataset``."""
+        return cls.FILLED + dataset
 
     def save(self, file_names: Iterable[str], key: str) -> None:
         """Record ``file_names`` as coming from ``key``, merged with what other runs wrote meanwhile."""

@@ -31,6 +31,7 @@ from cdse_dem import fsutil
 from cdse_dem.dem_folder import dem_problem, extract_dem
 from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError
 from cdse_dem.fsutil import DiskFull, raise_if_disk_full, remove_quietly
+from cdse_dem.gapfill import fill_cell
 from cdse_dem.grid import geocell_of_name
 from cdse_dem.planning import CellState, Status
 from cdse_dem.search import Stop
@@ -105,7 +106,7 @@ class Fetcher:
         for state in new:
             self._submitted.add(id(state))
             self.outcome.submitted += 1
-            if self.transfer.use_nodes():
+            if self.transfer.use_nodes() and state.fill_from is None:  # a fill reads its source from the zip
                 future = self._listings.submit(self._locate, state)
             else:
                 future = self._downloads.submit(self._download, state)
@@ -278,7 +279,8 @@ class Fetcher:
             return False  # not this run's product (an earlier run's, to replace), or not there
         if dem_problem(self._out_dir / name) is not None:
             return False  # the damaged file the plan already decided to fetch again
-        state.status, state.product_id = Status.PRESENT, self._cache.product_id(state.file_name)
+        state.status = Status.FILLED if state.fill_from is not None else Status.PRESENT
+        state.product_id = self._cache.product_id(state.file_name)
         log.info("%s was fetched by another run meanwhile: present", state.file_name)
         self._retotal(-(located.node.content_length if located is not None else state.product.content_length or 0))
         return True
@@ -327,7 +329,11 @@ class Fetcher:
     def _extract_locked(self, state: CellState, result) -> None:
 
         try:
-            path = extract_dem(result.zip_path, self._out_dir, expected_name=state.file_name)
+            if state.fill_from is not None:
+                path = fill_cell(result.zip_path, self._out_dir, state.file_name, state.geocell,
+                                 geocell_of_name(state.file_name)[1])
+            else:
+                path = extract_dem(result.zip_path, self._out_dir, expected_name=state.file_name)
             self._cache.record(state.file_name, state.product.id)
         except DiskFull as exc:
             self._stop_all(state, exc)
@@ -338,7 +344,11 @@ class Fetcher:
             return
         finally:
             remove_quietly(result.zip_path)
-        state.status, state.file, state.bytes = Status.DOWNLOADED, str(path), result.bytes
+        filled = state.fill_from is not None
+        state.status, state.file, state.bytes = Status.FILLED if filled else Status.DOWNLOADED, str(path), result.bytes
         with self._lock:
             self.outcome.bytes += result.bytes
-        log.info("DEM %s extracted and stored", path.name)
+        if filled:
+            log.info("DEM %s filled from %s (product %s) and stored", path.name, state.fill_from, state.product.id)
+        else:
+            log.info("DEM %s extracted and stored", path.name)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from cdse_dem import areas, logs, planning, settings
 from cdse_dem import tiles as tiles_mod
-from cdse_dem.catalogue import Catalogue, dataset_filter, dataset_key
+from cdse_dem.catalogue import Catalogue, Dataset
 from cdse_dem.credentials import Credentials, obtain_credentials
 from cdse_dem.dem_folder import FileSources, NameIdCache, SeaRecord, dem_problem
 from cdse_dem.errors import (
@@ -99,7 +99,8 @@ def download(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, 
              coverage: str = DEFAULT_COVERAGE, workers: int = 4, transfer: str = "auto",
              keep_existing: bool = False, max_minutes: float = 60.0, kml: str | os.PathLike | None = None,
              gipp: str | os.PathLike | None = None, credentials: Credentials | tuple[str, str] | None = None,
-             stop: threading.Event | None = None, progress: ProgressCallback | None = None) -> Result:
+             stop: threading.Event | None = None, progress: ProgressCallback | None = None,
+             fill_gaps: bool = False) -> Result:
     """Download the DEM geocells of ``tiles`` into ``output_dir``; what the command line does.
 
     ``tiles``: tile ids and SAFE names (an iterable of str, or one str), or a ``pathlib.Path``
@@ -110,8 +111,12 @@ def download(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, 
     tiles covering each added. Duplicates are fetched once. ``resolution`` 90 or 30, ``model`` DGED or
     DTED, ``collection`` CCM or COP-DEM, ``delivery`` (CCM), ``coverage`` sen2cor or footprint,
     ``workers``, ``transfer`` (auto, nodes, zip), ``keep_existing``, ``max_minutes`` (0: no
-    limit), ``kml`` (the tiling KML) and ``gipp`` (a Sen2Cor L2A_GIPP.xml to point at the folder
-    once complete) are the command line's options of the same names.
+    limit), ``kml`` (the tiling KML), ``gipp`` (a Sen2Cor L2A_GIPP.xml to point at the folder
+    once complete) and ``fill_gaps`` are the command line's options of the same names.
+
+    A cell the dataset has no product for is ``sea`` only when no Copernicus DEM dataset has one;
+    otherwise it is a ``gap`` (exit status 1), which ``fill_gaps`` fills from another dataset's
+    product of the cell (``filled``; ``geocell.filled_from`` names the dataset).
 
     ``credentials``: a ``(user name, password)`` pair or :class:`cdse_dem.Credentials`; None:
     ``CDSE_USERNAME``/``CDSE_PASSWORD``, then the stored entry, then ``~/.netrc`` (never a
@@ -131,7 +136,8 @@ def download(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, 
         raise UsageError("download needs an output_dir")
     job = prepare(Mode.DOWNLOAD, tiles, output_dir, aoi=aoi, points=points, resolution=resolution, model=model,
                   collection=collection, delivery=delivery, coverage=coverage, workers=workers, transfer=transfer,
-                  keep_existing=keep_existing, max_minutes=max_minutes, kml=kml, gipp=gipp)
+                  keep_existing=keep_existing, max_minutes=max_minutes, kml=kml, gipp=gipp,
+                  fill_gaps=fill_gaps)
     return run(job, credentials=credentials, stop=stop, progress=progress)
 
 
@@ -139,15 +145,18 @@ def plan(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, aoi:
          points: Points = None, resolution: int = DEFAULT_RESOLUTION,
          model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY,
          coverage: str = DEFAULT_COVERAGE, keep_existing: bool = False, kml: str | os.PathLike | None = None,
-         stop: threading.Event | None = None) -> Result:
+         stop: threading.Event | None = None, fill_gaps: bool = False) -> Result:
     """What :func:`download` would do, as ``--dry-run`` shows it; needs no credentials, writes nothing.
 
-    Each geocell is ``planned`` (with the product the catalogue chose), ``present`` (whole and
-    recorded in ``output_dir``), ``sea`` (no product on CDSE) or ``failed`` (the search failed).
-    ``output_dir`` None: nothing is taken as present. ``tiles``, ``aoi`` and ``points`` as :func:`download`'s.
+    Each geocell is ``planned`` (with the product the catalogue chose; with ``fill_gaps``, a gap's
+    source product and ``filled_from``), ``present`` (whole and recorded in ``output_dir``),
+    ``filled`` (filled by an earlier run), ``sea`` (no product on CDSE), ``gap`` (a product in
+    another dataset only) or ``failed`` (the search failed). ``output_dir`` None: nothing is taken
+    as present. ``tiles``, ``aoi`` and ``points`` as :func:`download`'s.
     """
     job = prepare(Mode.PLAN, tiles, output_dir, aoi=aoi, points=points, resolution=resolution, model=model,
-                  collection=collection, delivery=delivery, coverage=coverage, keep_existing=keep_existing, kml=kml)
+                  collection=collection, delivery=delivery, coverage=coverage, keep_existing=keep_existing, kml=kml,
+                  fill_gaps=fill_gaps)
     return run(job, stop=stop)
 
 
@@ -161,7 +170,8 @@ def check(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, aoi
 
     Downloads nothing, needs no credentials, changes nothing in the folder (``gipp`` is
     written only when every tile is ready). Each tile's ``check`` holds the verdict
-    (``ready``, ``present``, ``sea``, ``missing``); ``result.ready`` is all of them, and
+    (``ready``, ``present``, ``filled``, ``sea``, ``missing``: a gap is missing, and so is a file
+    ``sen2cor_missing_list`` names, which Sen2Cor skips); ``result.ready`` is all of them, and
     ``exit_status`` 0 when every tile is ready, 1 when one is not (or an entry was invalid).
     ``tiles``, ``aoi`` and ``points`` as :func:`download`'s.
     """
@@ -195,6 +205,11 @@ class Job:
     footprints: FootprintFinder  # of the run's tiling KML (--kml), or computed
     gipp: str | None
     missing_list: str | None
+    fill_gaps: bool = False
+
+    @property
+    def dataset(self) -> Dataset:
+        return Dataset(self.collection, self.resolution, self.model, self.delivery)
 
 
 def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, aoi: Areas = None,
@@ -202,7 +217,7 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
             collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY, coverage: str = DEFAULT_COVERAGE,
             workers: int = 4, transfer: str = "auto", keep_existing: bool = False, max_minutes: float = 60.0,
             kml: str | os.PathLike | None = None, gipp: str | os.PathLike | None = None,
-            missing_list: str | os.PathLike | None = None) -> Job:
+            missing_list: str | os.PathLike | None = None, fill_gaps: bool = False) -> Job:
     """The request checked, in the command line's order: options, GIPP, tile list, areas and points
     (invalid entries logged), output folder (created and probed for a download); UsageError (exit 2)
     otherwise."""
@@ -218,6 +233,8 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
         raise UsageError(f"workers must be a whole number from 1 to {MAX_WORKERS}, not {workers!r}")
     if not isinstance(max_minutes, (int, float)) or not max_minutes >= 0:
         raise UsageError(f"max_minutes must be 0 (no limit) or more, not {max_minutes!r}")
+    if fill_gaps and mode == Mode.CHECK:
+        raise UsageError("--fill-gaps is for a download (or --dry-run): --check never writes a file")
     gipp = os.fspath(gipp) if gipp is not None else None
     check_gipp_option(gipp, model)  # before any work: refused GIPPs stay untouched
     footprints = FootprintFinder.for_option(kml)
@@ -235,7 +252,7 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
         _check_output_dir(out_dir, create=mode == Mode.DOWNLOAD)
     return Job(mode, tuple(valid), tuple(invalid), out_dir, resolution, model, collection, delivery, coverage,
                workers, transfer, bool(keep_existing), float(max_minutes), footprints, gipp,
-               os.fspath(missing_list) if missing_list is not None else None)
+               os.fspath(missing_list) if missing_list is not None else None, bool(fill_gaps))
 
 
 def _one_of(name: str, value, choices: tuple) -> None:
@@ -347,12 +364,13 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
     if sea_record is not None:
         planning.mark_known_sea(plan_, sea_record.is_sea)
     if sources is not None:
+        _kept_fills(planning.mark_filled(plan_, sources.filled_from))
         if job.keep_existing:
             if plan_.count(planning.Status.PRESENT):
                 log.info("--keep-existing: %d geocell(s) already present kept as they are",
                          plan_.count(planning.Status.PRESENT))
         else:
-            planning.mark_to_compare(plan_, lambda name: sources.came_from(name, sea_record.key))
+            planning.mark_to_compare(plan_, lambda name: sources.came_from(name, job.dataset.label))
     http = new_http_session(job.workers + SEARCH_THREADS, endpoints)
     catalogue = Catalogue(endpoints.catalogue_url, http, stop=Stop(stop))
     fetcher = _fetcher(job, credentials, http, endpoints, cache, stop, progress, ask_totp) if downloading else None
@@ -388,7 +406,7 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
     if status == EXIT_OK:
         status = _exit_status(plan_, job.invalid, outcome.left, outcome.fatal)
     if downloading:
-        _record_what_the_catalogue_said(plan_, sea_record, sources)
+        _record_what_the_catalogue_said(plan_, sea_record, sources, job)
     if outcome.left:
         log.warning("Time budget spent: %d geocell(s) not started; run again to resume", len(outcome.left))
     result = result_of(plan_, list(job.invalid), exit_status=status, seconds=time.monotonic() - started,
@@ -401,8 +419,7 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
     if outcome.fatal is not None:
         log.error("%s", outcome.fatal)
     if downloading and status != EXIT_INTERRUPTED:
-        complete = not (outcome.left or outcome.fatal or plan_.count(planning.Status.FAILED)
-                        or plan_.count(planning.Status.PLANNED))
+        complete = not (outcome.left or outcome.fatal) and planning.complete(c.status for c in plan_.cells.values())
         if not end_of_work(job.gipp, out_dir, job.resolution, job.model, complete=complete):
             result.exit_status = EXIT_FAILED
     return result
@@ -418,9 +435,13 @@ def _check(job: Job, stop: threading.Event) -> Result:
     plan_ = planning.start_plan(tile_plans, lambda cell: cell.dem_file_name(job.resolution, job.model),
                                 lambda name: None)
     problems = folder_problems(out_dir, plan_, job.resolution)
+    sources = FileSources.load(out_dir) if out_dir.is_dir() else None
     for state in plan_.cells.values():
         if problems[state.file_name] is None:
             state.status, state.file = planning.Status.PRESENT, str(out_dir / state.file_name)
+            state.fill_from = sources.filled_from(state.file_name) if sources is not None else None
+            if state.fill_from is not None:
+                state.status = planning.Status.FILLED
     log.info("Checking %s: %d of %d geocells have a whole DEM file there", out_dir,
              sum(p is None for p in problems.values()), len(problems))
     endpoints = Endpoints.from_env()
@@ -519,32 +540,48 @@ def _tile_plans(valid, finder: FootprintFinder, coverage: str):
 
 def _search(plan_, catalogue: Catalogue, job: Job, fetcher: Fetcher | None) -> None:
     """Catalogue searches by area for the cells that need one (see cdse_dem.search)."""
-    text = dataset_filter(job.collection, job.resolution, job.model, job.delivery)
-    search_all(plan_, catalogue, text, fetcher, SEARCH_THREADS)
+    search_all(plan_, catalogue, job.dataset, fetcher, SEARCH_THREADS, fill_gaps=job.fill_gaps)
 
 
 def _folder_records(out_dir: Path | None, job: Job):
-    """What earlier runs learnt from the catalogue for this dataset: the open-sea cells, and which
-    dataset each present file came from (both None when there is no folder yet)."""
+    """What earlier runs learnt from the catalogue: the open-sea cells of this collection and
+    model, and which dataset each present file came from (both None when there is no folder yet).
+
+    Open sea is a cell no dataset of the collection has (at any resolution or delivery: the
+    search for other datasets said so), so it is recorded per collection and model; records
+    keyed by one dataset, as earlier versions wrote them, may hold gaps and are not read.
+    """
 
     if out_dir is None or not out_dir.is_dir():
         return None, None
-    _, value = dataset_key(job.collection, job.resolution, job.model, job.delivery)
-    return SeaRecord.load(out_dir, f"{job.collection} {value}"), FileSources.load(out_dir)
+    return SeaRecord.load(out_dir, f"{job.collection} {job.model} (every resolution and delivery)"), \
+        FileSources.load(out_dir)
 
 
-def _record_what_the_catalogue_said(plan_, sea_record, sources) -> None:
-    """Open-sea cells and the files this run fetched or confirmed, for the next run's plan."""
+def _kept_fills(kept: list[planning.CellState]) -> None:
+    if kept:
+        log.info("%d geocell(s) filled by an earlier run kept as they are (whole DEMs, filled from %s): %s; "
+                 "each is replaced once CDSE has its own product", len(kept),
+                 ", ".join(sorted({state.fill_from for state in kept})),
+                 " ".join(state.geocell.grid_id for state in kept))
+
+
+def _record_what_the_catalogue_said(plan_, sea_record, sources, job: Job) -> None:
+    """Open-sea cells and where the files this run fetched, filled or confirmed came from, for
+    the next run's plan and for ``--check``."""
     if sea_record is None:
         return
     sea_record.save(c.geocell for c in plan_.cells.values() if c.status == planning.Status.SEA)
     sources.save((c.file_name for c in plan_.cells.values() if c.confirmed or c.status == planning.Status.DOWNLOADED),
-                 sea_record.key)
+                 job.dataset.label)
+    for source in sorted({c.fill_from for c in plan_.cells.values() if c.status == planning.Status.FILLED}):
+        sources.save((c.file_name for c in plan_.cells.values()
+                      if c.status == planning.Status.FILLED and c.fill_from == source), sources.filled(source))
 
 
 def _exit_status(plan_, invalid, left, fatal) -> int:
     if left:
         return EXIT_BUDGET
-    if fatal is not None or invalid or plan_.count(planning.Status.FAILED):
+    if fatal is not None or invalid or plan_.count(planning.Status.FAILED) or plan_.count(planning.Status.GAP):
         return EXIT_FAILED
     return EXIT_OK

@@ -41,7 +41,7 @@ import json
 import logging
 import re
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,18 +50,19 @@ import shapely
 from fastkml import KML, Document, Folder, LineStyle, Placemark, PolyStyle, Style
 from fastkml.styles import StyleUrl
 
+from cdse_dem.catalogue import Dataset, label_parts
 from cdse_dem.dem_folder import dem_problem
 from cdse_dem.errors import EXIT_INTERRUPTED, UsageError
 from cdse_dem.fsutil import read_input, write_report
 from cdse_dem.grid import Footprint, FootprintSource, Geocell, geocell_of_name
 from cdse_dem.logs import scrub
-from cdse_dem.planning import Plan, Status, TilePlan
+from cdse_dem.planning import WHOLE, CellState, Plan, Status, TilePlan, complete
 from cdse_dem.tiles import Entry
 
 log = logging.getLogger(__name__)
 
 
-STATUSES = (Status.PLANNED, Status.DOWNLOADED, Status.PRESENT, Status.SEA, Status.FAILED)
+STATUSES = tuple(Status)
 
 
 @dataclass
@@ -70,17 +71,21 @@ class GeocellResult:
 
     name: str  # Copernicus_DSM_30_N50_00_E007_00
     grid_id: str  # N50_E007
-    status: str  # planned | downloaded | present | sea | failed
-    product_id: str | None = None
+    status: str  # planned | downloaded | present | sea | failed | gap | filled
+    product_id: str | None = None  # filled: the product it was filled from
     file: str | None = None  # the DEM file this run wrote (or, in a check, found whole); else None
     reason: str = "footprint"  # footprint: the tile overlaps it; sen2cor: only Sen2Cor's rectangle holds it
     error: str | None = None  # why it failed
+    datasets: tuple[str, ...] = ()  # a gap: the other datasets that have a product for it
+    filled_from: str | None = None  # filled (or, planned, to be filled): the dataset of its source product
     file_name: str = ""  # not in the JSON: the DEM file's name in the output folder
     bytes: int = 0  # not in the JSON: bytes downloaded for it by this run
 
     def to_dict(self) -> dict:
         return {"name": self.name, "grid_id": self.grid_id, "status": self.status, "product_id": self.product_id,
-                "file": self.file, "reason": self.reason, **({"error": self.error} if self.error else {})}
+                "file": self.file, "reason": self.reason, **({"error": self.error} if self.error else {}),
+                **({"datasets": list(self.datasets)} if self.datasets else {}),
+                **({"filled_from": self.filled_from} if self.filled_from else {})}
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,15 @@ class MissingFile:
 
     file_name: str
     grid_id: str
-    reason: str  # "missing", or what the integrity check found, or readiness.NOT_ON_LIST
+    reason: str  # "missing", or what the integrity check found, or NOT_ON_LIST, GAP, SKIPPED_BY_SEN2COR
     on_cdse: bool | None  # None: unknown (the catalogue search failed)
+    datasets: tuple[str, ...] = ()  # a gap: the other datasets that have a product for it
+    delete_lines: tuple[str, ...] = ()  # SKIPPED_BY_SEN2COR: ``list:line`` of each line naming it
 
     def to_dict(self) -> dict:
-        return {"file": self.file_name, "grid_id": self.grid_id, "reason": self.reason, "on_cdse": self.on_cdse}
+        return {"file": self.file_name, "grid_id": self.grid_id, "reason": self.reason, "on_cdse": self.on_cdse,
+                **({"datasets": list(self.datasets)} if self.datasets else {}),
+                **({"delete_lines": list(self.delete_lines)} if self.delete_lines else {})}
 
 
 @dataclass(frozen=True)
@@ -102,16 +111,17 @@ class TileCheck:
 
     tile: str
     geocells: int
-    present: int  # whole DEM files in the folder
+    present: int  # whole DEM files in the folder (filled ones included)
     sea: int  # no product on CDSE, and skipped by Sen2Cor
-    missing: tuple[MissingFile, ...]
+    missing: tuple[MissingFile, ...]  # what Sen2Cor will not find or will skip
+    filled: int = 0  # of ``present``: files filled from another dataset (--fill-gaps)
 
     @property
     def ready(self) -> bool:
         return not self.missing
 
     def to_dict(self) -> dict:
-        return {"ready": self.ready, "present": self.present, "sea": self.sea,
+        return {"ready": self.ready, "present": self.present, "filled": self.filled, "sea": self.sea,
                 "missing": [m.to_dict() for m in self.missing]}
 
 
@@ -126,6 +136,12 @@ class TileResult:
     error: str | None = None  # the catalogue search for it failed
     check: TileCheck | None = None  # from cdse_dem.check only
     footprint: object = field(default=None, repr=False, compare=False)  # not in the JSON: footprint.Footprint
+
+    @property
+    def complete(self) -> bool:
+        """Every geocell a whole DEM in the folder (downloaded, present, filled) or open sea: Sen2Cor
+        finds the tile's DEM (``planning.complete``; a gap is missing)."""
+        return complete(cell.status for cell in self.geocells)
 
     def to_dict(self) -> dict:
         return {"tile": self.tile, "entry": self.entry, "footprint_source": self.footprint_source,
@@ -164,6 +180,8 @@ class Totals:
     planned: int = 0
     bytes: int = 0  # downloaded by this run
     seconds: float = 0.0
+    gap: int = 0
+    filled: int = 0
 
     @property
     def mb_per_s(self) -> float:
@@ -172,6 +190,7 @@ class Totals:
     def to_dict(self) -> dict:
         return {"tiles": self.tiles, "geocells": self.geocells, "downloaded": self.downloaded,
                 "present": self.present, "sea": self.sea, "failed": self.failed, "planned": self.planned,
+                "gap": self.gap, "filled": self.filled,
                 "bytes": self.bytes, "seconds": round(self.seconds, 3), "mb_per_s": round(self.mb_per_s, 3)}
 
 
@@ -180,8 +199,8 @@ class Result:
     """What a call of :func:`cdse_dem.download`, :func:`cdse_dem.plan` or :func:`cdse_dem.check` found.
 
     ``exit_status`` is the status the command line would exit with: 0 all done (open sea is
-    not a failure; for a check: every tile ready), 1 some geocell failed or some entry was
-    invalid (a check: some tile not ready), 3 the time budget ran out (``left`` says what a
+    not a failure; for a check: every tile ready), 1 some geocell failed or is a gap, or some
+    entry was invalid (a check: some tile not ready), 3 the time budget ran out (``left`` says what a
     next call resumes), 130 the ``stop`` event ended it.
     """
 
@@ -222,7 +241,7 @@ class Result:
         """The DEM files the tiles have in the output folder: downloaded now or present before."""
         paths = []
         for cell in self.geocells:
-            if cell.status in (Status.DOWNLOADED, Status.PRESENT):
+            if cell.status in WHOLE:
                 paths.append(Path(cell.file) if cell.file else Path(self.output_dir or ".") / cell.file_name)
         return paths
 
@@ -249,12 +268,14 @@ def result_of(plan: Plan, invalid: list[Entry], *, exit_status: int, seconds: fl
             cells.append(GeocellResult(
                 name=state.file_name.rsplit("_DEM.", 1)[0], grid_id=geocell.grid_id, status=state.status,
                 product_id=state.product_id, file=state.file, reason=tile.reasons.get(geocell, "footprint"),
-                error=state.error, file_name=state.file_name, bytes=state.bytes))
+                error=state.error, datasets=state.datasets, filled_from=state.fill_from, file_name=state.file_name,
+                bytes=state.bytes))
         tiles.append(TileResult(tile.tile, tile.entry.text, tile.footprint_source, cells, tile.error,
                                 checks[number] if checks is not None else None, tile.footprint))
     totals = Totals(tiles=len(plan.tiles), geocells=len(plan.cells), downloaded=plan.count(Status.DOWNLOADED),
                     present=plan.count(Status.PRESENT), sea=plan.count(Status.SEA), failed=plan.count(Status.FAILED),
-                    planned=plan.count(Status.PLANNED), bytes=bytes_downloaded, seconds=seconds)
+                    planned=plan.count(Status.PLANNED), bytes=bytes_downloaded, seconds=seconds,
+                    gap=plan.count(Status.GAP), filled=plan.count(Status.FILLED))
     return Result(tiles, [InvalidEntry(e.text, e.source, e.line, e.error or "") for e in invalid], totals,
                   exit_status, output_dir, list(left or ()), error)
 
@@ -274,6 +295,10 @@ def summary_lines(result: Result) -> list[str]:
         c = _counts(tile)
         parts = [f"{c[Status.DOWNLOADED]} downloaded", f"{c[Status.PRESENT]} already present",
                  f"{c[Status.SEA]} open sea (no DEM)", f"{c[Status.FAILED]} failed"]
+        if c[Status.FILLED]:
+            parts.append(f"{c[Status.FILLED]} filled")
+        if c[Status.GAP]:
+            parts.append(f"{c[Status.GAP]} gap (no DEM in this dataset)")
         if c[Status.PLANNED]:
             parts.append(f"{c[Status.PLANNED]} not done")
         fetched = sum(cell.bytes for cell in tile.geocells)
@@ -282,13 +307,17 @@ def summary_lines(result: Result) -> list[str]:
     for entry in result.invalid_entries:
         lines.append(f"  invalid entry {entry.message}")
     totals = result.totals
+    gaps = "".join(f", {count} {word}" for count, word in ((totals.filled, "filled"), (totals.gap, "gap")) if count)
     lines.append(
         f"  Total: {totals.downloaded} downloaded, {totals.present} already present, "
-        f"{totals.sea} open sea, {totals.failed} failed; "
+        f"{totals.sea} open sea, {totals.failed} failed{gaps}; "
         f"{totals.bytes / 1e6:.1f} MB in {totals.seconds:.1f} s ({totals.mb_per_s:.1f} MB/s)")
     for cell in result.geocells:
         if cell.status == Status.FAILED:
             lines.append(f"  failed: {cell.file_name} ({cell.error or 'unknown error'})")
+        elif cell.status == Status.GAP:
+            lines.append(f"  gap: {cell.file_name} (no product in this dataset; CDSE has it in "
+                         f"{_datasets_text(cell.datasets)})")
     if result.left:
         lines.append(f"  Left for the next run ({len(result.left)}): " + ", ".join(result.left))
     return lines
@@ -299,10 +328,13 @@ def plan_lines(result: Result) -> list[str]:
     lines = []
     for tile in result.tiles:
         c = _counts(tile)
+        more = "".join(f", {c[status]} {status}" for status in (Status.FILLED, Status.GAP) if c[status])
         lines.append(f"{tile.tile} (footprint: {tile.footprint_source}): {len(tile.geocells)} geocells, "
-                     f"{c[Status.PLANNED]} to download, {c[Status.PRESENT]} present, {c[Status.SEA]} open sea")
+                     f"{c[Status.PLANNED]} to download, {c[Status.PRESENT]} present, {c[Status.SEA]} open sea{more}")
         for cell in tile.geocells:
-            lines.append(f"  {cell.grid_id}  {cell.file_name}  {cell.status}  {cell.product_id or '-'}  {cell.reason}")
+            source = f"  filled from {cell.filled_from}" if cell.filled_from else ""
+            lines.append(f"  {cell.grid_id}  {cell.file_name}  {cell.status}  {cell.product_id or '-'}  {cell.reason}"
+                         + source)
     return lines
 
 
@@ -324,6 +356,10 @@ def write_summary_json(path: Path, summary: dict) -> None:
 _LIST_LINE_RE = re.compile(r"Copernicus_DSM_(?:10|30)_[NS]\d{2}_00_[EW]\d{3}_00(_DEM\.tif)?")
 NOT_ON_LIST = ("no DEM on CDSE (open sea), but not on Sen2Cor's missing-tiles list: Sen2Cor looks for the file, "
                "and without it processes the tile with flat terrain")
+GAP = ("a gap: no product in this dataset, though the cell is land that another Copernicus DEM dataset has; "
+       "without a file Sen2Cor processes the tile with flat terrain")
+SKIPPED_BY_SEN2COR = ("in the folder, but on Sen2Cor's missing-tiles list: Sen2Cor skips it without looking "
+                      "in the folder, and gives the tile zero heights there")
 
 
 @dataclass(frozen=True)
@@ -332,18 +368,24 @@ class MissingList:
 
     Sen2Cor compares each wanted ``..._DEM.tif`` name with the start of each line up to its
     ``.tif``: a line without ``.tif`` matches nothing, so such a line skips no cell here either
-    (``unmatched`` keeps them, to warn the user).
+    (``unmatched`` keeps them, to warn the user). It reads the list before the folder: a cell
+    the list names is skipped even when its file is there (``lines`` says which lines name it).
     """
 
     source: str
     cells: frozenset[Geocell]
     unmatched: tuple[str, ...] = ()
+    lines: Mapping[Geocell, tuple[tuple[int, str], ...]] = field(default_factory=dict)  # (number, text)
+
+    def lines_naming(self, cell: Geocell) -> tuple[str, ...]:
+        """``source:number: text`` of each line that makes Sen2Cor skip ``cell``."""
+        return tuple(f"{self.source}:{number}: {text}" for number, text in self.lines.get(cell, ()))
 
 
 def parse_missing_list(text: str, source: str, resolution: int) -> MissingList:
     """The list's cells; UsageError ``source:line: ...`` for a line that names no DEM cell of
     this resolution (a 30 m list checked against 90 m files would skip nothing, silently)."""
-    cells: set[Geocell] = set()
+    lines: dict[Geocell, list[tuple[int, str]]] = {}
     unmatched: list[str] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -360,10 +402,11 @@ def parse_missing_list(text: str, source: str, resolution: int) -> MissingList:
             raise UsageError(f"{source}:{number}: {line!r} is a {named_resolution} m cell, but the check is for "
                              f"{resolution} m (Sen2Cor's CopernicusDEM_{resolution}_TIFF_missing_tiles.list)")
         if match.group(1):
-            cells.add(cell)
+            lines.setdefault(cell, []).append((number, line))
         else:
             unmatched.append(f"{source}:{number}")
-    return MissingList(source, frozenset(cells), tuple(unmatched))
+    return MissingList(source, frozenset(lines), tuple(unmatched),
+                       {cell: tuple(found) for cell, found in lines.items()})
 
 
 def tile_readiness(plan: Plan, tile: TilePlan, problems: Mapping[str, str | None],
@@ -372,49 +415,113 @@ def tile_readiness(plan: Plan, tile: TilePlan, problems: Mapping[str, str | None
 
     ``problems`` maps each file name to what the integrity check found (None: a whole DEM of
     its cell); a name not in it counts as missing. The plan's cells carry the catalogue's
-    answer: a product (CDSE has it), ``sea`` (no product), or ``failed`` (search failed).
+    answer: a product (CDSE has it), ``sea`` (no product anywhere), ``gap`` (a product in
+    another dataset only), or ``failed`` (search failed); a whole file is ``present`` or
+    ``filled``. A file Sen2Cor's list names is skipped by Sen2Cor, whole or not.
     """
-    present = sea = 0
+    present = sea = filled = 0
     missing: list[MissingFile] = []
     for cell in tile.geocells:
         state = plan.cells[cell]
         problem = problems.get(state.file_name, "missing")
         if problem is None:
             present += 1
+            filled += state.status == Status.FILLED
+            if missing_list is not None and cell in missing_list.cells:
+                missing.append(MissingFile(state.file_name, cell.grid_id, SKIPPED_BY_SEN2COR, None,
+                                           delete_lines=missing_list.lines_naming(cell)))
         elif state.product is None and state.status == Status.SEA:
             if missing_list is None or cell in missing_list.cells:
                 sea += 1
             else:
                 missing.append(MissingFile(state.file_name, cell.grid_id, NOT_ON_LIST, False))
+        elif state.status == Status.GAP:
+            missing.append(MissingFile(state.file_name, cell.grid_id, GAP, False, datasets=state.datasets))
         else:
             on_cdse = True if state.product is not None else None  # None: the search failed
             missing.append(MissingFile(state.file_name, cell.grid_id, problem, on_cdse))
-    return TileCheck(tile.tile, len(tile.geocells), present, sea, tuple(missing))
+    return TileCheck(tile.tile, len(tile.geocells), present, sea, tuple(missing), filled)
 
 
 def report_lines(verdicts: list[TileCheck], folder: str) -> list[str]:
-    """What the user reads: one line per tile, one more per missing file."""
+    """What the user reads: one line per tile, one more per missing file; then the lines to delete
+    from Sen2Cor's missing-tiles list for it to read files it would skip."""
     lines = [f"Check of {folder} for Sen2Cor:"]
     width = max([len(v.tile) for v in verdicts] + [4])
+    to_delete: dict[str, None] = {}
     for verdict in verdicts:
-        counts = f"{verdict.geocells} geocells: {verdict.present} present, {verdict.sea} open sea"
+        filled = f" ({verdict.filled} filled)" if verdict.filled else ""
+        counts = f"{verdict.geocells} geocells: {verdict.present} present{filled}, {verdict.sea} open sea"
         if verdict.ready:
             lines.append(f"  {verdict.tile:<{width}}  ready ({counts})")
             continue
         lines.append(f"  {verdict.tile:<{width}}  not ready ({counts}, {len(verdict.missing)} missing)")
         for item in verdict.missing:
             lines.append(f"      {item.file_name}: {item.reason}; {_on_cdse(item)}")
+            to_delete.update(dict.fromkeys(item.delete_lines))
     ready = sum(v.ready for v in verdicts)
     lines.append(f"  Total: {ready} of {len(verdicts)} tiles ready")
+    if to_delete:
+        lines.append("  For Sen2Cor to read those files, delete these lines from its missing-tiles list "
+                     "(this tool never edits Sen2Cor's installation):")
+        lines.extend(f"    {line}" for line in to_delete)
     return lines
 
 
 def _on_cdse(item: MissingFile) -> str:
+    if item.reason == SKIPPED_BY_SEN2COR:
+        return "delete " + " and ".join(line.split(": ", 1)[0] for line in item.delete_lines)
+    if item.reason == GAP:
+        named = geocell_of_name(item.file_name)
+        other = 90 if named is not None and named[1] == 30 else 30
+        return (f"CDSE has it in {_datasets_text(item.datasets)}: run with --r {other}, another -d, "
+                "or --fill-gaps (without --check)")
     if item.on_cdse is None:
         return "whether CDSE has it is unknown: the catalogue search failed (logged above)"
     if item.reason == NOT_ON_LIST:
         return "add the name to Sen2Cor's list"
     return "on CDSE: a run without --check downloads it"
+
+
+def _datasets_text(datasets: Sequence[str]) -> str:
+    """The other datasets that have a cell, in few words: the one a user would pick, and how many more."""
+    if not datasets:
+        return "another dataset"
+    best = max(datasets, key=lambda label: (label.startswith("CCM"), label))
+    return best if len(datasets) == 1 else f"{best} and {len(datasets) - 1} other dataset(s)"
+
+
+def gap_message(gaps: Sequence[CellState], dataset: Dataset, *, fill: bool) -> str:
+    """The one line a run (or a check) logs for its gaps: the cells, and the ways out.
+
+    A gap is land that the run's dataset has no product for (GLO-30 lacks land cells GLO-90 has; a
+    delivery may lack cells another has): without a file Sen2Cor processes the tile with flat terrain.
+    """
+    cells = sorted(state.geocell for state in gaps)
+    count = len(cells)
+    head = (f"Gap in the DEM: {count} land geocell(s) have no product in {dataset.label}, but another Copernicus "
+            f"DEM dataset has them: {' '.join(cell.grid_id for cell in cells)}.")
+    if fill:
+        return head + " --fill-gaps: each is filled from another dataset's product of the cell."
+    parts = [[p for p in map(label_parts, state.datasets) if p is not None] for state in gaps]
+    other = 90 if dataset.resolution == 30 else 30
+
+    def share(has) -> str:
+        n = sum(1 for found in parts if any(has(p) for p in found))
+        return "none" if n == 0 else f"all {count}" if n == count else f"{n} of the {count}"
+
+    ways = [f"--r {other} (CDSE has {share(lambda p: p[1] == other)} at {other} m)"]
+    if dataset.collection == "CCM":
+        in_other_delivery = [{p[2] for p in found if p[0] == "CCM" and p[1] == dataset.resolution} for found in parts]
+        everywhere = sorted(set.intersection(*in_other_delivery) - {dataset.delivery}) if in_other_delivery else []
+        ways.append(f"-d {everywhere[-1]} (it has all {count} at {dataset.resolution} m)" if everywhere else
+                    f"another -d ({share(lambda p: p[0] == 'CCM' and p[1] == dataset.resolution)} in another "
+                    f"delivery at {dataset.resolution} m)")
+    else:
+        ways.append(f"--collection CCM ({share(lambda p: p[0] == 'CCM' and p[1] == dataset.resolution)} there "
+                    f"at {dataset.resolution} m)")
+    ways.append(f"or --fill-gaps ({dataset.resolution} m files made from another dataset's product of each cell)")
+    return head + " Sen2Cor would process their tiles with flat terrain. Ways out: " + "; ".join(ways) + "."
 
 
 def read_missing_list(path: str | Path, resolution: int) -> MissingList:
@@ -442,6 +549,8 @@ STATUS_COLOURS = {
     Status.SEA: "a0a0a0",  # grey: no DEM in CDSE (open sea)
     Status.FAILED: "0000ff",  # red
     Status.PLANNED: "00ffff",  # yellow: dry run
+    Status.GAP: "ff00ff",  # magenta: land without a DEM in this dataset
+    Status.FILLED: "80c0ff",  # light orange: filled from another dataset
 }
 TILE_COLOUR = "0080ff"  # orange outline, no fill
 _DISPLAY_TOLERANCE = 1e-5  # degrees (~1 m): enough vertices for the curved edges, no more

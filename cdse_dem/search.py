@@ -33,16 +33,23 @@ from typing import TypeVar
 
 from cdse_dem import planning
 from cdse_dem.catalogue import (
+    OTHER_DATASETS_INSET,
+    OTHER_DATASETS_SELECT,
     Answer,
+    Dataset,
     SearchArea,
     TooManyResults,
+    fill_source,
+    other_datasets_filter,
     parse_products,
     plan_search_areas,
     problem_lines,
+    products_by_cell,
     products_of_area,
 )
 from cdse_dem.errors import DemError, Interrupted
 from cdse_dem.grid import FootprintSource, Geocell
+from cdse_dem.report import gap_message
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +187,15 @@ def answers(work: Callable[[T], R], items: Iterable[T], threads: int,
                 pass
 
 
-def search_all(plan: planning.Plan, catalogue, dataset_text: str, fetcher, threads: int) -> int:
+def search_all(plan: planning.Plan, catalogue, dataset: Dataset, fetcher, threads: int, *,
+               fill_gaps: bool = False) -> int:
     """Search the catalogue for every cell of ``plan`` still undecided; the number of searches made.
+
+    First ``dataset`` itself, by area. The cells it has no product for are then asked about once
+    more, in every other Copernicus DEM dataset (one batch of area searches, shrunk inside their
+    cells): open sea, or a gap. With ``fill_gaps`` each gap's source product (see
+    :func:`cdse_dem.catalogue.fill_source`) is searched for whole in its own dataset, one batch
+    per source dataset, and handed to the fetcher to fill the cell.
 
     Searches run on :func:`cdse_dem.search.answers` workers, which a stopped run never
     waits for: once ``catalogue.stop`` is set (by the run's stop, or here on the way out) no
@@ -190,54 +204,124 @@ def search_all(plan: planning.Plan, catalogue, dataset_text: str, fetcher, threa
     Interrupted.
     """
     cells = planning.cells_to_search(plan)
-    areas = plan_search_areas(cells, catalogue.catalogue_url, dataset_text)
     tiles = _TileLines(plan, cells)
     tiles.report_ready()
-    if not areas:
+    if not cells:
         return 0
-    log.info("Searching the catalogue for %d geocell(s) in %d search(es)", len(cells), len(areas))
     searches = 0
+    text = dataset.filter_text()
 
-    def work(area: SearchArea) -> list[tuple[SearchArea, Answer | None, DemError | None]]:
-        return _search(catalogue, area, dataset_text)
+    def own_answer(area: SearchArea, answer: Answer) -> None:
+        others = planning.apply_area(plan, area.cells, products_of_area(area, answer.products), answer.problems)
+        for other in others:
+            if other.filled_from:
+                log.info("%s was filled from %s; CDSE now has its own product %s in %s: replacing the filled "
+                         "file", other.state.file_name, other.filled_from, other.state.product_id, dataset.label)
+            else:
+                log.info("%s came from product %s; this run chose %s: downloading it again",
+                         other.state.file_name, other.recorded_id, other.state.product_id)
+        _to_fetch(plan, fetcher, area.cells)
+        tiles.decided(area.cells - plan.empty)
+
+    found: dict[Geocell, list] = {}
+
+    def others_answer(area: SearchArea, answer: Answer) -> None:
+        in_area = products_by_cell(area, answer.products)
+        found.update(in_area)
+        planning.apply_other_datasets(plan, area.cells, in_area, answer.problems)
+        tiles.decided(area.cells)
 
     try:
-        for _, results, error in answers(work, areas, threads, catalogue.stop):
-            if error is not None:
-                raise error  # a stop, or a bug: _search turns service failures into results
-            # the results are the leaves of the area's halving: n answers took 2n - 1 searches
-            searches += 2 * len(results) - 1
-            for area, answer, failure in results:
-                if failure is not None:
-                    _failed(plan, tiles, area, str(failure))
-                    continue
-                for line in problem_lines(answer.problems):
-                    log.warning("CDSE catalogue answered %s", line)
-                others = planning.apply_area(plan, area.cells, products_of_area(area, answer.products),
-                                             answer.problems)
-                for other in others:
-                    log.info("%s came from product %s; this run chose %s: downloading it again",
-                             other.state.file_name, other.recorded_id, other.state.product_id)
-                if fetcher is not None:
-                    fetcher.add([plan.cells[c] for c in sorted(area.cells)
-                                 if plan.cells[c].status == planning.Status.PLANNED])
-                tiles.decided(area.cells)
+        areas = plan_search_areas(cells, catalogue.catalogue_url, text)
+        log.info("Searching the catalogue for %d geocell(s) in %d search(es)", len(cells), len(areas))
+        searches += _searches(plan, catalogue, areas, text, None, threads, tiles, own_answer)
+        empty = sorted(plan.empty)
+        if empty and not catalogue.stop.is_set():
+            others_text = other_datasets_filter(dataset.model)
+            areas = plan_search_areas(empty, catalogue.catalogue_url, others_text, inset=OTHER_DATASETS_INSET,
+                                      select=OTHER_DATASETS_SELECT)
+            log.info("%s has no product for %d geocell(s): asking whether any other Copernicus DEM dataset has "
+                     "them (open sea, or a gap in the DEM) in %d search(es)", dataset.label, len(empty), len(areas))
+            searches += _searches(plan, catalogue, areas, others_text, OTHER_DATASETS_SELECT, threads, tiles,
+                                  others_answer)
+        gaps = [state for state in plan.cells.values() if state.status == planning.Status.GAP]
+        if gaps:
+            log.warning("%s", gap_message(gaps, dataset, fill=fill_gaps))
+        if gaps and fill_gaps and not catalogue.stop.is_set():
+            searches += _search_fill_sources(plan, catalogue, dataset, gaps, found, fetcher, threads, tiles)
     finally:
         catalogue.stop.set()  # searches still queued (an error, a Ctrl-C) are never sent
     return searches
 
 
-def _search(catalogue, area: SearchArea, dataset_text: str) -> list[tuple[SearchArea, Answer | None, DemError | None]]:
+def _search_fill_sources(plan, catalogue, dataset: Dataset, gaps, found, fetcher, threads: int, tiles) -> int:
+    """Each gap's source product, searched for whole (size, checksums) in its own dataset: one batch of
+    area searches per source dataset; the cells then go to the fetcher, to be filled."""
+    by_source: dict[Dataset, list[Geocell]] = {}
+    for state in gaps:
+        source = fill_source(found.get(state.geocell, ()), dataset.resolution, dataset.collection)
+        if source is None:
+            continue
+        by_source.setdefault(dataset.of(source), []).append(state.geocell)
+    searches = 0
+    for source_dataset, cells in sorted(by_source.items(), key=lambda item: item[0].label):
+        text = source_dataset.filter_text()
+
+        def answered(area: SearchArea, answer: Answer) -> None:
+            for cell, product in products_of_area(area, answer.products).items():
+                if plan.cells[cell].status == planning.Status.GAP:
+                    planning.plan_fill(plan.cells[cell], product)
+            _to_fetch(plan, fetcher, area.cells)
+
+        log.info("--fill-gaps: filling %d gap geocell(s) from %s: %s", len(cells), source_dataset.label,
+                 " ".join(cell.grid_id for cell in sorted(cells)))
+        areas = plan_search_areas(cells, catalogue.catalogue_url, text)
+        searches += _searches(plan, catalogue, areas, text, None, threads, tiles, answered)
+    return searches
+
+
+def _to_fetch(plan: planning.Plan, fetcher, cells) -> None:
+    if fetcher is not None:
+        fetcher.add([plan.cells[c] for c in sorted(cells)
+                     if plan.cells[c].status == planning.Status.PLANNED and plan.cells[c].product is not None])
+
+
+def _searches(plan, catalogue, areas: list[SearchArea], text: str, select: str | None, threads: int,
+              tiles: _TileLines, answered: Callable[[SearchArea, Answer], None]) -> int:
+    """``areas`` searched side by side, each answer handed to ``answered`` as it comes (a failed
+    search fails its cells); the number of searches made."""
+    searches = 0
+
+    def work(area: SearchArea) -> list[tuple[SearchArea, Answer | None, DemError | None]]:
+        return _search(catalogue, area, text, select)
+
+    for _, results, error in answers(work, areas, threads, catalogue.stop):
+        if error is not None:
+            raise error  # a stop, or a bug: _search turns service failures into results
+        # the results are the leaves of the area's halving: n answers took 2n - 1 searches
+        searches += 2 * len(results) - 1
+        for area, answer, failure in results:
+            if failure is not None:
+                _failed(plan, tiles, area, str(failure))
+                continue
+            for line in problem_lines(answer.problems):
+                log.warning("CDSE catalogue answered %s", line)
+            answered(area, answer)
+    return searches
+
+
+def _search(catalogue, area: SearchArea, dataset_text: str,
+            select: str | None = None) -> list[tuple[SearchArea, Answer | None, DemError | None]]:
     """The area's answer; an area with more matches than ``$skip`` reaches is searched in halves."""
     try:
-        records = catalogue.search(area.filter_text(dataset_text))
+        records = catalogue.search(area.filter_text(dataset_text), select)
     except TooManyResults as exc:
         try:
             halves = area.split()
         except ValueError:
             return [(area, None, exc)]
         log.info("%s: searching its area in two halves", exc)
-        return [result for half in halves for result in _search(catalogue, half, dataset_text)]
+        return [result for half in halves for result in _search(catalogue, half, dataset_text, select)]
     except Interrupted:
         raise  # the run stops: no answer, and not a failure of the area's cells
     except DemError as exc:

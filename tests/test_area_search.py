@@ -3,12 +3,13 @@
 import logging
 
 from cdse_dem import planning
-from cdse_dem.catalogue import TooManyResults, dataset_filter
+from cdse_dem.catalogue import Dataset, TooManyResults
 from cdse_dem.errors import ServiceError
 from cdse_dem.grid import Geocell
 from cdse_dem.search import search_all
 
-TEXT = dataset_filter("CCM", 90, "DGED", "2024_1")
+DATASET = Dataset("CCM", 90, "DGED", "2024_1")
+TEXT = DATASET.filter_text()
 
 
 def pid(cell: Geocell) -> str:
@@ -16,25 +17,29 @@ def pid(cell: Geocell) -> str:
     return "id-" + cell.grid_id.replace("_", "-")
 
 
-def rec(cell: Geocell) -> dict:
-    return {"Id": pid(cell), "Name": f"{cell.grid_id}.DEM", "ContentLength": 10,
+def rec(cell: Geocell, dataset: str = "COP-DEM_GLO-90-DGED/2024_1", kind: str = "SAR_DGE_90_A407") -> dict:
+    return {"Id": pid(cell) + ("" if dataset.endswith("2024_1") else "-" + dataset[-6:].replace("_", "-")),
+            "Name": f"{cell.grid_id}.DEM", "ContentLength": 10,
             "Footprint": "", "Attributes": [{"Name": "gridId", "Value": cell.grid_id},
-                                             {"Name": "dataset", "Value": "COP-DEM_GLO-90-DGED/2024_1"}]}
+                                             {"Name": "dataset", "Value": dataset},
+                                             {"Name": "productType", "Value": kind}]}
 
 
 class FakeCatalogue:
-    """Answers products of ``land`` inside any rectangle of the filter (neighbours too, as Intersects does)."""
+    """Answers products of ``land`` inside any rectangle of the filter (neighbours too, as Intersects does),
+    and, to a search for other datasets, products of ``other_land`` (cells only another dataset has) too."""
 
     catalogue_url = "http://127.0.0.1:9/odata/v1"
 
-    def __init__(self, land, fail_if=lambda text: False, too_many_if=lambda text: False):
+    def __init__(self, land, fail_if=lambda text: False, too_many_if=lambda text: False, other_land=()):
         import threading
 
         self.land, self.fail_if, self.too_many_if = set(land), fail_if, too_many_if
+        self.other_land = set(other_land)
         self.filters = []
         self.stop = threading.Event()  # set by the search when it ends, as on the real Catalogue
 
-    def search(self, text):
+    def search(self, text, select=None):
         import re
 
         self.filters.append(text)
@@ -42,12 +47,18 @@ class FakeCatalogue:
             raise ServiceError("CDSE catalogue gave HTTP 503 after 5 tries")
         if self.too_many_if(text):
             raise TooManyResults("more than 11000 products match one search")
-        boxes = [tuple(map(int, m)) for m in re.findall(r"POLYGON\(\((-?\d+) (-?\d+),-?\d+ (-?\d+),(-?\d+)", text)]
+        number = r"(-?[\d.]+)"
+        boxes = [tuple(map(float, m)) for m in re.findall(rf"POLYGON\(\({number} {number},\S+? {number},{number}", text)]
+        others = "productType" in text  # every other dataset: CDSE answers the cell once per dataset
+        cells = [(c, rec(c)) for c in self.land]
+        if others:
+            cells += [(c, rec(c, f"COP-DEM_GLO-30-DGED/{d}", "SAR_DGE_30_A4AD")) for c in self.other_land
+                      for d in ("2021_1", "2024_1")]
         out = []
-        for cell in self.land:
+        for cell, record in cells:
             for east, south, north, west in boxes:
-                if west - 1 <= cell.lon <= east and south - 1 <= cell.lat <= north:  # touching counts
-                    out.append(rec(cell))
+                if west <= cell.lon + 1 and cell.lon <= east and south <= cell.lat + 1 and cell.lat <= north:
+                    out.append(record)  # touching counts
                     break
         return out
 
@@ -74,8 +85,10 @@ def test_land_found_sea_decided_neighbours_dropped_and_downloads_fed():
     tiles = {"A": cells((10, 10), (10, 11)), "B": cells((10, 11), (11, 11))}
     land = cells((10, 10), (11, 11), (12, 11), (9, 9))  # (12, 11) and (9, 9) only touch the area
     plan, fetcher = make_plan(tiles), Recorder()
-    searches = search_all(plan, FakeCatalogue(land), TEXT, fetcher, threads=2)
-    assert searches == 1
+    catalogue = FakeCatalogue(land)
+    searches = search_all(plan, catalogue, DATASET, fetcher, threads=2)
+    assert searches == 2  # the dataset's cells, then the one it has nothing for, in every other dataset
+    assert "productType" in catalogue.filters[1] and "POLYGON((11.9 10.1,11.9 10.9" in catalogue.filters[1]
     status = {c.grid_id: (s.status, s.product_id) for c, s in plan.cells.items()}
     assert status == {"N10_E010": ("planned", "id-N10-E010"), "N10_E011": ("sea", None),
                       "N11_E011": ("planned", "id-N11-E011")}
@@ -88,10 +101,10 @@ def test_a_failed_search_fails_its_cells_and_never_calls_them_sea(caplog, monkey
     plan = make_plan(tiles)
     from cdse_dem import catalogue as catalogue_mod
 
-    one_rect = catalogue_mod.SearchArea((catalogue_mod.Rect(40, 100, 41, 101),)).url(catalogue.catalogue_url, TEXT)
-    monkeypatch.setattr(catalogue_mod, "MAX_URL_LENGTH", len(one_rect) + 5)  # one search per rectangle
+    one_rect = len(catalogue_mod.Rect(40, 100, 41, 101).touched())
+    monkeypatch.setattr(catalogue_mod, "MAX_TOUCHED_CELLS", one_rect)  # one search per rectangle
     with caplog.at_level(logging.INFO, logger="cdse_dem"):
-        assert search_all(plan, catalogue, TEXT, None, threads=2) == 2
+        assert search_all(plan, catalogue, DATASET, None, threads=2) == 3  # and N40_E100 in other datasets
     assert plan.cells[Geocell(10, 10)].status == "failed"
     assert "503" in plan.cells[Geocell(10, 10)].error
     assert plan.cells[Geocell(40, 100)].status == "sea"
@@ -105,7 +118,7 @@ def test_too_many_results_splits_the_area_and_still_decides_every_cell():
     land = wanted[::3]
     catalogue = FakeCatalogue(land, too_many_if=lambda text: "POLYGON((4 0,4 4,0 4,0 0,4 0))" in text)
     plan = make_plan({"T": wanted})
-    assert search_all(plan, catalogue, TEXT, None, threads=2) == 3
+    assert search_all(plan, catalogue, DATASET, None, threads=2) == 4  # 3, then one for other datasets
     assert {c for c, s in plan.cells.items() if s.status == "planned"} == set(land)
     assert {c for c, s in plan.cells.items() if s.status == "sea"} == set(wanted) - set(land)
 
@@ -116,6 +129,6 @@ def test_present_and_known_sea_cells_are_not_searched(caplog):
     planning.mark_known_sea(plan, lambda c: c in (Geocell(10, 11), Geocell(20, 20)))
     catalogue = FakeCatalogue([])
     with caplog.at_level(logging.INFO, logger="cdse_dem"):
-        assert search_all(plan, catalogue, TEXT, None, threads=2) == 0
+        assert search_all(plan, catalogue, DATASET, None, threads=2) == 0
     assert catalogue.filters == []
     assert "No DEM in CDSE (open sea) for 1 of 2 geocells (found by an earlier run): N10_E011" in caplog.text

@@ -6,6 +6,7 @@ from cdse_dem.planning import (
     Status,
     TilePlan,
     apply_area,
+    apply_other_datasets,
     cells_failed,
     cells_to_search,
     mark_known_sea,
@@ -56,6 +57,8 @@ def test_sea_is_not_failure_and_failed_search_fails_only_unfound_cells():
     t1, t2 = tile("AAAAA", [A, B]), tile("BBBBB", [B, C])
     plan = start_plan([t1, t2], names, lambda n: None)
     apply_products(plan, t1, [product(B, "b")])
+    assert plan.cells[A].status == Status.PLANNED and plan.empty == {A}  # sea or a gap: not told yet
+    apply_other_datasets(plan, [A], {})  # no other dataset has it either
     cells_failed(plan, t2.geocells, "catalogue down")
     assert plan.cells[A].status == Status.SEA
     assert plan.cells[B].status == Status.PLANNED

@@ -5,7 +5,7 @@ import pytest
 from cdse_dem.catalogue import Product
 from cdse_dem.errors import UsageError
 from cdse_dem.grid import Geocell
-from cdse_dem.planning import TilePlan, apply_area, cells_failed, start_plan
+from cdse_dem.planning import TilePlan, apply_area, apply_other_datasets, cells_failed, start_plan
 from cdse_dem.report import NOT_ON_LIST, parse_missing_list, report_lines, tile_readiness
 from cdse_dem.tiles import Entry
 
@@ -21,11 +21,13 @@ def name(cell):
 
 
 def searched(cells, with_product):
-    """A plan of one tile whose catalogue answer lists products for ``with_product`` only."""
+    """A plan of one tile whose catalogue answer lists products for ``with_product`` only (no other
+    dataset has the others: open sea)."""
     t = tile("56HKD", cells)
     plan = start_plan([t], name, lambda n: None)
     apply_area(plan, t.geocells, {c: Product(f"id-{c.grid_id}", "n", c, 10, None, None, "2024_1", "", "", "", True)
                                   for c in with_product})
+    apply_other_datasets(plan, t.geocells, {})
     return plan, t
 
 
