@@ -243,7 +243,7 @@ def dted_bytes(heights: np.ndarray, source: Raster, resolution: int) -> bytes:
     put(dsi + 59, _DTED_LEVEL[resolution])
     put(dsi + 273, f"{lat_step}{lon_step}{rows:04d}{cols:04d}")
     values = np.rint(heights[::-1].T).astype(np.int32)  # a record per column, its posts south to north
-    magnitude = (np.abs(values) | np.where(values < 0, 0x8000, 0)).astype(">u2")
+    magnitude = np.ascontiguousarray(np.abs(values) | np.where(values < 0, 0x8000, 0), dtype=">u2")
     record = np.empty((cols, 8 + 2 * rows + 4), dtype=np.uint8)
     index = np.arange(cols, dtype=np.uint32)
     record[:, 0] = 0xAA  # sentinel, then the data block count (3 bytes), longitude and latitude counts

@@ -49,13 +49,14 @@ class FakeCatalogue:
             raise TooManyResults("more than 11000 products match one search")
         number = r"(-?[\d.]+)"
         boxes = [tuple(map(float, m)) for m in re.findall(rf"POLYGON\(\({number} {number},\S+? {number},{number}", text)]
-        others = "productType" in text  # every other dataset: CDSE answers the cell once per dataset
+        everything = "productType" in text  # every dataset: CDSE answers a cell once per dataset
         cells = [(c, rec(c)) for c in self.land]
-        if others:
-            cells += [(c, rec(c, f"COP-DEM_GLO-30-DGED/{d}", "SAR_DGE_30_A4AD")) for c in self.other_land
-                      for d in ("2021_1", "2024_1")]
+        cells += [(c, rec(c, f"COP-DEM_GLO-30-DGED/{d}", "SAR_DGE_30_A4AD")) for c in self.other_land
+                  for d in ("2021_1", "2024_1")]
         out = []
         for cell, record in cells:
+            if not everything and f"'{record['Attributes'][1]['Value']}'" not in text:
+                continue
             for east, south, north, west in boxes:
                 if west <= cell.lon + 1 and cell.lon <= east and south <= cell.lat + 1 and cell.lat <= north:
                     out.append(record)  # touching counts
@@ -132,3 +133,50 @@ def test_present_and_known_sea_cells_are_not_searched(caplog):
         assert search_all(plan, catalogue, DATASET, None, threads=2) == 0
     assert catalogue.filters == []
     assert "No DEM in CDSE (open sea) for 1 of 2 geocells (found by an earlier run): N10_E011" in caplog.text
+
+
+def test_a_cell_only_another_dataset_has_is_a_gap_named_once_with_the_ways_out(caplog):
+    tiles = {"A": cells((40, 44), (40, 45)), "B": cells((41, 44))}
+    land, gaps = cells((40, 45)), cells((40, 44), (41, 44))
+    plan = make_plan(tiles)
+    catalogue = FakeCatalogue(land, other_land=gaps)
+    with caplog.at_level(logging.INFO, logger="cdse_dem"):
+        assert search_all(plan, catalogue, DATASET, None, threads=2) == 2
+    status = {c.grid_id: (s.status, s.datasets) for c, s in plan.cells.items()}
+    other = ("CCM COP-DEM_GLO-30-DGED/2021_1", "CCM COP-DEM_GLO-30-DGED/2024_1")
+    assert status == {"N40_E044": ("gap", other), "N40_E045": ("planned", ()), "N41_E044": ("gap", other)}
+    (line,) = [r.getMessage() for r in caplog.records if "Gap in the DEM" in r.getMessage()]
+    assert line.startswith("Gap in the DEM: 2 land geocell(s) have no product in CCM COP-DEM_GLO-90-DGED/2024_1, "
+                           "but another Copernicus DEM dataset has them: N40_E044 N41_E044.")
+    assert "--r 30 (CDSE has all 2 at 30 m)" in line and "another -d (none in another delivery at 90 m)" in line
+    assert "--fill-gaps" in line and "No DEM in CDSE (open sea)" not in caplog.text
+
+
+def test_a_failing_search_of_other_datasets_fails_its_cells_never_sea_nor_gap(caplog):
+    tiles = {"A": cells((40, 44), (40, 45)), "B": cells((0, -30))}
+    plan = make_plan(tiles)
+    catalogue = FakeCatalogue(cells((40, 45)), other_land=cells((40, 44)),
+                              fail_if=lambda text: "productType" in text)
+    with caplog.at_level(logging.INFO, logger="cdse_dem"):
+        search_all(plan, catalogue, DATASET, None, threads=2)
+    status = {c.grid_id: s.status for c, s in plan.cells.items()}
+    assert status == {"N40_E044": "failed", "N40_E045": "planned", "N00_W030": "failed"}
+    assert all("503" in plan.cells[c].error for c in cells((40, 44), (0, -30)))
+    assert plan.empty == set()
+    assert "Tile A: CDSE catalogue gave HTTP 503" in caplog.text and "Tile B: CDSE catalogue gave HTTP 503" in caplog.text
+
+
+def test_fill_gaps_searches_each_source_whole_in_its_own_dataset_and_feeds_the_fill(caplog):
+    tiles = {"A": cells((40, 44), (40, 45), (41, 44))}
+    plan, fetcher = make_plan(tiles), Recorder()
+    catalogue = FakeCatalogue(cells((40, 45)), other_land=cells((40, 44), (41, 44)))
+    with caplog.at_level(logging.INFO, logger="cdse_dem"):
+        assert search_all(plan, catalogue, DATASET, fetcher, threads=2, fill_gaps=True) == 3
+    source = Dataset("CCM", 30, "DGED", "2024_1").filter_text()  # the newest delivery that has them
+    assert catalogue.filters[2].startswith(source + " and OData.CSC.Intersects")
+    for cell in cells((40, 44), (41, 44)):
+        state = plan.cells[cell]
+        assert (state.status, state.fill_from, state.product_id) == (
+            "planned", "CCM COP-DEM_GLO-30-DGED/2024_1", pid(cell))
+    assert sorted(c for batch in fetcher.added for c in batch) == cells((40, 44), (40, 45), (41, 44))
+    assert "--fill-gaps: filling 2 gap geocell(s) from CCM COP-DEM_GLO-30-DGED/2024_1: N40_E044 N41_E044" in caplog.text

@@ -16,6 +16,8 @@ STATUS = {
     Geocell(50, 9): "failed",
     Geocell(71, -180): "sea",
     Geocell(71, 177): "planned",
+    Geocell(40, 44): "gap",
+    Geocell(41, 44): "filled",
 }
 
 
@@ -31,14 +33,14 @@ def test_report_holds_tiles_and_cells_styled_by_status(tmp_path):
     document, folders = read(path)
     assert document.name == "Copernicus DEM 90 m geocells for 2 Sentinel-2 tiles"
     assert {s.id for s in document.styles} == {
-        "tile", "cell-downloaded", "cell-present", "cell-sea", "cell-failed", "cell-planned",
+        "tile", "cell-downloaded", "cell-present", "cell-sea", "cell-failed", "cell-planned", "cell-gap", "cell-filled",
     }
     colours = {s.id: s.styles[1].color for s in document.styles}
     assert colours["cell-failed"] == "600000ff"  # red (aabbggrr)
     assert colours["cell-downloaded"] == "6000c000"  # green
     assert sorted(folders) == [
-        "Geocells downloaded (1)", "Geocells failed (1)", "Geocells planned (1)", "Geocells present (1)",
-        "Geocells sea (1)", "Tiles",
+        "Geocells downloaded (1)", "Geocells failed (1)", "Geocells filled (1)", "Geocells gap (1)",
+        "Geocells planned (1)", "Geocells present (1)", "Geocells sea (1)", "Tiles",
     ]
     tiles = {p.name: p for p in folders["Tiles"].features}
     assert sorted(tiles) == ["01WCV", "32UMA"]
