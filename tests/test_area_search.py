@@ -48,7 +48,8 @@ class FakeCatalogue:
         if self.too_many_if(text):
             raise TooManyResults("more than 11000 products match one search")
         number = r"(-?[\d.]+)"
-        boxes = [tuple(map(float, m)) for m in re.findall(rf"POLYGON\(\({number} {number},\S+? {number},{number}", text)]
+        box = rf"POLYGON\(\({number} {number},\S+? {number},{number}"
+        boxes = [tuple(map(float, m)) for m in re.findall(box, text)]
         everything = "productType" in text  # every dataset: CDSE answers a cell once per dataset
         cells = [(c, rec(c)) for c in self.land]
         cells += [(c, rec(c, f"COP-DEM_GLO-30-DGED/{d}", "SAR_DGE_30_A4AD")) for c in self.other_land
@@ -163,7 +164,8 @@ def test_a_failing_search_of_other_datasets_fails_its_cells_never_sea_nor_gap(ca
     assert status == {"N40_E044": "failed", "N40_E045": "planned", "N00_W030": "failed"}
     assert all("503" in plan.cells[c].error for c in cells((40, 44), (0, -30)))
     assert plan.empty == set()
-    assert "Tile A: CDSE catalogue gave HTTP 503" in caplog.text and "Tile B: CDSE catalogue gave HTTP 503" in caplog.text
+    assert "Tile A: CDSE catalogue gave HTTP 503" in caplog.text
+    assert "Tile B: CDSE catalogue gave HTTP 503" in caplog.text
 
 
 def test_fill_gaps_searches_each_source_whole_in_its_own_dataset_and_feeds_the_fill(caplog):
