@@ -356,8 +356,7 @@ def write_summary_json(path: Path, summary: dict) -> None:
 _LIST_LINE_RE = re.compile(r"Copernicus_DSM_(?:10|30)_[NS]\d{2}_00_[EW]\d{3}_00(_DEM\.tif)?")
 NOT_ON_LIST = ("no DEM on CDSE (open sea), but not on Sen2Cor's missing-tiles list: Sen2Cor looks for the file, "
                "and without it processes the tile with flat terrain")
-GAP = ("a gap: no product in this dataset, though the cell is land that another Copernicus DEM dataset has; "
-       "without a file Sen2Cor processes the tile with flat terrain")
+GAP = "a gap: land without a product in this dataset (without a file Sen2Cor goes flat)"
 SKIPPED_BY_SEN2COR = ("in the folder, but on Sen2Cor's missing-tiles list: Sen2Cor skips it without looking "
                       "in the folder, and gives the tile zero heights there")
 
