@@ -8,7 +8,7 @@ it::
     result = cdse_dem.download(["32UMA", "S2B_MSIL1C_..._T33TXF_....SAFE"], "dem/CopernicusDEM90",
                                resolution=90, model="DGED", stop=None)
     result.ok, result.exit_status, result.files, result.bytes_downloaded
-    result.tiles[0].geocells[0].status      # planned | downloaded | present | sea | failed
+    result.tiles[0].geocells[0].status      # planned | downloaded | present | sea | failed | gap | filled
     cdse_dem.plan([...])                    # what --dry-run shows, as objects
     cdse_dem.check([...], "dem/CopernicusDEM90").ready   # what --check says
     cdse_dem.plan(aoi="corsica.geojson", points=[(45.83, 6.86)])   # tiles from an area and a point
@@ -46,6 +46,8 @@ Modules, one concept each (the pure core: ``tiles``, ``grid``, ``areas``, ``sen2
   the Nodes API, and the choice between them
 - ``dem_folder``: the folder Sen2Cor reads: is a file a whole DEM (GeoTIFF/DTED), the DEM layer out of a zip,
   ``dict_filename_dem_id.json`` and the open-sea record
+- ``gapfill``: a gap's file (land the dataset lacks) made from another dataset's product of the cell: resampled,
+  written as a real file of that resolution and latitude
 - ``fsutil``: temporaries, atomic writes, files set aside, reading inputs, disk full; OS locks and account slots
 - ``logs``: the command line's log set-up, and secrets kept out of every record and output
 """

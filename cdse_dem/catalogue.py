@@ -9,6 +9,9 @@ that neighbours which only touch the area, and the second product of a doubled c
 dropped before anything is downloaded. Which areas to search: the second part below.
 Catalogue search needs no token.
 
+A cell the run's dataset has no product for is asked about once more, in every Copernicus DEM
+dataset (``other_datasets_filter``): open sea when none has it, else a gap of the run's dataset.
+
 Covering the wanted geocells with few catalogue searches: the pure part.
 
 One search per tile costs a round trip per tile (0.3–2 s each on CDSE). The wanted cells of
@@ -96,7 +99,7 @@ class Product:
     footprint_wkt: str
     s3_path: str
     online: bool
-    # the dataset it belongs to, as the folder's records name datasets (``dataset_label``):
+    # the dataset it belongs to, as the folder's records name datasets (``Dataset.label``):
     # ``CCM COP-DEM_GLO-90-DGED/2024_1``, ``COP-DEM DGE_90``; and its resolution (30, 90), from its type
     dataset: str = ""
     resolution: int | None = None

@@ -554,8 +554,8 @@ def _folder_records(out_dir: Path | None, job: Job):
 
     if out_dir is None or not out_dir.is_dir():
         return None, None
-    return SeaRecord.load(out_dir, f"{job.collection} {job.model} (every resolution and delivery)"), \
-        FileSources.load(out_dir)
+    sea = SeaRecord.load(out_dir, f"{job.collection} {job.model} (every resolution and delivery)")
+    return sea, FileSources.load(out_dir)
 
 
 def _kept_fills(kept: list[planning.CellState]) -> None:
