@@ -81,9 +81,14 @@ def sen2cor_dem_step(folder, tile: str, resolution: int, missing_list: set[str])
     where = from_origin(west, north, MOSAIC_STEP, MOSAIC_STEP)
     for _, lon, path in used:
         with rasterio.open(path) as cell:
-            placed = Affine.translation(east_of_180(lon) - lon, 0) @ cell.transform
+            # a 30 m cell read at GLO-90's posts first (a third of its rows and columns): the mosaic's step
+            thirds = resolution == 30
+            shape = ((cell.height - 1) // 3 + 1, (cell.width - 1) // 3 + 1) if thirds else (cell.height, cell.width)
+            heights = cell.read(1, out_shape=shape)
+            placed = (Affine.translation(east_of_180(lon) - lon, 0) @ cell.transform
+                      @ Affine.scale(cell.width / shape[1], cell.height / shape[0]))
             part = np.zeros_like(mosaic)
-            reproject(cell.read(1), part, src_transform=placed, src_crs=crs, dst_transform=where, dst_crs=crs,
+            reproject(heights, part, src_transform=placed, src_crs=crs, dst_transform=where, dst_crs=crs,
                       resampling=Resampling.bilinear, dst_nodata=0)
             mosaic = np.where(part != 0, part, mosaic)
     utm = utm_tile(tile)
