@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="point this Sen2Cor L2A_GIPP.xml at the folder")
     group.add_argument("--sen2cor-missing-list", metavar="FILE",
                        help="with --check: Sen2Cor's missing-tiles list")
+    group.add_argument("--sen2like", metavar="DIR",
+                       help="each complete tile's DEM as sen2like reads it, in DIR")
+    group.add_argument("--force", metavar="DIR",
+                       help="each complete tile's VRT as FORCE reads it, in DIR")
+    group.add_argument("--quicklook", metavar="DIR",
+                       help="a shaded-relief PNG of each complete tile, in DIR")
 
     group = parser.add_argument_group("run control")
     group.add_argument("--dry-run", action="store_true",
@@ -339,7 +345,8 @@ def _run(args, signals: _Signals, log) -> int:
         aoi=list(settings.areas), points=list(settings.points), resolution=settings.resolution,
         model=settings.model, collection=settings.collection, delivery=settings.delivery, coverage=args.coverage,
         workers=args.workers, transfer=args.transfer, keep_existing=args.keep_existing, max_minutes=args.max_minutes,
-        kml=args.kml, gipp=args.gipp, missing_list=args.sen2cor_missing_list, fill_gaps=args.fill_gaps)
+        kml=args.kml, gipp=args.gipp, missing_list=args.sen2cor_missing_list, fill_gaps=args.fill_gaps,
+        sen2like=args.sen2like, force=args.force, quicklook=args.quicklook)
     for path, what in ((args.summary_json, "summary JSON"), (args.kml_report, "KML report")):
         if path:
             _check_report_path(Path(path), what, out_dir)

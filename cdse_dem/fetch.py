@@ -32,7 +32,7 @@ from cdse_dem.dem_folder import dem_problem, extract_dem
 from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError
 from cdse_dem.fsutil import DiskFull, raise_if_disk_full, remove_quietly
 from cdse_dem.gapfill import fill_cell
-from cdse_dem.grid import geocell_of_name
+from cdse_dem.grid import Geocell, geocell_of_name
 from cdse_dem.planning import CellState, Status
 from cdse_dem.search import Stop
 from cdse_dem.transfer import ConnectionSlot, NodeClient, NodesFailed, TransferChoice, download_product
@@ -64,8 +64,10 @@ class Fetcher:
 
     def __init__(self, *, open_session: Callable[[], object], http, endpoints, out_dir: Path, cache,
                  workers: int, progress=None, slots: fsutil.SlotPool | None = None, transfer: str = "auto",
-                 stop: threading.Event | Stop | None = None):
-        """``stop``: the run's stop; the fetcher's own flag (a fatal error sets it) follows it."""
+                 stop: threading.Event | Stop | None = None, on_landed: Callable[[Geocell], None] | None = None):
+        """``stop``: the run's stop; the fetcher's own flag (a fatal error sets it) follows it.
+        ``on_landed(geocell)``: told, from the thread that put it there, when a geocell's file is in
+        the folder (downloaded, or fetched by another run meanwhile)."""
 
         self._open_session = open_session
         self.transfer = TransferChoice(transfer)
@@ -74,6 +76,7 @@ class Fetcher:
         self._http, self._endpoints, self._out_dir, self._cache = http, endpoints, out_dir, cache
         self._workers = workers
         self.progress = progress
+        self._on_landed = on_landed
         self.session = None
         self.stop = Stop(stop)
         # one per request on the download host: this run's ``workers``, and the account's connections
@@ -239,6 +242,7 @@ class Fetcher:
         with self._lock:
             self.outcome.bytes += got.bytes
         log.info("DEM %s downloaded (Nodes) and stored", got.path.name)
+        self._landed(state)
         self.transfer.node_fetched(state.product.content_length, got.bytes, located.listing_seconds, got.seconds)
         return True
 
@@ -282,6 +286,7 @@ class Fetcher:
         state.status = Status.FILLED if state.fill_from is not None else Status.PRESENT
         state.product_id = self._cache.product_id(state.file_name)
         log.info("%s was fetched by another run meanwhile: present", state.file_name)
+        self._landed(state)
         self._retotal(-(located.node.content_length if located is not None else state.product.content_length or 0))
         return True
 
@@ -352,3 +357,8 @@ class Fetcher:
             log.info("DEM %s filled from %s (product %s) and stored", path.name, state.fill_from, state.product.id)
         else:
             log.info("DEM %s extracted and stored", path.name)
+        self._landed(state)
+
+    def _landed(self, state: CellState) -> None:
+        if self._on_landed is not None:
+            self._on_landed(state.geocell)

@@ -31,7 +31,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from cdse_dem import areas, logs, planning, settings
+from cdse_dem import areas, logs, planning, processors, settings
 from cdse_dem import tiles as tiles_mod
 from cdse_dem.catalogue import Catalogue, Dataset
 from cdse_dem.credentials import Credentials, obtain_credentials
@@ -98,9 +98,10 @@ def download(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, 
              model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY,
              coverage: str = DEFAULT_COVERAGE, workers: int = 4, transfer: str = "auto",
              keep_existing: bool = False, max_minutes: float = 60.0, kml: str | os.PathLike | None = None,
-             gipp: str | os.PathLike | None = None, credentials: Credentials | tuple[str, str] | None = None,
-             stop: threading.Event | None = None, progress: ProgressCallback | None = None,
-             fill_gaps: bool = False) -> Result:
+             gipp: str | os.PathLike | None = None, sen2like: str | os.PathLike | None = None,
+             force: str | os.PathLike | None = None, quicklook: str | os.PathLike | None = None,
+             credentials: Credentials | tuple[str, str] | None = None, stop: threading.Event | None = None,
+             progress: ProgressCallback | None = None, fill_gaps: bool = False) -> Result:
     """Download the DEM geocells of ``tiles`` into ``output_dir``; what the command line does.
 
     ``tiles``: tile ids and SAFE names (an iterable of str, or one str), or a ``pathlib.Path``
@@ -117,6 +118,10 @@ def download(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, 
     A cell the dataset has no product for is ``sea`` only when no Copernicus DEM dataset has one;
     otherwise it is a ``gap`` (exit status 1), which ``fill_gaps`` fills from another dataset's
     product of the cell (``filled``; ``geocell.filled_from`` names the dataset).
+
+    ``sen2like``, ``force``, ``quicklook``: folders for the DEM of each complete tile as sen2like and
+    FORCE read it, and a shaded-relief PNG of it (``--sen2like`` ...; need the ``processors`` extra,
+    rasterio); each tile's paths are in ``result.tiles[i].outputs``.
 
     ``credentials``: a ``(user name, password)`` pair or :class:`cdse_dem.Credentials`; None:
     ``CDSE_USERNAME``/``CDSE_PASSWORD``, then the stored entry, then ``~/.netrc`` (never a
@@ -137,7 +142,7 @@ def download(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, 
     job = prepare(Mode.DOWNLOAD, tiles, output_dir, aoi=aoi, points=points, resolution=resolution, model=model,
                   collection=collection, delivery=delivery, coverage=coverage, workers=workers, transfer=transfer,
                   keep_existing=keep_existing, max_minutes=max_minutes, kml=kml, gipp=gipp,
-                  fill_gaps=fill_gaps)
+                  fill_gaps=fill_gaps, sen2like=sen2like, force=force, quicklook=quicklook)
     return run(job, credentials=credentials, stop=stop, progress=progress)
 
 
@@ -165,7 +170,8 @@ def check(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, aoi
           model: str = DEFAULT_MODEL, collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY,
           coverage: str = DEFAULT_COVERAGE, kml: str | os.PathLike | None = None,
           sen2cor_missing_list: str | os.PathLike | None = None, gipp: str | os.PathLike | None = None,
-          stop: threading.Event | None = None) -> Result:
+          sen2like: str | os.PathLike | None = None, force: str | os.PathLike | None = None,
+          quicklook: str | os.PathLike | None = None, stop: threading.Event | None = None) -> Result:
     """Will Sen2Cor find a complete DEM for each tile in ``output_dir``? What ``--check`` says.
 
     Downloads nothing, needs no credentials, changes nothing in the folder (``gipp`` is
@@ -173,13 +179,14 @@ def check(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, aoi
     (``ready``, ``present``, ``filled``, ``sea``, ``missing``: a gap is missing, and so is a file
     ``sen2cor_missing_list`` names, which Sen2Cor skips); ``result.ready`` is all of them, and
     ``exit_status`` 0 when every tile is ready, 1 when one is not (or an entry was invalid).
-    ``tiles``, ``aoi`` and ``points`` as :func:`download`'s.
+    ``tiles``, ``aoi`` and ``points`` as :func:`download`'s. ``sen2like``, ``force``, ``quicklook``:
+    as for :func:`download`, made for each complete tile.
     """
     if output_dir is None:
         raise UsageError("check needs an output_dir")
     job = prepare(Mode.CHECK, tiles, output_dir, aoi=aoi, points=points, resolution=resolution, model=model,
                   collection=collection, delivery=delivery, coverage=coverage, kml=kml, gipp=gipp,
-                  missing_list=sen2cor_missing_list)
+                  missing_list=sen2cor_missing_list, sen2like=sen2like, force=force, quicklook=quicklook)
     return run(job, stop=stop)
 
 
@@ -206,6 +213,7 @@ class Job:
     gipp: str | None
     missing_list: str | None
     fill_gaps: bool = False
+    outputs: processors.Outputs | None = None  # the sen2like, FORCE and quicklook folders
 
     @property
     def dataset(self) -> Dataset:
@@ -217,10 +225,12 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
             collection: str = DEFAULT_COLLECTION, delivery: str = DEFAULT_DELIVERY, coverage: str = DEFAULT_COVERAGE,
             workers: int = 4, transfer: str = "auto", keep_existing: bool = False, max_minutes: float = 60.0,
             kml: str | os.PathLike | None = None, gipp: str | os.PathLike | None = None,
-            missing_list: str | os.PathLike | None = None, fill_gaps: bool = False) -> Job:
-    """The request checked, in the command line's order: options, GIPP, tile list, areas and points
-    (invalid entries logged), output folder (created and probed for a download); UsageError (exit 2)
-    otherwise."""
+            missing_list: str | os.PathLike | None = None, fill_gaps: bool = False,
+            sen2like: str | os.PathLike | None = None, force: str | os.PathLike | None = None,
+            quicklook: str | os.PathLike | None = None) -> Job:
+    """The request checked, in the command line's order: options, GIPP, the processors' outputs (rasterio
+    there), tile list, areas and points (invalid entries logged), output folder (created and probed for a
+    download), the outputs' folders (likewise); UsageError (exit 2) otherwise."""
     model, collection = str(model).upper(), str(collection).upper()
     coverage, transfer = str(coverage).lower(), str(transfer).lower()
     _one_of("resolution", resolution, RESOLUTIONS)
@@ -237,6 +247,7 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
         raise UsageError("--fill-gaps is for a download (or --dry-run): --check never writes a file")
     gipp = os.fspath(gipp) if gipp is not None else None
     check_gipp_option(gipp, model)  # before any work: refused GIPPs stay untouched
+    outputs = _outputs(mode, sen2like, force, quicklook, resolution, collection, delivery, model)
     footprints = FootprintFinder.for_option(kml)
     entries = _entries(tiles) + areas.entries_of(aoi, points, footprints)
     if not entries:
@@ -250,9 +261,27 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
     out_dir = settings.expand_user(output_dir, "output folder") if output_dir is not None else None
     if out_dir is not None:
         _check_output_dir(out_dir, create=mode == Mode.DOWNLOAD)
+    for kind, folder in (outputs.asked() if outputs is not None else {}).items():
+        _check_output_dir(folder, create=True, what=f"{kind} folder")
     return Job(mode, tuple(valid), tuple(invalid), out_dir, resolution, model, collection, delivery, coverage,
                workers, transfer, bool(keep_existing), float(max_minutes), footprints, gipp,
-               os.fspath(missing_list) if missing_list is not None else None, bool(fill_gaps))
+               os.fspath(missing_list) if missing_list is not None else None, bool(fill_gaps), outputs)
+
+
+def _outputs(mode: Mode, sen2like, force, quicklook, resolution: int, collection: str, delivery: str,
+             model: str) -> processors.Outputs | None:
+    """The processors' folders asked for, None when none is; refused with a dry run, sen2like with DTED
+    and any without rasterio."""
+    folders = {kind: settings.expand_user(path, f"{kind} folder")
+               for kind, path in (("sen2like", sen2like), ("force", force), ("quicklook", quicklook)) if path}
+    if not folders:
+        return None
+    if mode == Mode.PLAN:
+        raise UsageError(f"--{'/--'.join(folders)} write files: not with --dry-run, which writes nothing")
+    outputs = processors.Outputs(**folders, resolution=resolution,
+                                 dataset=processors.sen2like_dataset(resolution, collection, delivery))
+    processors.check_request(outputs, model)
+    return outputs
 
 
 def _one_of(name: str, value, choices: tuple) -> None:
@@ -278,23 +307,23 @@ def _entries(tiles: Tiles) -> list[Entry]:
     return tiles_mod.from_command_line(values)
 
 
-def _check_output_dir(out_dir: Path, *, create: bool) -> None:
+def _check_output_dir(out_dir: Path, *, create: bool, what: str = "output folder") -> None:
     if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"{out_dir}: the output folder is a file")
+        raise UsageError(f"{out_dir}: the {what} is a file")
     if not out_dir.exists():
         if not create:
             return
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+            raise UsageError(f"{out_dir}: cannot create the {what} ({exc.strerror})") from None
     if not create:
         return  # a dry run or a check writes nothing there, not even a probe
     try:  # a fresh name created exclusively: never a file (or a symlink to one) already there
         with tempfile.TemporaryFile(dir=out_dir, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise UsageError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from None
+        raise UsageError(f"{out_dir}: cannot write into the {what} ({exc.strerror})") from None
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -373,13 +402,17 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
             planning.mark_to_compare(plan_, lambda name: sources.came_from(name, job.dataset.label))
     http = new_http_session(job.workers + SEARCH_THREADS, endpoints)
     catalogue = Catalogue(endpoints.catalogue_url, http, stop=Stop(stop))
-    fetcher = _fetcher(job, credentials, http, endpoints, cache, stop, progress, ask_totp) if downloading else None
+    builder = processors.Builder(job.outputs, plan_, out_dir, stop) if downloading and job.outputs else None
+    fetcher = _fetcher(job, credentials, http, endpoints, cache, stop, progress, ask_totp,
+                       builder.cell_landed if builder is not None else None) if downloading else None
     status = EXIT_OK
     failure: BaseException | None = None
     try:
         _search(plan_, catalogue, job, fetcher)
         if stop.is_set():
             raise Interrupted("stopped during the catalogue search")
+        if builder is not None:  # the tiles already whole start now; the others as their last geocell lands
+            builder.offer_complete()
         if fetcher is None:
             log.info("There are %d DEM files expected", len(plan_.to_fetch()))
         else:
@@ -402,6 +435,9 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
         failure = exc
     finally:
         http.close()  # after the logout: nothing a search thread still holds is sent again
+        if builder is not None and status != EXIT_OK:
+            builder.abort()
+    made = _finish_outputs(builder, job)
     outcome = fetcher.outcome if fetcher is not None else FetchOutcome()
     if status == EXIT_OK:
         status = _exit_status(plan_, job.invalid, outcome.left, outcome.fatal)
@@ -411,7 +447,8 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
         log.warning("Time budget spent: %d geocell(s) not started; run again to resume", len(outcome.left))
     result = result_of(plan_, list(job.invalid), exit_status=status, seconds=time.monotonic() - started,
                        bytes_downloaded=outcome.bytes, output_dir=out_dir, left=outcome.left,
-                       error=str(outcome.fatal) if outcome.fatal is not None else None)
+                       error=str(outcome.fatal) if outcome.fatal is not None else None, outputs=made,
+                       asked=job.outputs)
     if failure is not None:
         if isinstance(failure, DemError):
             failure.result = result
@@ -422,6 +459,7 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
         complete = not (outcome.left or outcome.fatal) and planning.complete(c.status for c in plan_.cells.values())
         if not end_of_work(job.gipp, out_dir, job.resolution, job.model, complete=complete):
             result.exit_status = EXIT_FAILED
+        _end_of_outputs(job, made, result)
     return result
 
 
@@ -466,12 +504,38 @@ def _check(job: Job, stop: threading.Event) -> Result:
                             ", ".join(m.file_name for m in verdict.missing))
         if not end_of_work(job.gipp, out_dir, job.resolution, job.model, complete=ready):
             status = EXIT_FAILED
-    return result_of(plan_, list(job.invalid), exit_status=status, seconds=time.monotonic() - started,
-                     bytes_downloaded=0, output_dir=out_dir, checks=verdicts)
+    made = None
+    if job.outputs is not None and not interrupted:
+        builder = processors.Builder(job.outputs, plan_, out_dir, stop)
+        builder.offer_complete()
+        made = _finish_outputs(builder, job)
+    result = result_of(plan_, list(job.invalid), exit_status=status, seconds=time.monotonic() - started,
+                       bytes_downloaded=0, output_dir=out_dir, checks=verdicts, outputs=made,
+                       asked=job.outputs)
+    if not interrupted:
+        _end_of_outputs(job, made, result)
+    return result
+
+
+def _finish_outputs(builder: processors.Builder | None, job: Job) -> dict[str, processors.TileOutputs] | None:
+    """Every tile's outputs, once the tiles still to start (their last geocell landed late) have started."""
+    if builder is None:
+        return None
+    builder.offer_complete()
+    return builder.finish()
+
+
+def _end_of_outputs(job: Job, made: dict[str, processors.TileOutputs] | None, result: Result) -> None:
+    """sen2like's and FORCE's lines; a run whose output failed ends with exit status 1."""
+    if made is None:
+        return
+    processors.log_configuration(job.outputs, made)
+    if result.exit_status == EXIT_OK and any(tile.errors for tile in made.values()):
+        result.exit_status = EXIT_FAILED
 
 
 def _fetcher(job: Job, credentials: Credentials, http, endpoints: Endpoints, cache, stop: threading.Event,
-             progress: ProgressCallback | None, ask_totp) -> Fetcher:
+             progress: ProgressCallback | None, ask_totp, on_landed) -> Fetcher:
     """Downloads start as soon as the catalogue names a first product: login then, not before."""
 
     def login():
@@ -487,7 +551,7 @@ def _fetcher(job: Job, credentials: Credentials, http, endpoints: Endpoints, cac
     slots = SlotPool.for_account(endpoints.token_url, credentials.username, job.workers)
     return Fetcher(open_session=open_session, http=http, endpoints=endpoints, out_dir=job.output_dir, cache=cache,
                    workers=job.workers, progress=_Progress(progress) if progress is not None else None,
-                   slots=slots, transfer=job.transfer, stop=stop)
+                   slots=slots, transfer=job.transfer, stop=stop, on_landed=on_landed)
 
 
 def _log_out(session) -> None:

@@ -57,6 +57,7 @@ from cdse_dem.fsutil import read_input, write_report
 from cdse_dem.grid import Footprint, FootprintSource, Geocell, geocell_of_name
 from cdse_dem.logs import scrub
 from cdse_dem.planning import WHOLE, CellState, Plan, Status, TilePlan, complete
+from cdse_dem.processors import CURRENT, FAILED, WRITTEN, Outputs, TileOutputs
 from cdse_dem.tiles import Entry
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,9 @@ class TileResult:
     error: str | None = None  # the catalogue search for it failed
     check: TileCheck | None = None  # from cdse_dem.check only
     footprint: object = field(default=None, repr=False, compare=False)  # not in the JSON: footprint.Footprint
+    # with --sen2like/--force/--quicklook: each one's path, None where it was not made (tile not complete, failed)
+    outputs: dict[str, str | None] | None = None
+    output_states: dict[str, str] = field(default_factory=dict)  # not in the JSON: written | up to date | failed
 
     @property
     def complete(self) -> bool:
@@ -146,7 +150,8 @@ class TileResult:
     def to_dict(self) -> dict:
         return {"tile": self.tile, "entry": self.entry, "footprint_source": self.footprint_source,
                 "geocells": [g.to_dict() for g in self.geocells], **({"error": self.error} if self.error else {}),
-                **({"check": self.check.to_dict()} if self.check is not None else {})}
+                **({"check": self.check.to_dict()} if self.check is not None else {}),
+                **({"outputs": self.outputs} if self.outputs is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -258,8 +263,10 @@ class Result:
 
 def result_of(plan: Plan, invalid: list[Entry], *, exit_status: int, seconds: float, bytes_downloaded: int,
               output_dir: Path | None, left: list[str] | None = None, error: str | None = None,
-              checks: list[TileCheck] | None = None) -> Result:
-    """The Result of a run from its plan (statuses as the run left them)."""
+              checks: list[TileCheck] | None = None, outputs: Mapping[str, TileOutputs] | None = None,
+              asked: Outputs | None = None) -> Result:
+    """The Result of a run from its plan (statuses as the run left them); ``outputs``: what the
+    processors' outputs of each tile came to (``asked``: the folders, for the tiles that have none)."""
     tiles = []
     for number, tile in enumerate(plan.tiles):
         cells = []
@@ -272,6 +279,10 @@ def result_of(plan: Plan, invalid: list[Entry], *, exit_status: int, seconds: fl
                 bytes=state.bytes))
         tiles.append(TileResult(tile.tile, tile.entry.text, tile.footprint_source, cells, tile.error,
                                 checks[number] if checks is not None else None, tile.footprint))
+        if asked is not None:
+            made = (outputs or {}).get(tile.tile) or TileOutputs(tile.tile, asked.paths(tile.tile))
+            tiles[-1].outputs = made.made()
+            tiles[-1].output_states = {kind.value: state for kind, state in made.states.items()}
     totals = Totals(tiles=len(plan.tiles), geocells=len(plan.cells), downloaded=plan.count(Status.DOWNLOADED),
                     present=plan.count(Status.PRESENT), sea=plan.count(Status.SEA), failed=plan.count(Status.FAILED),
                     planned=plan.count(Status.PLANNED), bytes=bytes_downloaded, seconds=seconds,
@@ -312,6 +323,7 @@ def summary_lines(result: Result) -> list[str]:
         f"  Total: {totals.downloaded} downloaded, {totals.present} already present, "
         f"{totals.sea} open sea, {totals.failed} failed{gaps}; "
         f"{totals.bytes / 1e6:.1f} MB in {totals.seconds:.1f} s ({totals.mb_per_s:.1f} MB/s)")
+    lines += _output_lines(result)
     for cell in result.geocells:
         if cell.status == Status.FAILED:
             lines.append(f"  failed: {cell.file_name} ({cell.error or 'unknown error'})")
@@ -320,6 +332,20 @@ def summary_lines(result: Result) -> list[str]:
                          f"{_datasets_text(cell.datasets)})")
     if result.left:
         lines.append(f"  Left for the next run ({len(result.left)}): " + ", ".join(result.left))
+    return lines
+
+
+def _output_lines(result: Result) -> list[str]:
+    """A line per output asked for (--sen2like, --force, --quicklook): how many tiles got theirs."""
+    lines = []
+    kinds = dict.fromkeys(kind for tile in result.tiles for kind in tile.outputs or {})
+    for kind in kinds:
+        states = [tile.output_states.get(kind) for tile in result.tiles if tile.outputs is not None]
+        written, current, failed = (states.count(s) for s in (WRITTEN, CURRENT, FAILED))
+        lines.append(f"  {kind}: {written} written, {current} up to date"
+                     + (f", {failed} failed" if failed else "")
+                     + (f", {len(states) - written - current - failed} not made (tile not complete)"
+                        if len(states) > written + current + failed else ""))
     return lines
 
 
