@@ -277,7 +277,7 @@ def _outputs(mode: Mode, sen2like, force, quicklook, resolution: int, collection
     if not folders:
         return None
     if mode == Mode.PLAN:
-        raise UsageError(f"--{'/--'.join(folders)} write files: not with --dry-run, which writes nothing")
+        raise UsageError(f"--dry-run writes nothing: it does not go with --{', --'.join(folders)}")
     outputs = processors.Outputs(**folders, resolution=resolution,
                                  dataset=processors.sen2like_dataset(resolution, collection, delivery))
     processors.check_request(outputs, model)

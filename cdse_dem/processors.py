@@ -127,7 +127,7 @@ def check_request(outputs: Outputs, model: str) -> None:
     try:
         import rasterio  # noqa: F401
     except ImportError:
-        raise UsageError(f"--{'/--'.join(outputs.asked())} need rasterio (GDAL), which is not installed: "
+        raise UsageError(f"--{', --'.join(outputs.asked())}: needs rasterio (GDAL), which is not installed: "
                          f"{INSTALL_HINT}") from None
 
 
@@ -161,11 +161,15 @@ class _Source:
 
 def _source(path: Path) -> _Source:
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
 
-    with rasterio.open(path) as dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said below, in one line
+        dataset = rasterio.open(path)
+    with dataset:
         t = dataset.transform
-        if t.b or t.d or t.a <= 0 or t.e >= 0:
-            raise DemError(f"{path}: not a north-up lon/lat raster")
+        if dataset.crs is None or t.b or t.d or t.a <= 0 or t.e >= 0 or t.is_identity:
+            raise DemError(f"{path}: not a georeferenced lon/lat raster")
         return _Source(path, t.c, t.f, t.a, -t.e, dataset.width, dataset.height, dataset.dtypes[0], dataset.nodata)
 
 

@@ -166,7 +166,8 @@ NETRC_PASSWORD = "netrc-Other-Service-Pw-4Kd9"
 # folder filled by a realistic-size run, a tool home filled by a real run. A module fixture lasts only
 # while its module's tests follow each other on a worker, so each of these runs on one xdist worker in
 # one stretch (its fixtures built once, not once per worker and again after every interruption).
-ONE_WORKER_MODULES = ("test_kml_all_tiles.py", "test_sen2cor_ready.py", "test_bad_inputs.py", "test_hostile_fs.py")
+ONE_WORKER_MODULES = ("test_kml_all_tiles.py", "test_sen2cor_ready.py", "test_bad_inputs.py", "test_hostile_fs.py",
+                      "test_processors.py")
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of xdist: unknown, and unused, without it

@@ -181,19 +181,21 @@ def log_messages(text: str, level: str) -> list[str]:
     return [line.split(marker, 1)[1] for line in text.splitlines() if marker in line]
 
 
-def whole_dem_bytes(file_name: str) -> bytes:
+def whole_dem_bytes(file_name: str, terrain_seed: int | None = None) -> bytes:
     """A GeoTIFF that passes the DEM integrity check for the cell and resolution ``file_name`` names
-    (real dimensions, one height, compressed to a few kB): a folder "filled" without downloading."""
+    (real dimensions, compressed to a few kB): a folder "filled" without downloading. One height
+    everywhere; with ``terrain_seed``, the terrain the simulator of that seed serves ("small" size)."""
     import numpy as np
 
     from cdse_dem.grid import geocell_of_name
     from simulator.geotiff import geotiff_parts
-    from simulator.terrain import BlockRaster, raster_shape
+    from simulator.terrain import BlockRaster, coarse_elevation, raster_shape
 
     cell, resolution = geocell_of_name(file_name)
     rows, cols = raster_shape(cell.lat, resolution)
-    raster = BlockRaster(np.full((1, 1), 250.0, dtype=np.float32), np.zeros(rows, dtype=np.intp),
-                         np.zeros(cols, dtype=np.intp))
+    raster = (coarse_elevation(cell.lat, cell.lon, rows, cols, terrain_seed) if terrain_seed is not None else
+              BlockRaster(np.full((1, 1), 250.0, dtype=np.float32), np.zeros(rows, dtype=np.intp),
+                          np.zeros(cols, dtype=np.intp)))
     header, data = geotiff_parts(raster, cell.lon, cell.lat + 1, 1 / (cols - 1), 1 / (rows - 1))
     return header + (data if isinstance(data, bytes) else data.tobytes())
 
