@@ -219,6 +219,9 @@ def test_the_shaded_relief_lights_north_west_slopes_and_paints_sea_in_one_colour
     assert (rgb[:, :, :10] == np.array(processors.SEA_COLOUR, dtype=np.uint8)[:, None, None]).all()
     west_face, east_face = rgb[:, :, 50].astype(int).sum(), rgb[:, :, 150].astype(int).sum()
     assert west_face > east_face * 1.3  # the sun is in the north-west
+    rgb = processors.relief(heights.T.astype(np.float32), np.zeros(heights.shape, dtype=bool), 100.0)  # east-west
+    north_face, south_face = rgb[:, 50, :].astype(int).sum(), rgb[:, 150, :].astype(int).sum()
+    assert north_face > south_face * 1.3
 
 
 def test_a_failed_output_keeps_the_file_there_and_leaves_no_temporary(tmp_path, caplog):
