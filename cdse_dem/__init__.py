@@ -34,6 +34,8 @@ Modules, one concept each (the pure core: ``tiles``, ``grid``, ``areas``, ``sen2
 - ``grid``: a tile's lon/lat footprint (the tiling KML through its index, or computed) and the 1°×1° geocells
   it overlaps
 - ``sen2cor``: the cells Sen2Cor asks for beyond the footprint, and the two DEM lines of its L2A_GIPP.xml
+- ``processors``: each complete tile's DEM as sen2like (a GeoTIFF on the tile's grid) and FORCE (a VRT over
+  its geocells) read it, and a quicklook of it; made with GDAL (rasterio, an optional extra) as geocells land
 - ``planning``: a run's plan: each geocell once, and what becomes of it
 - ``catalogue``: the OData catalogue: searches by area (few, ordered, paged), records to products
 - ``search``: a run's searches side by side, each answer handed to the plan and the downloads; the stop flag
