@@ -281,9 +281,12 @@ def _search_fill_sources(plan, catalogue, dataset: Dataset, gaps, found, fetcher
 
 
 def _to_fetch(plan: planning.Plan, fetcher, cells) -> None:
+    """The answered cells to download, tile by tile in the plan's order: each tile is whole (and its
+    outputs can be made, cdse_dem.processors) as early as can be, not all of them at the end."""
     if fetcher is not None:
-        fetcher.add([plan.cells[c] for c in sorted(cells)
-                     if plan.cells[c].status == planning.Status.PLANNED and plan.cells[c].product is not None])
+        wanted = set(cells)
+        fetcher.add([state for cell, state in plan.cells.items() if cell in wanted
+                     and state.status == planning.Status.PLANNED and state.product is not None])
 
 
 def _searches(plan, catalogue, areas: list[SearchArea], text: str, select: str | None, threads: int,
