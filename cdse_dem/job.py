@@ -437,7 +437,9 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
         http.close()  # after the logout: nothing a search thread still holds is sent again
         if builder is not None and status != EXIT_OK:
             builder.abort()
-    made = _finish_outputs(builder, job)
+    made = _finish_outputs(builder)
+    if made is not None and status == EXIT_OK and stop.is_set():
+        status = EXIT_INTERRUPTED  # stopped while the outputs were made: those under way were left
     outcome = fetcher.outcome if fetcher is not None else FetchOutcome()
     if status == EXIT_OK:
         status = _exit_status(plan_, job.invalid, outcome.left, outcome.fatal)
@@ -506,9 +508,9 @@ def _check(job: Job, stop: threading.Event) -> Result:
             status = EXIT_FAILED
     made = None
     if job.outputs is not None and not interrupted:
-        builder = processors.Builder(job.outputs, plan_, out_dir, stop)
-        builder.offer_complete()
-        made = _finish_outputs(builder, job)
+        made = _finish_outputs(processors.Builder(job.outputs, plan_, out_dir, stop))
+        if stop.is_set():
+            interrupted, status = True, EXIT_INTERRUPTED  # those under way were left
     result = result_of(plan_, list(job.invalid), exit_status=status, seconds=time.monotonic() - started,
                        bytes_downloaded=0, output_dir=out_dir, checks=verdicts, outputs=made,
                        asked=job.outputs)
@@ -517,7 +519,7 @@ def _check(job: Job, stop: threading.Event) -> Result:
     return result
 
 
-def _finish_outputs(builder: processors.Builder | None, job: Job) -> dict[str, processors.TileOutputs] | None:
+def _finish_outputs(builder: processors.Builder | None) -> dict[str, processors.TileOutputs] | None:
     """Every tile's outputs, once the tiles still to start (their last geocell landed late) have started."""
     if builder is None:
         return None

@@ -224,15 +224,41 @@ def test_the_shaded_relief_lights_north_west_slopes_and_paints_sea_in_one_colour
     assert north_face > south_face * 1.3
 
 
+def plan_of(tiles: dict[str, list[tuple[Geocell, Path | None]]]):
+    """A run's plan of these tiles and geocells, each geocell still to download."""
+    plans = [TilePlan(Entry(tile, "test", None, tile), tile, "computed", [c for c, _ in cells])
+             for tile, cells in tiles.items()]
+    return start_plan(plans, lambda cell: cell.dem_file_name(90, "DGED"), lambda name: None)
+
+
+def test_a_tiles_outputs_start_as_soon_as_its_last_geocell_lands(tmp_path):
+    folder = tmp_path / "dem"
+    folder.mkdir()
+    tiles = {"32UMA": tile_cells("32UMA", folder), "33KWP": tile_cells("33KWP", folder)}
+    plan = plan_of(tiles)
+    outputs = processors.Outputs(force=tmp_path / "F", quicklook=tmp_path / "Q")
+    builder = processors.Builder(outputs, plan, folder)
+    first, *rest = tiles["32UMA"]
+    for cell, _ in rest:  # landed, but the tile is not whole yet
+        plan.cells[cell].status = Status.DOWNLOADED
+        builder.cell_landed(cell)
+    assert builder._futures == []
+    plan.cells[first[0]].status = Status.DOWNLOADED
+    builder.cell_landed(first[0])  # the last one
+    (started,) = builder._futures
+    started.result(timeout=60)
+    assert sorted(p.name for p in tmp_path.glob("[FQ]/*")) == ["MGRS_T32UMA.vrt", "T32UMA_DEM.png"]
+    assert all(plan.cells[c].status == Status.PLANNED for c, _ in tiles["33KWP"])  # still downloading
+    assert set(builder.finish()) == {"32UMA"}
+
+
 def test_a_failed_output_keeps_the_file_there_and_leaves_no_temporary(tmp_path, caplog):
     folder = tmp_path / "dem"
     folder.mkdir()
     cells = tile_cells("32UMA", folder)
     damaged = cells[0][1]
     damaged.write_bytes(damaged.read_bytes()[:2000])  # cut short: GDAL cannot read it
-    entry = Entry("32UMA", "test", None, "32UMA")
-    plan = start_plan([TilePlan(entry, "32UMA", "computed", [c for c, _ in cells])],
-                      lambda cell: cell.dem_file_name(90, "DGED"), lambda name: None)
+    plan = plan_of({"32UMA": cells})
     for state in plan.cells.values():
         state.status = Status.PRESENT
     outputs = processors.Outputs(sen2like=tmp_path / "s2l", resolution=90, dataset="COP-DEM_GLO-90-DGED__2024_1")
