@@ -36,6 +36,7 @@ lands (:class:`Builder`), and made again only when one of its geocells is newer 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -124,11 +125,10 @@ def check_request(outputs: Outputs, model: str) -> None:
     """Before any work: sen2like's file is made of the DGED GeoTIFFs, and rasterio must be there."""
     if outputs.sen2like is not None and model != "DGED":
         raise UsageError("--sen2like with --m DTED: sen2like's DEM is made from the DGED GeoTIFFs (--m DGED)")
-    try:
-        import rasterio  # noqa: F401
-    except ImportError:
+    # found, not imported: its import (0.15 s) is made by the first tile's outputs, while the downloads run
+    if importlib.util.find_spec("rasterio") is None:
         raise UsageError(f"--{', --'.join(outputs.asked())}: needs rasterio (GDAL), which is not installed: "
-                         f"{INSTALL_HINT}") from None
+                         f"{INSTALL_HINT}")
 
 
 def sen2like_lines(outputs: Outputs) -> list[str]:
