@@ -134,12 +134,16 @@ def whole_runs(repeat: int) -> list[Row]:
         finally:
             tool.cleanup()
     t_plain, t_outputs = median(r.seconds for r in plain), median(r.seconds for r in outputs)
-    added = t_outputs / t_plain - 1
+    ratios = [o.seconds / p.seconds - 1 for p, o in zip(plain, outputs, strict=True)]  # per repetition
+    added = median(ratios)
     return [
         Row(f"{RUN_TILES} tiles at 90 m ({cells} geocells downloaded), no outputs: whole process",
             f"{t_plain:.1f} s"),
         Row(f"the same with --sen2like --force --quicklook ({3 * RUN_TILES} outputs): whole process",
-            f"{t_outputs:.1f} s (+{added * 100:.1f} %)", f"< +{RUN_TARGET * 100:g} %", added < RUN_TARGET),
+            f"{t_outputs:.1f} s"),
+        Row("what the outputs add (per repetition, median)",
+            f"+{added * 100:.1f} % (runs: {', '.join(f'{r * 100:+.1f}' for r in ratios)})",
+            f"< +{RUN_TARGET * 100:g} %", added < RUN_TARGET),
     ]
 
 
