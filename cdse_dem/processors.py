@@ -42,7 +42,6 @@ import math
 import os
 import stat
 import threading
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -146,7 +145,7 @@ def force_lines(outputs: Outputs) -> list[str]:
 
 @dataclass(frozen=True)
 class _Source:
-    """A geocell's file as GDAL reads it: where its pixels lie (west, north: outer edges) and their type."""
+    """A geocell's file as GDAL reads it: where its pixels lie (west, north: outer edges), and its voids."""
 
     path: Path
     west: float
@@ -155,22 +154,17 @@ class _Source:
     dy: float
     width: int
     height: int
-    dtype: str
     nodata: float | None
 
 
 def _source(path: Path) -> _Source:
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said below, in one line
-        dataset = rasterio.open(path)
-    with dataset:
+    with rasterio.open(path) as dataset:
         t = dataset.transform
         if dataset.crs is None or t.b or t.d or t.a <= 0 or t.e >= 0 or t.is_identity:
             raise DemError(f"{path}: not a georeferenced lon/lat raster")
-        return _Source(path, t.c, t.f, t.a, -t.e, dataset.width, dataset.height, dataset.dtypes[0], dataset.nodata)
+        return _Source(path, t.c, t.f, t.a, -t.e, dataset.width, dataset.height, dataset.nodata)
 
 
 def mosaic_vrt(cells: Sequence[tuple[Geocell, Path | None]], *, dtype: str, nodata: float | None,
@@ -300,7 +294,6 @@ def quicklook_bytes(cells: Sequence[tuple[Geocell, Path | None]], tile: str, sto
     """
     rasterio = _rasterio()
     from rasterio.enums import Resampling
-    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.io import MemoryFile
 
     shape = (QUICKLOOK_PIXELS, QUICKLOOK_PIXELS)
@@ -317,10 +310,11 @@ def quicklook_bytes(cells: Sequence[tuple[Geocell, Path | None]], tile: str, sto
             _warp(mosaic_vrt(cells, dtype="int16", nodata=None), tile, TILE_SIZE / QUICKLOOK_PIXELS,
                   Resampling.average, "int16", stop, keep)
         rgb = relief(heights, heights == 0, TILE_SIZE / QUICKLOOK_PIXELS)
-        with MemoryFile() as memory, warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture: no georeference wanted
-            with memory.open(driver="PNG", width=QUICKLOOK_PIXELS, height=QUICKLOOK_PIXELS, count=3,
-                             dtype="uint8", zlevel=1) as png:  # a third of the default level's time
+        crs, transform, _ = _tile_grid(tile, TILE_SIZE / QUICKLOOK_PIXELS)
+        with MemoryFile() as memory:
+            # the grid given only to say it is one: a PNG keeps no georeference (no .aux.xml is written)
+            with memory.open(driver="PNG", width=QUICKLOOK_PIXELS, height=QUICKLOOK_PIXELS, count=3, dtype="uint8",
+                             crs=crs, transform=transform, zlevel=1) as png:  # a third of the default's time
                 png.write(rgb)
             return bytes(memory.getbuffer())
 

@@ -252,6 +252,7 @@ def test_a_tiles_outputs_start_as_soon_as_its_last_geocell_lands(tmp_path):
     assert set(builder.finish()) == {"32UMA"}
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # the damaged file's, at its opening
 def test_a_failed_output_keeps_the_file_there_and_leaves_no_temporary(tmp_path, caplog):
     folder = tmp_path / "dem"
     folder.mkdir()
