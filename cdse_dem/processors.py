@@ -168,15 +168,15 @@ def _source(path: Path) -> _Source:
 
 
 def mosaic_vrt(cells: Sequence[tuple[Geocell, Path | None]], *, dtype: str, nodata: float | None,
-               relative_to: Path | None = None) -> str:
+               beside: bool = False) -> str:
     """A GDAL VRT that puts the geocells' files side by side in one EPSG:4326 grid: GDAL's mosaic.
 
     ``cells``: each geocell of the tile with its file, or None where there is no DEM (open sea).
     The grid covers every cell (a sea cell reads ``nodata``, or 0 with ``nodata`` None) and is the
     finest file's, so that the files on it are placed pixel for pixel; a file of another spacing
     (columns thin out towards the poles) is resampled by GDAL (nearest). ``dtype``: the band's type
-    (``int16``: GDAL rounds the heights). ``relative_to``: the VRT's own folder, when the files are
-    named relative to it (FORCE's VRT in the DEM folder itself); otherwise absolute paths.
+    (``int16``: GDAL rounds the heights). ``beside``: the VRT is in the files' folder (FORCE's VRT in
+    the DEM folder itself), which names them relative to it; otherwise by absolute paths.
     """
 
     across = bool(cells) and max(c.lon for c, _ in cells) - min(c.lon for c, _ in cells) > 180
@@ -210,9 +210,8 @@ def mosaic_vrt(cells: Sequence[tuple[Geocell, Path | None]], *, dtype: str, noda
         ElementTree.SubElement(band, "NoDataValue").text = f"{nodata:g}"
     for source in sources:
         element = ElementTree.SubElement(band, "ComplexSource")
-        name = ElementTree.SubElement(element, "SourceFilename", relativeToVRT="1" if relative_to else "0")
-        name.text = (os.path.relpath(source.path, relative_to) if relative_to
-                     else os.path.abspath(source.path))
+        name = ElementTree.SubElement(element, "SourceFilename", relativeToVRT="1" if beside else "0")
+        name.text = source.path.name if beside else os.path.abspath(source.path)
         ElementTree.SubElement(element, "SourceBand").text = "1"
         ElementTree.SubElement(element, "SrcRect", xOff="0", yOff="0", xSize=str(source.width),
                                ySize=str(source.height))
@@ -351,7 +350,7 @@ def force_vrt(cells: Sequence[tuple[Geocell, Path | None]], vrt_path: Path, dem_
     cell exists; paths relative when the VRT is in the DEM folder itself, else absolute."""
     same = vrt_path.parent.is_dir() and dem_folder.is_dir() and os.path.samefile(vrt_path.parent, dem_folder)
     with _rasterio().Env(**_GDAL_OPTIONS):
-        return mosaic_vrt(cells, dtype="float32", nodata=FORCE_NODATA, relative_to=vrt_path.parent if same else None)
+        return mosaic_vrt(cells, dtype="float32", nodata=FORCE_NODATA, beside=same)
 
 
 # --- made as the geocells land ---------------------------------------------------------------------

@@ -209,6 +209,21 @@ def test_the_force_vrt_reads_each_geocells_height_at_its_centre_and_nodata_at_se
     assert any(path is None for _, path in cells) == (tile == "58CEV")
 
 
+def test_a_force_vrt_in_the_dem_folder_names_its_geocells_relative_to_it_and_moves_with_it(tmp_path):
+    folder = tmp_path / "dem"
+    folder.mkdir()
+    cells = tile_cells("32UMA", folder)
+    vrt = folder / "MGRS_T32UMA.vrt"
+    vrt.write_text(processors.force_vrt(cells, vrt, folder))
+    names = re.findall(r'<SourceFilename relativeToVRT="1">([^<]+)</SourceFilename>', vrt.read_text())
+    assert sorted(names) == sorted(path.name for _, path in cells)
+    moved = folder.rename(tmp_path / "elsewhere")
+    cell, path = cells[0]
+    with rasterio.open(moved / vrt.name) as dataset, rasterio.open(moved / path.name) as geocell:
+        point = [(cell.lon + 0.5, cell.lat + 0.5)]
+        assert next(dataset.sample(point)) == next(geocell.sample(point))
+
+
 def test_the_shaded_relief_lights_north_west_slopes_and_paints_sea_in_one_colour():
     x = np.arange(200, dtype=np.float64)
     heights = np.tile(np.where(x < 100, x * 20.0, (199 - x) * 20.0), (200, 1))  # a ridge running north-south
