@@ -57,29 +57,10 @@ _MAKE = textwrap.dedent("""
 def write_cells(folder: Path, resolution: int) -> list[tuple[str, str | None]]:
     """The tile's geocells (its area and Sen2Cor's rectangle) as the realistic simulator serves their DEM layer."""
     sys.path.insert(0, str(ROOT))
-    from cdse_dem.grid import computed_footprints, geocells_of_each
-    from cdse_dem.sen2cor import cells_with_reasons
-    from simulator.cells import load_cells
-    from simulator.geotiff import geotiff_parts
-    from simulator.terrain import elevation, raster_shape
+    from tests.helpers import tile_geocells
 
-    (footprint,) = computed_footprints([TILE])
-    (cells,) = cells_with_reasons([TILE], geocells_of_each([footprint.parts]))
-    exists = load_cells(None)
-    found = []
-    for cell in cells:
-        if not exists.has((cell.lat, cell.lon), resolution):
-            found.append((cell.grid_id, None))
-            continue
-        path = folder / cell.dem_file_name(resolution, "DGED")
-        rows, cols = raster_shape(cell.lat, resolution, "realistic")
-        header, data = geotiff_parts(elevation(cell.lat, cell.lon, rows, cols, 0), cell.lon, cell.lat + 1,
-                                     1 / (cols - 1), 1 / (rows - 1))
-        with open(path, "wb") as handle:
-            handle.write(header)
-            handle.write(memoryview(data).cast("B"))
-        found.append((cell.grid_id, str(path)))
-    return found
+    return [(cell.grid_id, str(path) if path else None)
+            for cell, path in tile_geocells(TILE, folder, resolution, size="realistic")]
 
 
 def make(kind: str, cells, out: Path, resolution: int, repeat: int) -> tuple[float, float]:

@@ -181,23 +181,54 @@ def log_messages(text: str, level: str) -> list[str]:
     return [line.split(marker, 1)[1] for line in text.splitlines() if marker in line]
 
 
-def whole_dem_bytes(file_name: str, terrain_seed: int | None = None) -> bytes:
+def whole_dem_bytes(file_name: str, terrain_seed: int | None = None, size: str = "small") -> bytes:
     """A GeoTIFF that passes the DEM integrity check for the cell and resolution ``file_name`` names
     (real dimensions, compressed to a few kB): a folder "filled" without downloading. One height
-    everywhere; with ``terrain_seed``, the terrain the simulator of that seed serves ("small" size)."""
+    everywhere; with ``terrain_seed``, the DEM layer the simulator of that seed serves at ``size``
+    ("small", or "realistic": its smooth terrain, uncompressed as CDSE's)."""
     import numpy as np
 
     from cdse_dem.grid import geocell_of_name
     from simulator.geotiff import geotiff_parts
-    from simulator.terrain import BlockRaster, coarse_elevation, raster_shape
+    from simulator.terrain import BlockRaster, coarse_elevation, elevation, raster_shape
 
     cell, resolution = geocell_of_name(file_name)
     rows, cols = raster_shape(cell.lat, resolution)
-    raster = (coarse_elevation(cell.lat, cell.lon, rows, cols, terrain_seed) if terrain_seed is not None else
-              BlockRaster(np.full((1, 1), 250.0, dtype=np.float32), np.zeros(rows, dtype=np.intp),
-                          np.zeros(cols, dtype=np.intp)))
+    if terrain_seed is None:
+        raster = BlockRaster(np.full((1, 1), 250.0, dtype=np.float32), np.zeros(rows, dtype=np.intp),
+                             np.zeros(cols, dtype=np.intp))
+    else:
+        terrain = elevation if size == "realistic" else coarse_elevation
+        raster = terrain(cell.lat, cell.lon, rows, cols, terrain_seed)
     header, data = geotiff_parts(raster, cell.lon, cell.lat + 1, 1 / (cols - 1), 1 / (rows - 1))
     return header + (data if isinstance(data, bytes) else data.tobytes())
+
+
+def planned_geocells(tile: str) -> list:
+    """The geocells a run plans for ``tile`` (its computed area and Sen2Cor's rectangle), sorted."""
+    from cdse_dem.sen2cor import cells_with_reasons
+
+    (reasons,) = cells_with_reasons([tile], [geocells_of(computed_footprint(tile))])
+    return list(reasons)
+
+
+def tile_geocells(tile: str, folder: Path, resolution: int = 90, size: str = "small", seed: int = 0) -> list:
+    """``(geocell, file)`` for each geocell a run plans for ``tile``: the file is its DEM layer as the
+    simulator of ``seed`` serves it at ``size``, written into ``folder`` (once), or None where the
+    simulator has no product (open sea)."""
+    from simulator.cells import load_cells
+
+    exists = load_cells(None)
+    cells = []
+    for cell in planned_geocells(tile):
+        if not exists.has((cell.lat, cell.lon), resolution):
+            cells.append((cell, None))
+            continue
+        path = folder / cell.dem_file_name(resolution, "DGED")
+        if not path.exists():
+            path.write_bytes(whole_dem_bytes(path.name, terrain_seed=seed, size=size))
+        cells.append((cell, path))
+    return cells
 
 
 # --- one tile's geometry (the library works on batches of tiles) --------------------------------

@@ -24,15 +24,12 @@ from pyproj import Transformer
 from rasterio.errors import NotGeoreferencedWarning
 
 from cdse_dem import processors
-from cdse_dem.grid import Geocell, computed_footprints, geocells_of_each
+from cdse_dem.grid import Geocell
 from cdse_dem.planning import Status, TilePlan, start_plan
-from cdse_dem.sen2cor import cells_with_reasons
 from cdse_dem.tiles import Entry
-from simulator.cells import load_cells
 from tests.conftest import SHARED_DATA
-from tests.helpers import ROOT, cli_env, log_messages, run_cli, whole_dem_bytes
+from tests.helpers import ROOT, cli_env, log_messages, parse_tiling_kml, planned_geocells, run_cli, tile_geocells
 
-SEED = 0  # the simulator's default: its terrain
 SIDE = 109_800
 # tile: what it stands for (all within the simulator's built-in cells, so no data folder is needed)
 TILES = {
@@ -46,34 +43,15 @@ REACH = 6  # source pixels around a point that a cubic spline (scaled when the g
 OVERSHOOT = 0.1  # GDAL's cubic spline rings at a step of the terrain by a few per cent of its height
 
 
-def tile_cells(tile: str, folder: Path, resolution: int = 90) -> list[tuple[Geocell, Path | None]]:
-    """The tile's geocells as a run plans them (its area and Sen2Cor's rectangle), those with a DEM
-    written into ``folder`` with the simulator's terrain, the others (open sea) None."""
-    (footprint,) = computed_footprints([tile])
-    (reasons,) = cells_with_reasons([tile], geocells_of_each([footprint.parts]))
-    exists = load_cells(None)
-    cells = []
-    for cell in reasons:
-        if not exists.has((cell.lat, cell.lon), resolution):
-            cells.append((cell, None))
-            continue
-        path = folder / cell.dem_file_name(resolution, "DGED")
-        if not path.exists():
-            path.write_bytes(whole_dem_bytes(path.name, terrain_seed=SEED))
-        cells.append((cell, path))
-    return cells
-
-
 def kml_square(kml: Path, tile: str) -> tuple[int, tuple[float, float, float, float]]:
-    """The tile's EPSG and the envelope (west, south, east, north) of its UTM_WKT, read from the KML's text."""
+    """The tile's EPSG and the envelope (west, south, east, north) of its UTM_WKT, from its Placemark in the
+    KML's text, read as tests/helpers.py reads the whole KML (independently of cdse_dem.grid)."""
     with open(kml, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as text:
-        start = text.find(f"<name>{tile}</name>".encode())
-        assert start >= 0, f"{tile} is not in the KML"
-        placemark = text[start:start + 8000].decode()
-    epsg = int(re.search(r"<b>EPSG</b>.*?>\s*(\d+)\s*<", placemark, re.S).group(1))
-    ring = re.search(r"UTM_WKT</b>.*?MULTIPOLYGON\(\(\(([^)]*)\)\)\)", placemark, re.S).group(1)
-    xy = np.array([pair.split() for pair in ring.split(",")], dtype=float)
-    return epsg, (xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max())
+        name = text.find(f"<name>{tile}</name>".encode())
+        assert name >= 0, f"{tile} is not in the KML"
+        start, end = text.rfind(b"<Placemark>", 0, name), text.find(b"</Placemark>", name) + len(b"</Placemark>")
+        (found,) = parse_tiling_kml(text[start:end].decode()).values()
+    return found.epsg, (found.x_min, found.y_max - found.height, found.x_min + found.width, found.y_max)
 
 
 class Cells:
@@ -138,7 +116,7 @@ def made(tmp_path_factory):
     out = tmp_path_factory.mktemp("outputs")
     found = {}
     for tile in TILES:
-        cells = tile_cells(tile, folder)
+        cells = tile_geocells(tile, folder)
         tif = out / f"{tile}.TIF"
         tif.write_bytes(processors.sen2like_bytes(cells, tile, 90))
         vrt = out / f"MGRS_T{tile}.vrt"
@@ -212,7 +190,7 @@ def test_the_force_vrt_reads_each_geocells_height_at_its_centre_and_nodata_at_se
 def test_a_force_vrt_in_the_dem_folder_names_its_geocells_relative_to_it_and_moves_with_it(tmp_path):
     folder = tmp_path / "dem"
     folder.mkdir()
-    cells = tile_cells("32UMA", folder)
+    cells = tile_geocells("32UMA", folder)
     vrt = folder / "MGRS_T32UMA.vrt"
     vrt.write_text(processors.force_vrt(cells, vrt, folder))
     names = re.findall(r'<SourceFilename relativeToVRT="1">([^<]+)</SourceFilename>', vrt.read_text())
@@ -249,7 +227,7 @@ def plan_of(tiles: dict[str, list[tuple[Geocell, Path | None]]]):
 def test_a_tiles_outputs_start_as_soon_as_its_last_geocell_lands(tmp_path):
     folder = tmp_path / "dem"
     folder.mkdir()
-    tiles = {"32UMA": tile_cells("32UMA", folder), "33KWP": tile_cells("33KWP", folder)}
+    tiles = {"32UMA": tile_geocells("32UMA", folder), "33KWP": tile_geocells("33KWP", folder)}
     plan = plan_of(tiles)
     outputs = processors.Outputs(force=tmp_path / "F", quicklook=tmp_path / "Q")
     builder = processors.Builder(outputs, plan, folder)
@@ -271,7 +249,7 @@ def test_a_tiles_outputs_start_as_soon_as_its_last_geocell_lands(tmp_path):
 def test_a_failed_output_keeps_the_file_there_and_leaves_no_temporary(tmp_path, caplog):
     folder = tmp_path / "dem"
     folder.mkdir()
-    cells = tile_cells("32UMA", folder)
+    cells = tile_geocells("32UMA", folder)
     damaged = cells[0][1]
     damaged.write_bytes(damaged.read_bytes()[:2000])  # cut short: GDAL cannot read it
     plan = plan_of({"32UMA": cells})
@@ -335,10 +313,8 @@ def test_must_show_33ttg_sen2like_file_and_the_configuration_lines(run, real_kml
 
 def tile_cells_in(folder: Path, tile: str) -> list[tuple[Geocell, Path | None]]:
     """The tile's geocells with their files in a folder a run filled (None: not there, open sea)."""
-    (footprint,) = computed_footprints([tile])
-    (reasons,) = cells_with_reasons([tile], geocells_of_each([footprint.parts]))
-    return [(cell, folder / cell.dem_file_name(90, "DGED") if (folder / cell.dem_file_name(90, "DGED")).exists()
-             else None) for cell in reasons]
+    files = [(cell, folder / cell.dem_file_name(90, "DGED")) for cell in planned_geocells(tile)]
+    return [(cell, path if path.exists() else None) for cell, path in files]
 
 
 def test_must_show_01wcq_has_no_seam_and_no_zeros_where_the_simulator_served_land(run):
