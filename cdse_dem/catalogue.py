@@ -23,11 +23,10 @@ it, a covered cell without one is open sea. ``Intersects`` also returns the cell
 touch a rectangle's edge; their products count only for cells the search covers.
 """
 
-import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from urllib.parse import parse_qs, quote, urlsplit
@@ -38,6 +37,7 @@ from shapely import Polygon
 from urllib3.exceptions import MaxRetryError
 
 from cdse_dem.errors import Interrupted, ServiceError
+from cdse_dem.fsutil import parse_json
 from cdse_dem.grid import Geocell, geocell_of_footprint_wkt, geocell_of_name, parse_grid_id
 from cdse_dem.http import (
     ATTEMPTS,
@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 1000  # CDSE's largest $top: fewest round trips per search
 # CDSE refuses $skip above this (422): a search with more matches must be split by area.
 MAX_SKIP = 10000
+# The most pages one search can need ($skip 0 to 10,000 at 1,000 a page): a catalogue that links
+# page after page past this, each a new URL, is not paging through a result.
+MAX_PAGES = MAX_SKIP // PAGE_SIZE + 1
 # Without $orderby CDSE pages in no stable order (repeating some products, losing others);
 # any documented field will do, CDSE adds Id as the tie-break.
 ORDER_BY = "ContentDate/Start asc"
@@ -205,25 +208,71 @@ class TooManyResults(ServiceError):
 
 
 class BadRecord(ValueError):
-    """A catalogue record we cannot use; ``geocell`` is its cell when that much could be told."""
+    """A catalogue record we cannot use; ``geocell`` is its cell when that much could be told.
 
-    def __init__(self, reason: str, geocell: Geocell | None = None):
-        super().__init__(reason)
-        self.reason, self.geocell = reason, geocell
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What a search answered: the products, and the records that could not be used.
-
-    A record we cannot read or place may be the product of any of the searched cells, so a
-    cell without a product is not open sea when ``problems`` is not empty: it is failed.
+    ``kind`` is the reason without what varies from record to record (an Id, a value): alike
+    records are counted as one kind, however many a page holds.
     """
 
-    products: list[Product]
-    problems: list[BadRecord]
+    def __init__(self, reason: str, geocell: Geocell | None = None, kind: str | None = None):
+        super().__init__(reason)
+        self.reason, self.geocell = reason, geocell
+        self.kind = _ID_IN_REASON.sub("product …", kind or reason)
 
 
+class Answer:
+    """What a search answered, taken in page by page: the products of each cell of ``wanted`` (the
+    cells the search decides; products of the cells around them are dropped), and the records
+    that could not be used.
+
+    Only the products of those cells are kept, and bad records are counted by kind, so a search
+    holds one page's records at a time however many pages come. A record we cannot read or
+    place may be the product of any of the searched cells, so a cell without a product is not
+    open sea when a record names no cell (``unplaced``): it is failed, as a cell named by a bad
+    record is (``bad_cells``).
+    """
+
+    def __init__(self, wanted: Iterable[Geocell]):
+        self.wanted = frozenset(wanted)
+        self.found: dict[Geocell, list[Product]] = {}  # every product of each wanted cell
+        self.bad_cells: set[Geocell] = set()
+        self.unplaced = False
+        self._kinds: dict[str, list] = {}  # kind -> [the first reason of that kind, count]
+
+    def add(self, records: Iterable[object]) -> None:
+        """One page's records."""
+        for record in records:
+            try:
+                product = parse_product(record)
+            except BadRecord as problem:
+                self._bad(problem)
+                continue
+            if product.geocell in self.wanted:
+                self.found.setdefault(product.geocell, []).append(product)
+
+    @property
+    def products(self) -> dict[Geocell, Product]:
+        """The one product of each wanted cell that has any (:func:`choose`'s)."""
+        return choose((p for products in self.found.values() for p in products), self.wanted)
+
+    def _bad(self, problem: BadRecord) -> None:
+        if problem.geocell is None:
+            self.unplaced = True
+        elif problem.geocell in self.wanted:
+            self.bad_cells.add(problem.geocell)
+        self._kinds.setdefault(problem.kind, [_ID_IN_REASON.sub("product …", problem.reason), 0])[1] += 1
+
+    def problem_lines(self, limit: int = 3) -> list[str]:
+        """One line per kind of problem, with its count: a page of 1000 alike records is one line, not 1000."""
+        kinds = list(self._kinds.values())
+        lines = [f"{count} × {reason}" if count > 1 else reason for reason, count in kinds[:limit]]
+        if len(kinds) > limit:
+            rest = sum(count for _, count in kinds[limit:])
+            lines.append(f"{rest} more bad records, of {len(kinds) - limit} other kinds")
+        return lines
+
+
+_ID_IN_REASON = re.compile(r"product \S+")
 _ID_RE = re.compile(r"[0-9A-Za-z-]{1,100}")  # CDSE Ids are UUIDs; the Id goes into a URL path
 _CHECKSUM_RE = re.compile(r"[0-9A-Fa-f]{1,128}")
 
@@ -238,8 +287,10 @@ def parse_product(record: object) -> Product:
     if not isinstance(record, dict):
         raise BadRecord(f"a record that is not an object ({type(record).__name__})")
     pid = record.get("Id")
+    if pid is None:
+        raise BadRecord("a record without a usable Id")
     if not isinstance(pid, str) or not _ID_RE.fullmatch(pid):
-        raise BadRecord("a record without a usable Id" if pid is None else f"a record with an unusable Id {pid!r:.60}")
+        raise BadRecord(f"a record with an unusable Id {pid!r:.60}", kind="a record with an unusable Id")
     attributes = _name_values(record, "Attributes", pid)
     footprint = record.get("Footprint")
     footprint = footprint if isinstance(footprint, str) else ""
@@ -262,7 +313,8 @@ def parse_product(record: object) -> Product:
     for algorithm in ("MD5", "BLAKE3"):
         value = checksums.get(algorithm)
         if value is not None and not (isinstance(value, str) and _CHECKSUM_RE.fullmatch(value.strip())):
-            raise BadRecord(f"product {pid} has an unusable {algorithm} checksum {value!r:.60}", geocell)
+            raise BadRecord(f"product {pid} has an unusable {algorithm} checksum {value!r:.60}", geocell,
+                            kind=f"an unusable {algorithm} checksum")
     dataset = attributes.get("dataset")
     dataset = dataset if isinstance(dataset, str) else ""
     length = record.get("ContentLength")
@@ -301,34 +353,6 @@ def _name_values(record: dict, field: str, pid: str, *, key: str = "Name", geoce
         if isinstance(name, str):
             names[name.upper() if key == "Algorithm" else name] = item.get("Value")
     return names
-
-
-def parse_products(records: Iterable[object]) -> Answer:
-    """Every record of a search answer parsed: the products, and what was wrong with the others."""
-    products, problems = [], []
-    for record in records:
-        try:
-            products.append(parse_product(record))
-        except BadRecord as problem:
-            problems.append(problem)
-    return Answer(products, problems)
-
-
-def problem_lines(problems: Iterable[BadRecord], limit: int = 3) -> list[str]:
-    """One line per kind of problem, with its count: a page of 1000 alike records is one line, not 1000."""
-    counts: dict[str, int] = {}
-    for problem in problems:
-        kind = _ID_IN_REASON.sub("product …", problem.reason)
-        counts[kind] = counts.get(kind, 0) + 1
-    kinds = list(counts.items())
-    lines = [f"{count} × {kind}" if count > 1 else kind for kind, count in kinds[:limit]]
-    if len(kinds) > limit:
-        rest = sum(count for _, count in kinds[limit:])
-        lines.append(f"{rest} more bad records, of {len(kinds) - limit} other kinds")
-    return lines
-
-
-_ID_IN_REASON = re.compile(r"product \S+")
 
 
 def preference(product: Product) -> tuple:
@@ -373,26 +397,30 @@ class Catalogue:
         self.max_page_bytes = max_page_bytes
         self.sleep = sleep
 
-    def search(self, filter_text: str, select: str | None = None) -> list[dict]:
-        """Every record matching ``filter_text`` (with ``select``: those fields), following
-        ``@odata.nextLink`` to the end.
+    def pages(self, filter_text: str, select: str | None = None) -> Iterator[list]:
+        """The records matching ``filter_text`` (with ``select``: those fields), a page at a time,
+        following ``@odata.nextLink`` to the end.
 
-        A next link must be a new URL on the catalogue's own origin: a page that links to
-        itself (or to an earlier page) would be asked for ever, and a link elsewhere would
-        send our requests to a host we never chose. Either ends the search with an error.
+        A page is handed on before the next is asked for, so a search holds one page at a time
+        however long it is. A next link must be a new URL on the catalogue's own origin: a page
+        that links to itself (or to an earlier page) would be asked for ever, and a link
+        elsewhere would send our requests to a host we never chose; and no search pages past
+        ``MAX_PAGES``, all that ``$skip`` allows. Each ends the search with an error.
         """
         url: str | None = search_url(self.catalogue_url, filter_text, select)
         seen: set[str] = set()
-        records: list[dict] = []
         while url:
+            if len(seen) == MAX_PAGES:
+                raise ServiceError(f"CDSE catalogue answered more than {MAX_PAGES} pages for one search (at"
+                                   f" most $skip {MAX_SKIP:,} at {PAGE_SIZE:,} a page); search stopped")
             seen.add(url)
             page = self._get_json(url)
             value = page.get("value")
             if not isinstance(value, list):
                 raise ServiceError(f"CDSE catalogue answered a page without a product list ({_short(url)})")
-            records.extend(value)
             url = self._next_link(page, seen)
-        return records
+            page = None  # the page's other fields go now, its records once they are taken in
+            yield value
 
     def _next_link(self, page: dict, seen: set[str]) -> str | None:
         """Follow a next page only on the catalogue itself, never twice, and only as far as
@@ -449,7 +477,7 @@ class Catalogue:
             status = reply.status_code
             if status == 200:
                 try:
-                    page = json.loads(self._body(reply, url))
+                    page = parse_json(self._body(reply, url))
                 except requests.RequestException as exc:
                     return f"no whole answer ({type(exc).__name__})"
                 except ValueError:
@@ -483,7 +511,7 @@ def _detail(reply) -> str:
     raw = reply.raw.read(64 * 1024, decode_content=True) or b""
     text = raw.decode("utf-8", "replace")
     try:
-        body = json.loads(text)
+        body = parse_json(text)
     except ValueError:
         return scrub(" ".join(text.split()))[:200]
     detail = body.get("detail") if isinstance(body, dict) else None
@@ -650,21 +678,6 @@ def plan_search_areas(cells: Iterable[Geocell], catalogue_url: str, dataset_text
         if len(area.url(catalogue_url, dataset_text, select)) > MAX_URL_LENGTH:
             raise ValueError(f"a single rectangle's search URL is longer than {MAX_URL_LENGTH} characters")
     return areas
-
-
-def products_of_area(area: SearchArea, products: Iterable[Product]) -> dict[Geocell, Product]:
-    """One product per cell the area covers; products of cells that only touch it are dropped."""
-    return choose(products, area.cells)
-
-
-def products_by_cell(area: SearchArea, products: Iterable[Product]) -> dict[Geocell, list[Product]]:
-    """Every product of each cell the area covers (those of other cells dropped): what the search
-    for other datasets found."""
-    found: dict[Geocell, list[Product]] = {}
-    for product in products:
-        if product.geocell in area.cells:
-            found.setdefault(product.geocell, []).append(product)
-    return found
 
 
 def fill_source(products: Iterable[Product], resolution: int, collection: str) -> Product | None:

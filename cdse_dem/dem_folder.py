@@ -55,11 +55,10 @@ searched again): it only ever saves searches, never decides what to download.
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 import stat
-import struct
 import threading
 import zipfile
 import zlib
@@ -71,7 +70,15 @@ import tifffile
 
 from cdse_dem import fsutil
 from cdse_dem.errors import DemError, UsageError
-from cdse_dem.fsutil import NotRegular, atomic_write_json, atomic_writer, kind_of, read_regular, set_aside
+from cdse_dem.fsutil import (
+    NotRegular,
+    atomic_write_json,
+    atomic_writer,
+    kind_of,
+    parse_json,
+    read_regular,
+    set_aside,
+)
 from cdse_dem.grid import Geocell, geocell_of_name, parse_grid_id
 from cdse_dem.settings import JSON_NAME
 
@@ -160,28 +167,55 @@ def _geotiff_problem(path: Path, size: int, cell: Geocell, resolution: int) -> s
                 if sum(counts) != expected:
                     return f"image data of {sum(counts):,} bytes (a whole raster is {expected:,})"
             return _georeference_problem(page.tags, cell, rows, cols)
-    except (tifffile.TiffFileError, ValueError, KeyError, IndexError, struct.error) as exc:
-        return f"not a readable GeoTIFF ({_first_line(exc)})"
+    except Exception as exc:
+        # The file's bytes decide what tifffile meets (a tag of strings where numbers belong, a
+        # count of one, an offset past any size): every failure to read it means the same, not
+        # a whole DEM, so that the file is fetched again or reported, never a traceback.
+        return f"not a readable GeoTIFF ({type(exc).__name__}: {_first_line(exc)})"
 
 
 def _georeference_problem(tags, cell: Geocell, rows: int, cols: int) -> str | None:
     scale_tag, tie_tag = tags.get("ModelPixelScaleTag"), tags.get("ModelTiepointTag")
     if scale_tag is None or tie_tag is None:
         return "a TIFF without georeferencing (not a GeoTIFF)"
-    scale, tie = scale_tag.value, tie_tag.value
-    if len(scale) < 2 or len(tie) < 6:
-        return "a GeoTIFF with a malformed georeference"
-    dx, dy = float(scale[0]), float(scale[1])
+    scale, tie = _finite_numbers(scale_tag.value, 2), _finite_numbers(tie_tag.value, 6)
+    if scale is None or tie is None:
+        return "a GeoTIFF with a malformed georeference (too few values, or not finite numbers)"
+    dx, dy = scale[0], scale[1]
     if not (dx > 0 and dy > 0):
         return "a GeoTIFF with a malformed pixel scale"
-    i, j, x, y = float(tie[0]), float(tie[1]), float(tie[3]), float(tie[4])
+    i, j, x, y = tie[0], tie[1], tie[3], tie[4]
     west, north = x - i * dx, y + j * dy  # the raster's first sample, in degrees
+    if not (math.isfinite(west) and math.isfinite(north)):
+        return "a GeoTIFF with a malformed georeference (its corner is not a finite number)"
     if abs(west - cell.lon) > _GEO_TOLERANCE * dx or abs(north - (cell.lat + 1)) > _GEO_TOLERANCE * dy:
         return f"georeferenced at {north:.4f}°, {west:.4f}°, not on {cell.grid_id}"
     span_x, span_y = dx * cols, dy * rows  # one degree, give or take the edge sample
     if not (abs(span_x - 1) <= 2 * dx and abs(span_y - 1) <= 2 * dy):
         return f"a raster spanning {span_y:.4f}°×{span_x:.4f}°, not one degree"
     return None
+
+
+def _finite_numbers(value, count: int) -> list[float] | None:
+    """The first ``count`` values of a tag as finite floats; None when there are fewer, or any is not
+    a finite number (NaN and infinity compare false with everything: a check would pass them)."""
+    if isinstance(value, (str, bytes)):
+        return None
+    values = list(value) if isinstance(value, (tuple, list, np.ndarray)) else [value]
+    if len(values) < count:
+        return None
+    numbers = []
+    for item in values[:count]:
+        if isinstance(item, (str, bytes)):
+            return None
+        try:
+            number = float(item)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if not math.isfinite(number):
+            return None
+        numbers.append(number)
+    return numbers
 
 
 def _dted_problem(path: Path, size: int, cell: Geocell, resolution: int) -> str | None:
@@ -239,6 +273,11 @@ _CHUNK = 1024 * 1024
 # declaring more is not a DEM (a zip bomb, or a wrong product) and is refused before a byte of
 # it is written: about 15 % headroom over the largest real raster.
 MAX_DEM_BYTES = {30: 60_000_000, 90: 7_000_000}
+# The largest a product zip can be, by resolution: the DEM and its height-error layer (each at
+# most MAX_DEM_BYTES), three one-byte masks, quick looks and a few kB of XML, uncompressed, is
+# about 150 MB at 30 m and 17 MB at 90 m (a recorded GLO-90 zip: 12.7 MiB); twice that is refused
+# before a byte is written, as a zip announced or running past it.
+MAX_PRODUCT_BYTES = {30: 300_000_000, 90: 40_000_000}
 
 
 class ExtractError(DemError):
@@ -434,8 +473,8 @@ def _read(path: Path, *, set_aside: bool = True) -> dict[str, str]:
         why = f"it cannot be read ({exc.strerror or exc})"
     else:
         try:
-            data = json.loads(raw.decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = parse_json(raw.decode("utf-8-sig"))
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError too
             why = f"it is not valid JSON ({exc})"
         else:
             if isinstance(data, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
@@ -467,11 +506,19 @@ class SeaRecord:
         self.key = key
         self._data = data or {}
         self._cells = set()
+        bad = []
         for text in self._data.get(key, []):
-            try:
-                self._cells.add(parse_grid_id(text))
-            except ValueError:
-                continue
+            if isinstance(text, str):
+                try:
+                    self._cells.add(parse_grid_id(text))
+                    continue
+                except ValueError:
+                    pass
+            bad.append(text)
+        if bad:
+            log.warning("%s: %d entr%s under %r that %s not a geocell (first: %.40r) ignored; they are searched "
+                        "again", self.path, len(bad), "y" if len(bad) == 1 else "ies", key,
+                        "is" if len(bad) == 1 else "are", bad[0])
 
     @classmethod
     def load(cls, out_dir: Path, key: str) -> SeaRecord:
@@ -558,10 +605,10 @@ class FileSources:
 def _read_object(path: Path) -> dict:
     """The JSON object in ``path``; {} when there is none or it cannot be used (never waits on a FIFO)."""
     try:
-        data = json.loads(read_regular(path).decode("utf-8"))
+        data = parse_json(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         return {}
-    except (OSError, NotRegular, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, NotRegular, ValueError) as exc:  # ValueError: not UTF-8, not JSON, nested too deep
         log.warning("%s is unusable (%s): it is rebuilt", path, exc)
         return {}
     return data if isinstance(data, dict) else {}

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdse_dem import fsutil
-from cdse_dem.dem_folder import dem_problem, extract_dem
-from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError
+from cdse_dem.dem_folder import MAX_PRODUCT_BYTES, dem_problem, extract_dem
+from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError, ServiceError
 from cdse_dem.fsutil import DiskFull, raise_if_disk_full, remove_quietly
 from cdse_dem.gapfill import fill_cell
 from cdse_dem.grid import Geocell, geocell_of_name
+from cdse_dem.http import origin_text
 from cdse_dem.planning import CellState, Status
 from cdse_dem.search import Stop
 from cdse_dem.transfer import ConnectionSlot, NodeClient, NodesFailed, TransferChoice, download_product
@@ -41,6 +42,12 @@ log = logging.getLogger(__name__)
 
 
 EXTRACT_THREADS = 2
+# A download host that has answered nothing (not a status line, not a byte) for this long while
+# the run kept asking it is not going to: the run ends, rather than let each request wait its
+# read timeout and each geocell its tries (the first red team's "silent host": over 5 minutes).
+# Two minutes is four read timeouts in a row: far beyond any congestion a healthy CDSE shows.
+SILENT_HOST_SECONDS = 120.0
+GUARD_INTERVAL = 0.2  # seconds; how late the guard notices a stop, the end of the budget, a silent host
 # Nodes walks in flight (4 small listings each, one after the other). Every listing takes one of
 # the account's connections (``--workers`` slots, shared with the downloads: CDSE's quota counts
 # them alike) for its own request only, so more walks would only wait for slots.
@@ -90,6 +97,7 @@ class Fetcher:
         self._submitted: set[int] = set()
         self._downloads: ThreadPoolExecutor | None = None
         self._extracts: ThreadPoolExecutor | None = None
+        self._guard_done = threading.Event()
 
     def add(self, cells: list[CellState]) -> None:
         """Start fetching ``cells`` (those not added before)."""
@@ -103,6 +111,7 @@ class Fetcher:
             self._listings = ThreadPoolExecutor(LISTING_THREADS, thread_name_prefix="nodes")
             self._nodes = NodeClient(self.session, self._http, self._endpoints, stop=self.stop, slot=self._slots,
                                      wanted=self.transfer.use_nodes)
+            threading.Thread(target=self._guard, name="download-guard", daemon=True).start()
         if self.progress is not None:
             self.progress.total = (self.progress.total or 0) + sum(c.product.content_length or 0 for c in new)
             self.progress.refresh()
@@ -158,9 +167,31 @@ class Fetcher:
         for pool in (self._listings, self._downloads, self._extracts):  # each feeds the next
             if pool is not None:
                 pool.shutdown(wait=True)
+        self._guard_done.set()
         if self.session is not None:
             self.session.logout()
             self.session.close()
+
+    def _guard(self) -> None:
+        """While the downloads run: what must end them now ends them now, not after a timeout.
+
+        A stop (the caller's, or a fatal error), or the end of ``--max-minutes``, cuts every
+        connection to the download hosts, which wakes a request blocked on a silent server at
+        once; the requests see why and end. A download host silent for ``SILENT_HOST_SECONDS``
+        while asked ends the run, with one line.
+        """
+        hosts = self._endpoints.token_hosts
+        while not self._guard_done.wait(GUARD_INTERVAL):
+            if self.stop.is_set() or self.session.out_of_time():
+                self._http.cut(hosts)
+            elif self._slots.silence.seconds() >= SILENT_HOST_SECONDS:
+                with self._lock:
+                    self.outcome.fatal = self.outcome.fatal or ServiceError(
+                        f"The download host {origin_text(self._endpoints.download_url)} answered nothing for "
+                        f"{SILENT_HOST_SECONDS / 60:g} minutes while asked: the run ends here (the geocells "
+                        "finished are recorded; a re-run resumes)")
+                self.stop.set()
+                self._http.cut(hosts)
 
     def _track(self, future: Future) -> None:
         with self._lock:
@@ -237,7 +268,8 @@ class Fetcher:
                 self._retotal((state.product.content_length or 0) - node.content_length)
                 return False
             return True
-        self._cache.record(state.file_name, state.product.id)
+        if not self._record(state, got.path):
+            return True
         state.status, state.file, state.bytes = Status.DOWNLOADED, str(got.path), got.bytes
         with self._lock:
             self.outcome.bytes += got.bytes
@@ -245,6 +277,23 @@ class Fetcher:
         self._landed(state)
         self.transfer.node_fetched(state.product.content_length, got.bytes, located.listing_seconds, got.seconds)
         return True
+
+    def _record(self, state: CellState, path) -> bool:
+        """Record a DEM just put in place; one that cannot be recorded is taken away again (a file
+        under its final name is always recorded) and its geocell fails. False then."""
+        try:
+            self._cache.record(state.file_name, state.product.id)
+            return True
+        except DiskFull as exc:
+            self._stop_all(state, exc)
+        except DemError as exc:
+            state.status, state.error = Status.FAILED, f"cannot be recorded: {exc}"
+            log.error("%s: %s", state.file_name, state.error)
+        except OSError as exc:
+            state.status, state.error = Status.FAILED, f"cannot be recorded ({exc.strerror or exc})"
+            log.error("%s: %s", state.file_name, state.error)
+        remove_quietly(path)
+        return False
 
     def _download(self, state: CellState, located=None) -> None:
         """Fetch one geocell under its lock; the lock passes to the extraction, which releases it."""
@@ -263,6 +312,10 @@ class Fetcher:
                 return
             state.status, state.error = Status.FAILED, f"cannot lock it in {self._out_dir} ({exc.strerror or exc})"
             log.error("%s: %s", state.file_name, state.error)
+            return
+        except fsutil.NotRegular as exc:  # its lock name holds a link, a folder, ...: left alone
+            state.status, state.error = Status.FAILED, str(exc)
+            log.error("%s: %s", state.file_name, exc)
             return
         if cell_lock.took_over:
             log.info("Took over the lock of %s left by %s: that run is gone", state.file_name, cell_lock.took_over)
@@ -313,12 +366,13 @@ class Fetcher:
             self._started += 1
             number = self._started
         log.info("Processing file n %d: %s", number, state.file_name)
+        _, resolution = geocell_of_name(state.file_name)
         try:
             if located is not None and self._fetch_node(state, located):
                 return None
             result = download_product(state.product, self._out_dir, self.session, self._http, self._endpoints,
                                       on_bytes=self.progress.update if self.progress else None, stop=self.stop,
-                                      slot=self._slots)
+                                      slot=self._slots, max_bytes=MAX_PRODUCT_BYTES[resolution])
         except DemError as exc:
             self._give_up(state, exc)
             return None
@@ -339,7 +393,6 @@ class Fetcher:
                                  geocell_of_name(state.file_name)[1])
             else:
                 path = extract_dem(result.zip_path, self._out_dir, expected_name=state.file_name)
-            self._cache.record(state.file_name, state.product.id)
         except DiskFull as exc:
             self._stop_all(state, exc)
             return
@@ -349,6 +402,8 @@ class Fetcher:
             return
         finally:
             remove_quietly(result.zip_path)
+        if not self._record(state, path):
+            return
         filled = state.fill_from is not None
         state.status, state.file, state.bytes = Status.FILLED if filled else Status.DOWNLOADED, str(path), result.bytes
         with self._lock:

@@ -55,7 +55,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cdse_dem.errors import DemError, DiskFull
+from cdse_dem.errors import DemError, DiskFull, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -270,8 +270,8 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def _remove_if_unlocked(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:  # never through a link, never blocking: a name swapped since the scan is left alone
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
     except OSError:
         return False
     try:
@@ -294,23 +294,72 @@ def _remove_if_unlocked(path: Path) -> bool:
         os.close(fd)
 
 
-def read_input(path: Path, what: str, error: type[DemError], limit: int | None = None) -> bytes:
-    """The bytes of a file the user named, or ``error`` saying in one line why not.
+# The most the tool reads of a file the user names, unless its reader says what such a file can be
+# (each several times the largest real one): a wrong file named by mistake never fills memory.
+DEFAULT_INPUT_BYTES = 16 * 1024 * 1024
 
-    ``limit``: the most bytes such a file may hold; a larger one is refused before it fills the memory.
+
+@contextmanager
+def open_input(path: Path, what: str, error: type[DemError], *,
+               limit: int = DEFAULT_INPUT_BYTES) -> Iterator[BinaryIO]:
+    """A file the user named (a tile list, a configuration, a GIPP, a KML, an area, a list), open for
+    reading, or ``error`` saying in one line why it cannot be one.
+
+    Every file a user names goes through here: it must be a regular file (a symbolic link to one
+    is followed: the user named it), checked on the open descriptor, opened without blocking, so
+    that a FIFO nobody writes, a device (``/dev/zero``) or a socket is refused at once rather than
+    hanging the run or filling memory; and it may not be larger than ``limit``, what such a file
+    can be. :func:`read_input` reads it whole.
     """
-    if path.is_dir():
-        raise error(f"{path}: is a folder, not a {what}")
+    path = Path(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
     try:
-        with path.open("rb") as handle:
-            data = handle.read() if limit is None else handle.read(limit + 1)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
     except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a socket
+            raise error(f"{path}: {_kind_at(path)}, not a {what} (a regular file)") from None
         raise error(f"{path}: cannot read the {what} ({exc.strerror})") from None
-    if limit is not None and len(data) > limit:
-        raise error(f"{path}: too large for a {what} (over {limit:,} bytes)")
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise error(f"{path}: is a folder, not a {what}")
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{path}: {kind_of(info.st_mode)}, not a {what} (a regular file)")
+        if info.st_size > limit:
+            raise error(_too_large(path, what, limit))
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        yield handle
+
+
+def read_input(path: Path, what: str, error: type[DemError], limit: int = DEFAULT_INPUT_BYTES) -> bytes:
+    """The bytes of a file the user named, checked as :func:`open_input` says; ``error`` in one line otherwise."""
+    with open_input(path, what, error, limit=limit) as handle:
+        try:
+            data = handle.read(limit + 1)  # a file that grew since it was looked at is still bounded
+        except OSError as exc:
+            raise error(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    if len(data) > limit:
+        raise error(_too_large(path, what, limit))
     return data
+
+
+def _too_large(path: Path, what: str, limit: int) -> str:
+    return f"{path}: too large for a {what} (over {limit:,} bytes)"
+
+
+def _kind_at(path: Path) -> str:
+    try:
+        return kind_of(os.stat(path).st_mode)
+    except OSError:
+        return "not a regular file"
 
 
 def text_of(raw: bytes, path: Path, error: type[DemError]) -> str:
@@ -324,6 +373,15 @@ def text_of(raw: bytes, path: Path, error: type[DemError]) -> str:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise error(f"{path}:{line}: not a text file (not UTF-8)") from None
+
+
+def parse_json(data: bytes | str):
+    """JSON from a file or an answer; whatever cannot be parsed, nesting too deep for the parser
+    included (``RecursionError``, which is no ValueError), is a ValueError."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to be read") from None
 
 
 # --- what is at a path, before the tool writes or reads it ------------------------------------
@@ -544,6 +602,8 @@ class LockFile:
     """
 
     def __init__(self, path: Path, *, remove: bool = True):
+        """``remove``: the file is removed on release and holds who holds it; False: a long-lived
+        lock file (an account slot) that the tool never writes into, truncates or removes."""
         self.path = Path(path)
         self._remove = remove
         self._fd: int | None = None
@@ -586,10 +646,11 @@ class LockFile:
                 if not same_file(fd, self.path):
                     os.close(fd)  # released and removed by its holder meanwhile: take the new one
                     continue
-                left = holder_of(fd)
-                if left and not self.waited:
-                    self.took_over = left  # written by a holder that never released it: a dead run
-                _write_holder(fd)
+                if self._remove:
+                    left = holder_of(fd)
+                    if left and not self.waited:
+                        self.took_over = left  # written by a holder that never released it: a dead run
+                    _write_holder(fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -602,16 +663,11 @@ class LockFile:
         if fd is None:
             return
         try:
-            if self._remove:
+            if self._remove and same_file(fd, self.path):
                 try:
                     os.unlink(self.path)
                 except OSError:
                     pass  # Windows: still open elsewhere; the next holder reuses it
-            else:
-                try:
-                    os.ftruncate(fd, 0)
-                except OSError:
-                    pass  # opened read-only (another OS user's file): the holder line stays
             _unlock(fd)
         finally:
             os.close(fd)
@@ -625,12 +681,46 @@ class LockFile:
 
 
 def _open_lock_file(path: Path) -> int:
-    """Open (creating it) a lock file; another OS user's is opened read-only: a lock needs no more."""
-    binary = getattr(os, "O_BINARY", 0)
+    """Open (creating it) a lock file, never through a symbolic link and never blocking; another OS
+    user's is opened read-only: a lock needs no more.
+
+    NotRegular when the name holds anything but a lock file of its own (a link, a folder, a FIFO,
+    a file with another name too): it is left alone, never written into or removed.
+    """
+    flags = os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | binary, 0o666)
-    except PermissionError:
-        return os.open(path, os.O_RDONLY | binary)
+        try:
+            fd = os.open(path, os.O_RDWR | flags, 0o666)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY | flags)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        raise NotRegular(_not_a_lock(path, not_a_lock_file(path) or "not a regular file")) from None
+    kind = _unlike_a_lock(os.fstat(fd))
+    if kind is not None:
+        os.close(fd)
+        raise NotRegular(_not_a_lock(path, kind))
+    return fd
+
+
+def not_a_lock_file(path: Path) -> str | None:
+    """What is at ``path`` in words when it cannot be one of our lock files (a link, a folder, a
+    FIFO, a file with a second name); None when it is free or a plain file."""
+    try:
+        return _unlike_a_lock(os.lstat(path))
+    except FileNotFoundError:
+        return None
+
+
+def _unlike_a_lock(info: os.stat_result) -> str | None:
+    if not stat.S_ISREG(info.st_mode):
+        return kind_of(info.st_mode)
+    return "a file with another name too (a hard link)" if info.st_nlink > 1 else None
+
+
+def _not_a_lock(path: Path, kind: str) -> str:
+    return f"{path}: {kind}, not a lock file of this tool: left alone; move it away and run again"
 
 
 def holder_of(fd: int) -> str | None:
@@ -643,7 +733,7 @@ def holder_of(fd: int) -> str | None:
     if not raw.strip():
         return None
     try:
-        who = json.loads(raw)
+        who = parse_json(raw)
         return f"process {who['pid']} on {who['host']} since {who['since']}"
     except (ValueError, KeyError, TypeError):
         return "an unknown process"
@@ -663,6 +753,9 @@ def lock_path_for(folder: Path, name: str) -> Path:
     return Path(folder) / f".{name}{LOCK_SUFFIX}"
 
 
+SLOT_WAIT_REPORT = 60.0  # seconds between the reports of a run that waits for one of the account's slots
+
+
 class SlotPool:
     """``count`` download connections shared by every run of one account on this machine.
 
@@ -670,6 +763,10 @@ class SlotPool:
     and the user name (the name never appears in clear); a run holds one slot per download
     in flight, so runs together never open more than ``count`` connections. Slots are OS
     locks: a run that ends or dies gives its slots back at once.
+
+    The folder's name can be foreseen by anyone on the machine, so it must be this user's own
+    (:func:`private_folder`), and its slot files are opened without following a link and never
+    written into: another local user who made it first, or put links in it, gets nothing.
     """
 
     def __init__(self, folder: Path, count: int):
@@ -677,16 +774,28 @@ class SlotPool:
             raise ValueError("count must be >= 1")
         self.folder = Path(folder)
         self.count = count
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folder(self.folder)
+        for n in range(count):
+            slot = self.folder / f"slot-{n}"
+            kind = not_a_lock_file(slot)
+            if kind is not None:
+                raise UsageError(f"{slot}: {kind}, not a download slot of this tool: left alone; remove "
+                                 f"{self.folder} (it holds only slot locks) and run again")
 
     @classmethod
     def for_account(cls, token_url: str, username: str, count: int, base: Path | None = None) -> SlotPool:
+        base = Path(base) if base is not None else slots_base()
+        private_folder(base)
         return cls(account_slots_dir(token_url, username, base), count)
 
     def acquire(self, *, stop: threading.Event | None = None,
-                on_wait: Callable[[], None] | None = None) -> LockFile | None:
-        """A held slot (release it when the download ends); None if ``stop`` was set while waiting."""
-        waited = False
+                on_wait: Callable[[float], None] | None = None) -> LockFile | None:
+        """A held slot (release it when the download ends); None if ``stop`` was set while waiting.
+
+        ``on_wait(seconds)`` is told when every slot turns out to be held (0), then every
+        ``SLOT_WAIT_REPORT`` seconds of waiting: a wait for other runs can be long, and says so.
+        """
+        began = reported = None
         while True:
             for n in range(self.count):
                 slot = LockFile(self.folder / f"slot-{n}", remove=False)
@@ -694,19 +803,58 @@ class SlotPool:
                     return slot
             if stop is not None and stop.is_set():
                 return None
-            if not waited:
-                waited = True
-                if on_wait is not None:
-                    on_wait()
-            time.sleep(POLL_SECONDS)
+            now = time.monotonic()
+            if began is None:
+                began = now
+            if on_wait is not None and (reported is None or now - reported >= SLOT_WAIT_REPORT):
+                reported = now
+                on_wait(now - began)
+            if stop is not None:
+                stop.wait(POLL_SECONDS)
+            else:
+                time.sleep(POLL_SECONDS)
+
+
+def slots_base() -> Path:
+    """Where the account slot folders of this OS user live: ``CDSE_DEM_SLOTS_DIR``, else the system
+    temp folder's ``cdse-dem-slots-<uid>``."""
+    return Path(os.environ.get(SLOTS_DIR_ENV) or Path(tempfile.gettempdir()) / f"cdse-dem-slots-{_os_user()}")
 
 
 def account_slots_dir(token_url: str, username: str, base: Path | None = None) -> Path:
     """The machine-wide slot folder of one account: per OS user, named by a hash only."""
-    if base is None:
-        base = Path(os.environ.get(SLOTS_DIR_ENV) or Path(tempfile.gettempdir()) / f"cdse-dem-slots-{_os_user()}")
     digest = hashlib.sha256(f"{token_url}\0{username.strip().lower()}".encode()).hexdigest()[:24]
-    return Path(base) / digest
+    return Path(base if base is not None else slots_base()) / digest
+
+
+def private_folder(path: Path) -> None:
+    """Create ``path`` (mode 0700) unless it is there, then make sure it is this user's alone.
+
+    For a folder at a name others can foresee (the account's slots under the system temp
+    folder): one another local user made first, made a link, or may write into, would let
+    them put links where the tool opens files, or hold its locks. Refused (UsageError, one
+    line, nothing written there) unless it is a real folder, owned by this user, that neither
+    group nor others may write.
+    """
+    path = Path(path)
+    fix = f"remove it, or set {SLOTS_DIR_ENV} to a folder of your own"
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        pass  # not a folder: said below
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot create the folder of the account's download slots ({exc.strerror}); "
+                         f"set {SLOTS_DIR_ENV} to a folder of your own") from None
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        problem = f"{kind_of(info.st_mode)}, not a folder"
+    elif hasattr(os, "getuid") and info.st_uid != os.getuid():
+        problem = f"a folder of another user (uid {info.st_uid})"
+    elif os.name != "nt" and info.st_mode & 0o022:
+        problem = f"a folder others may write into (mode {stat.S_IMODE(info.st_mode):04o})"
+    else:
+        return
+    raise UsageError(f"{path}: {problem}, so it cannot hold this account's download slots; {fix}")
 
 
 def _os_user() -> str:

@@ -57,7 +57,7 @@ from shapely.errors import ShapelyError
 
 from cdse_dem import settings
 from cdse_dem.errors import InputError, UsageError
-from cdse_dem.fsutil import DiskFull, atomic_writer
+from cdse_dem.fsutil import DiskFull, atomic_writer, open_input
 from cdse_dem.tiles import BANDS, all_tile_ids, check_tile, normalize_tile_id
 
 log = logging.getLogger(__name__)
@@ -347,8 +347,9 @@ class FootprintFinder:
         """The finder of a run's ``--kml`` option: that KML, which must exist; None: the tool's
         auxiliary/ KML under its official name when it is there, else computed footprints."""
         kml_path = settings.expand_user(kml, "tiling KML") if kml else settings.default_kml_path()
-        if kml and not kml_path.is_file():
-            raise UsageError(f"{kml_path}: tiling KML not found")
+        if kml:
+            with open_input(kml_path, "tiling KML", UsageError, limit=MAX_KML_BYTES):
+                pass  # a file, not a FIFO or a device, and no larger than a KML can be: read by the index
         return cls(kml_path if kml_path.is_file() else None)
 
     def _kml_index(self):
@@ -591,6 +592,7 @@ def _cells_holding_a_vertex(parts: "np.ndarray", chunk: int = 4096) -> "np.ndarr
 
 
 INDEX_SUFFIX = ".index.npz"
+MAX_KML_BYTES = 512 * 1024 * 1024  # the official tiling KML is 109 MB
 FORMAT_VERSION = 1
 _STAMP_BYTES = 1 << 16  # hashed at each end of the KML
 

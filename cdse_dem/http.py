@@ -44,8 +44,10 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -58,7 +60,16 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from requests.utils import get_environ_proxies
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationParseError,
+    MaxRetryError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
+from urllib3.poolmanager import pool_classes_by_scheme
+from urllib3.util import parse_url
 from urllib3.util.retry import RequestHistory, Retry
 
 from cdse_dem import __version__
@@ -110,14 +121,26 @@ def origin_text(url: str) -> str:
 
 
 def origin(url: str) -> tuple[str, str, int | None] | None:
-    """(scheme, host, port) of ``url``, the default port filled in; None for a malformed port
-    (it names no host of ours)."""
+    """(scheme, host, port) of ``url``, the default port filled in, as the HTTP library will connect;
+    None for a URL that names no host of ours.
+
+    Python's ``urlsplit`` and urllib3 (which requests connects with) read some URLs differently:
+    in ``http://OTHER\\@download.host/...`` the first sees the download host, the second connects
+    to OTHER. So a URL with a backslash, userinfo (``user@``), a control character or a space,
+    a malformed port, or a host the two parsers do not agree on, names no host at all here.
+    """
+    if not isinstance(url, str) or "\\" in url or any(c <= " " or c == "\x7f" for c in url):
+        return None
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError:
+        connects_to = parse_url(url)
+    except (ValueError, LocationParseError):
         return None
-    return parts.scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(parts.scheme)
+    host = (parts.hostname or "").lower()
+    if "@" in parts.netloc or connects_to.auth is not None or (connects_to.host or "").strip("[]").lower() != host:
+        return None
+    return parts.scheme, host, port or {"http": 80, "https": 443}.get(parts.scheme)
 
 
 MAX_RETRY_AFTER = 60.0  # honour Retry-After, but never stall a run on one absurd value
@@ -400,13 +423,93 @@ class DownloadToken(AuthBase):
 
 # --- the session ---------------------------------------------------------------------------------
 
+def shut(sock) -> None:
+    """Shut a socket down both ways: a read blocked on it returns at once, in whichever thread.
+
+    The plain socket's shutdown, also for TLS: ``SSLSocket.shutdown`` would first drop the TLS
+    object that the blocked read is using, and that read would then fail in ways no caller
+    expects instead of meeting the end of the stream.
+    """
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, TypeError):
+        pass  # closed already, or never connected
+
+
+class _LendingPool:
+    """A connection pool that knows the connections it has lent out, so that they can be cut."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lent: weakref.WeakSet = weakref.WeakSet()  # a connection dropped on error simply vanishes
+
+    def _get_conn(self, timeout=None):
+        conn = super()._get_conn(timeout)
+        self.lent.add(conn)
+        return conn
+
+    def _put_conn(self, conn) -> None:
+        if conn is not None:
+            self.lent.discard(conn)
+        super()._put_conn(conn)
+
+    def cut(self) -> None:
+        for conn in list(self.lent):
+            if getattr(conn, "sock", None) is not None:
+                shut(conn.sock)
+
+
+class _HTTPPool(_LendingPool, HTTPConnectionPool):
+    pass
+
+
+class _HTTPSPool(_LendingPool, HTTPSConnectionPool):
+    pass
+
+
+_LENDING_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter, its pools able to :meth:`cut` the connections in use (a SOCKS proxy's are
+    left as they are: their pools are of another kind)."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _LENDING_POOLS
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if manager.pool_classes_by_scheme is pool_classes_by_scheme:  # an HTTP proxy: urllib3's own pools
+            manager.pool_classes_by_scheme = _LENDING_POOLS
+        return manager
+
+    def cut(self, origins: frozenset | None) -> None:
+        for manager in (self.poolmanager, *self.proxy_manager.values()):
+            for key in manager.pools.keys():
+                pool = manager.pools.get(key)
+                if isinstance(pool, _LendingPool) and (
+                        origins is None or (pool.scheme, (pool.host or "").lower(), pool.port) in origins):
+                    pool.cut()
+
+
 class NoNetrcSession(requests.Session):
-    """A requests Session with the environment's proxies and CA bundle, never its ``.netrc``."""
+    """A requests Session with the environment's proxies and CA bundle, never its ``.netrc``; its
+    connections in use can be cut (:meth:`cut`)."""
 
     def __init__(self, pool_size: int = 4):
         super().__init__()
         self.trust_env = False
         self.pool_size = max(pool_size, 4)
+
+    def cut(self, hosts: Iterable[str] | None = None) -> None:
+        """Shut down the connection of every request under way (to ``hosts`` only, when given: URLs
+        of the hosts): each ends at once with a ConnectionError, however long its server has
+        been silent. What ends a run now (a stop, the time budget) must not wait for a timeout."""
+        origins = frozenset(o for o in map(origin, hosts) if o is not None) if hosts is not None else None
+        for adapter in self.adapters.values():
+            if isinstance(adapter, _Adapter):
+                adapter.cut(origins)
 
     def merge_environment_settings(self, url, proxies, stream, verify, cert):
         proxies = dict(proxies or {})
@@ -422,12 +525,12 @@ def new_http_session(pool_size: int = 4, endpoints: Endpoints | None = None) -> 
     policies (mounted here, once: mounting on a session other threads use is not safe)."""
     session = NoNetrcSession(pool_size)
     session.headers["User-Agent"] = USER_AGENT
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=session.pool_size, max_retries=0)
+    adapter = _Adapter(pool_connections=4, pool_maxsize=session.pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     if endpoints is not None:
-        session.mount(f"{endpoints.catalogue_url}/", HTTPAdapter(
+        session.mount(f"{endpoints.catalogue_url}/", _Adapter(
             pool_connections=2, pool_maxsize=session.pool_size, max_retries=catalogue_retry()))
-        session.mount(endpoints.token_url, HTTPAdapter(
+        session.mount(endpoints.token_url, _Adapter(
             pool_connections=1, pool_maxsize=4, max_retries=identity_retry(endpoints.token_url)))
     return session

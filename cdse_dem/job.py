@@ -47,7 +47,7 @@ from cdse_dem.errors import (
     UsageError,
 )
 from cdse_dem.fetch import Fetcher, FetchOutcome
-from cdse_dem.fsutil import SlotPool, remove_stale_temporaries
+from cdse_dem.fsutil import SlotPool, lock_path_for, not_a_lock_file, remove_stale_temporaries
 from cdse_dem.grid import FootprintFinder, FootprintSource, computed_footprints, geocells_of_each
 from cdse_dem.http import Endpoints, new_http_session
 from cdse_dem.report import Result, folder_problems, read_missing_list, result_of, tile_readiness
@@ -245,8 +245,12 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
         raise UsageError(f"max_minutes must be 0 (no limit) or more, not {max_minutes!r}")
     if fill_gaps and mode == Mode.CHECK:
         raise UsageError("--fill-gaps is for a download (or --dry-run): --check never writes a file")
-    gipp = os.fspath(gipp) if gipp is not None else None
-    check_gipp_option(gipp, model)  # before any work: refused GIPPs stay untouched
+    gipp = _path_text(gipp, "Sen2Cor GIPP")
+    missing_list = _path_text(missing_list, "Sen2Cor missing-tiles list")
+    if output_dir is None and mode != Mode.PLAN:
+        raise UsageError("output_dir is needed: the folder the DEM files go to")
+    out_dir = settings.expand_user(output_dir, "output folder") if output_dir is not None else None
+    check_gipp_option(gipp, model, out_dir)  # before any work: refused GIPPs stay untouched
     outputs = _outputs(mode, sen2like, force, quicklook, resolution, collection, delivery, model)
     footprints = FootprintFinder.for_option(kml)
     entries = _entries(tiles) + areas.entries_of(aoi, points, footprints)
@@ -258,14 +262,22 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
     valid = tiles_mod.unique_tiles(entries)
     if not valid:
         raise InputError("no valid tile id or SAFE name to process")
-    out_dir = settings.expand_user(output_dir, "output folder") if output_dir is not None else None
     if out_dir is not None:
         _check_output_dir(out_dir, create=mode == Mode.DOWNLOAD)
+        if mode == Mode.DOWNLOAD:
+            _check_record_lock(out_dir)
     for kind, folder in (outputs.asked() if outputs is not None else {}).items():
         _check_output_dir(folder, create=True, what=f"{kind} folder")
     return Job(mode, tuple(valid), tuple(invalid), out_dir, resolution, model, collection, delivery, coverage,
-               workers, transfer, bool(keep_existing), float(max_minutes), footprints, gipp,
-               os.fspath(missing_list) if missing_list is not None else None, bool(fill_gaps), outputs)
+               workers, transfer, bool(keep_existing), float(max_minutes), footprints, gipp, missing_list,
+               bool(fill_gaps), outputs)
+
+
+def _path_text(value, what: str) -> str | None:
+    """An optional path argument as text (None or "": not given); UsageError for a value that is no path."""
+    if value is None or value == "":
+        return None
+    return str(settings.expand_user(value, what))
 
 
 def _outputs(mode: Mode, sen2like, force, quicklook, resolution: int, collection: str, delivery: str,
@@ -301,9 +313,13 @@ def _entries(tiles: Tiles) -> list[Entry]:
         return tiles_mod.read_tile_list(path)
     if isinstance(tiles, str):
         tiles = [tiles]
+    wanted = "tiles must be tile ids or SAFE names (str), or a pathlib.Path to a tile list file"
+    if isinstance(tiles, (bytes, bytearray)) or not isinstance(tiles, Iterable):
+        raise UsageError(f"{wanted}, not {type(tiles).__name__}")
     values = list(tiles)
-    if not all(isinstance(value, str) for value in values):
-        raise UsageError("tiles must be tile ids or SAFE names (str), or a pathlib.Path to a tile list file")
+    wrong = [value for value in values if not isinstance(value, str)]
+    if wrong:
+        raise UsageError(f"{wanted}, not a {type(wrong[0]).__name__} among them")
     return tiles_mod.from_command_line(values)
 
 
@@ -326,6 +342,16 @@ def _check_output_dir(out_dir: Path, *, create: bool, what: str = "output folder
         raise UsageError(f"{out_dir}: cannot write into the {what} ({exc.strerror})") from None
 
 
+def _check_record_lock(out_dir: Path) -> None:
+    """The lock of the output folder's record must be free or a plain file: every geocell is recorded
+    under it, so with a link, a folder or a FIFO there none could be."""
+    record_lock = lock_path_for(out_dir, settings.JSON_NAME)
+    kind = not_a_lock_file(record_lock)
+    if kind is not None:
+        raise UsageError(f"{record_lock}: {kind}, not the lock file of the output folder's record: "
+                         "left alone; move it away and run again")
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 def run(job: Job, *, credentials: Credentials | tuple[str, str] | None = None, stop: threading.Event | None = None,
@@ -335,7 +361,11 @@ def run(job: Job, *, credentials: Credentials | tuple[str, str] | None = None, s
     ``ask_totp``: where a fresh two-factor code comes from when a run must log in again (the
     command line's terminal); None: nobody to ask, the run stops starting downloads instead.
     """
-    stop = stop if stop is not None else threading.Event()
+    if stop is not None and not all(callable(getattr(stop, name, None)) for name in ("is_set", "wait")):
+        raise UsageError(f"stop must be a threading.Event, not {type(stop).__name__}")
+    if progress is not None and not callable(progress):
+        raise UsageError(f"progress must be a function of (done, total), not {type(progress).__name__}")
+    stop = Stop(stop)  # the run's own: a progress callback that fails ends the run, never sets the caller's event
     logs.scrub_our_loggers()
     with logs.run_scope():
         if job.mode == Mode.DOWNLOAD:  # neither a plan nor a check reads, asks for or sends credentials
@@ -403,7 +433,8 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
     http = new_http_session(job.workers + SEARCH_THREADS, endpoints)
     catalogue = Catalogue(endpoints.catalogue_url, http, stop=Stop(stop))
     builder = processors.Builder(job.outputs, plan_, out_dir, stop) if downloading and job.outputs else None
-    fetcher = _fetcher(job, credentials, http, endpoints, cache, stop, progress, ask_totp,
+    reporter = _Progress(progress, stop.set) if downloading and progress is not None else None
+    fetcher = _fetcher(job, credentials, http, endpoints, cache, stop, reporter, ask_totp,
                        builder.cell_landed if builder is not None else None) if downloading else None
     status = EXIT_OK
     failure: BaseException | None = None
@@ -437,6 +468,10 @@ def _plan_and_fetch(job: Job, credentials: Credentials | None, stop: threading.E
         http.close()  # after the logout: nothing a search thread still holds is sent again
         if builder is not None and status != EXIT_OK:
             builder.abort()
+        if reporter is not None:
+            reporter.close()
+    if reporter is not None and reporter.failure is not None and failure is None:
+        status, failure = EXIT_FAILED, reporter.error()
     made = _finish_outputs(builder)
     if made is not None and status == EXIT_OK and stop.is_set():
         status = EXIT_INTERRUPTED  # stopped while the outputs were made: those under way were left
@@ -537,7 +572,7 @@ def _end_of_outputs(job: Job, made: dict[str, processors.TileOutputs] | None, re
 
 
 def _fetcher(job: Job, credentials: Credentials, http, endpoints: Endpoints, cache, stop: threading.Event,
-             progress: ProgressCallback | None, ask_totp, on_landed) -> Fetcher:
+             progress: _Progress | None, ask_totp, on_landed) -> Fetcher:
     """Downloads start as soon as the catalogue names a first product: login then, not before."""
 
     def login():
@@ -552,8 +587,8 @@ def _fetcher(job: Job, credentials: Credentials, http, endpoints: Endpoints, cac
 
     slots = SlotPool.for_account(endpoints.token_url, credentials.username, job.workers)
     return Fetcher(open_session=open_session, http=http, endpoints=endpoints, out_dir=job.output_dir, cache=cache,
-                   workers=job.workers, progress=_Progress(progress) if progress is not None else None,
-                   slots=slots, transfer=job.transfer, stop=stop, on_landed=on_landed)
+                   workers=job.workers, progress=progress, slots=slots, transfer=job.transfer, stop=stop,
+                   on_landed=on_landed)
 
 
 def _log_out(session) -> None:
@@ -562,24 +597,77 @@ def _log_out(session) -> None:
     session.close()
 
 
+PROGRESS_GRACE = 1.0  # seconds the run's end waits for the caller's progress callback to take its last figures
+
+
 class _Progress:
     """The byte counter the fetcher moves (``total``, ``update``, ``refresh``, as on a tqdm bar),
-    told to the caller's ``progress(done, total)`` one call at a time, from whichever thread moved it."""
+    told to the caller's ``progress(done, total)`` from a thread of its own.
 
-    def __init__(self, report: ProgressCallback):
+    The download threads only add to the counter: a callback that is slow, blocks or raises
+    never holds a transfer (nor a stop) up. The callback gets the latest figures, one call at a
+    time, none after :meth:`close`; one that raises ends the run (``on_failure``), and the run
+    then fails with :meth:`error`, naming it.
+    """
+
+    def __init__(self, report: ProgressCallback, on_failure: Callable[[], None]):
         self._report = report
+        self._on_failure = on_failure
         self._lock = threading.Lock()
         self._done = 0
         self.total = 0
+        self._changed = threading.Event()
+        self._closed = False
+        self._busy = False  # a call of the callback is under way
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._tell, name="progress", daemon=True)
+        self._thread.start()
 
     def update(self, count: int) -> None:
         with self._lock:
             self._done += count
-            self._report(self._done, self.total or 0)
+        self._changed.set()
 
     def refresh(self) -> None:
+        self._changed.set()
+
+    def _tell(self) -> None:
+        while True:
+            self._changed.wait()
+            with self._lock:  # taken and marked busy at once: close() sees one or the other
+                self._changed.clear()
+                if self._closed:
+                    return
+                done, total = self._done, self.total or 0
+                self._busy = True
+            try:
+                self._report(done, total)
+            except BaseException as exc:  # the caller's code: the run ends, and says why
+                self.failure = exc
+                self._on_failure()
+                return
+            finally:
+                with self._lock:
+                    self._busy = False
+
+    def close(self) -> None:
+        """The last figures told, and no call after this returns (a callback still busy is waited for
+        ``PROGRESS_GRACE`` at most: after that it is left to itself, and never called again)."""
+        self._changed.set()
+        deadline = time.monotonic() + PROGRESS_GRACE
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            with self._lock:
+                if not self._busy and not self._changed.is_set():
+                    break
+            time.sleep(0.005)
         with self._lock:
-            self._report(self._done, self.total or 0)
+            self._closed = True
+        self._changed.set()
+
+    def error(self) -> DemError:
+        name = getattr(self._report, "__qualname__", None) or type(self._report).__name__
+        exc = self.failure
+        return DemError(f"the progress callback {name} raised {type(exc).__name__}: {exc}; the run was stopped")
 
 
 def _tile_plans(valid, finder: FootprintFinder, coverage: str):

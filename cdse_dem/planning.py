@@ -191,24 +191,22 @@ def cells_to_search(plan: Plan) -> list[Geocell]:
 
 
 def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Product],
-               problems: Iterable = ()) -> list["OtherProduct"]:
+               bad_cells: Iterable[Geocell] = (), unplaced: bool = False) -> list["OtherProduct"]:
     """Attach a completed search's answer: each cell its area covered gets its product, or is open sea.
 
     A cell that already has its product keeps it, whatever its download has come to: every
     search whose area covers a cell lists all of that cell's products, so the first answer
     is already the final choice (and downloads start while other areas are searched).
 
-    ``problems`` are the answer's records that could not be used (``catalogue.BadRecord``). A
-    cell named by one fails (its other product may be an older one: not chosen silently in
-    its place); when one names no cell at all, every cell left without a product fails
-    instead of being called open sea: the record we could not place may be its product.
+    ``bad_cells`` are the cells the answer's unusable records named (``catalogue.Answer``): each
+    fails (its other product may be an older one: not chosen silently in its place); when one
+    named no cell at all (``unplaced``), every cell left without a product fails instead of
+    being called open sea: the record we could not place may be its product.
 
     Present cells to compare (``plan.compare``) are planned again when the chosen product is
     not the one recorded for them (see :func:`_compare_present`); those are returned, for the log.
     """
-    problems = list(problems)
-    bad_cells = {p.geocell for p in problems if p.geocell is not None}
-    unplaced = any(p.geocell is None for p in problems)
+    bad_cells = set(bad_cells)
     others: list[OtherProduct] = []
     for cell in cells:
         state = plan.cells[cell]
@@ -234,15 +232,13 @@ def apply_area(plan: Plan, cells: Iterable[Geocell], chosen: dict[Geocell, Produ
 
 
 def apply_other_datasets(plan: Plan, cells: Iterable[Geocell], found: dict[Geocell, list[Product]],
-                         problems: Iterable = ()) -> None:
+                         bad_cells: Iterable[Geocell] = (), unplaced: bool = False) -> None:
     """Attach the answer of the search for other datasets: each empty cell it covered is ``sea``
     when no Copernicus DEM product exists for it, a ``gap`` (with the datasets that have it) when
     one does; a record that could not be used fails the cells it may belong to, as in
     :func:`apply_area`.
     """
-    problems = list(problems)
-    bad_cells = {p.geocell for p in problems if p.geocell is not None}
-    unplaced = any(p.geocell is None for p in problems)
+    bad_cells = set(bad_cells)
     for cell in cells:
         if cell not in plan.empty:
             continue

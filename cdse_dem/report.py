@@ -552,6 +552,7 @@ def gap_message(gaps: Sequence[CellState], dataset: Dataset, *, fill: bool) -> s
 def read_missing_list(path: str | Path, resolution: int) -> MissingList:
     """Sen2Cor's missing-tiles list, parsed; UsageError (exit 2) for a line that is not a cell."""
 
+    # the default cap: Sen2Cor's list names the ~38,000 cells without a DEM, about 1.5 MB
     data = read_input(Path(path).expanduser(), "Sen2Cor missing-tiles list", UsageError)
     missing_list = parse_missing_list(data.decode("utf-8-sig", errors="replace"), str(path), resolution)
     if missing_list.unmatched:

@@ -41,11 +41,7 @@ from cdse_dem.catalogue import (
     TooManyResults,
     fill_source,
     other_datasets_filter,
-    parse_products,
     plan_search_areas,
-    problem_lines,
-    products_by_cell,
-    products_of_area,
 )
 from cdse_dem.errors import DemError, Interrupted
 from cdse_dem.grid import FootprintSource, Geocell
@@ -212,7 +208,7 @@ def search_all(plan: planning.Plan, catalogue, dataset: Dataset, fetcher, thread
     text = dataset.filter_text()
 
     def own_answer(area: SearchArea, answer: Answer) -> None:
-        others = planning.apply_area(plan, area.cells, products_of_area(area, answer.products), answer.problems)
+        others = planning.apply_area(plan, area.cells, answer.products, answer.bad_cells, answer.unplaced)
         for other in others:
             if other.filled_from:
                 log.info("%s was filled from %s; CDSE now has its own product %s in %s: replacing the filled "
@@ -226,9 +222,8 @@ def search_all(plan: planning.Plan, catalogue, dataset: Dataset, fetcher, thread
     found: dict[Geocell, list] = {}
 
     def others_answer(area: SearchArea, answer: Answer) -> None:
-        in_area = products_by_cell(area, answer.products)
-        found.update(in_area)
-        planning.apply_other_datasets(plan, area.cells, in_area, answer.problems)
+        found.update(answer.found)
+        planning.apply_other_datasets(plan, area.cells, answer.found, answer.bad_cells, answer.unplaced)
         tiles.decided(area.cells)
 
     try:
@@ -268,7 +263,7 @@ def _search_fill_sources(plan, catalogue, dataset: Dataset, gaps, found, fetcher
         text = source_dataset.filter_text()
 
         def answered(area: SearchArea, answer: Answer) -> None:
-            for cell, product in products_of_area(area, answer.products).items():
+            for cell, product in answer.products.items():
                 if plan.cells[cell].status == planning.Status.GAP:
                     planning.plan_fill(plan.cells[cell], product)
             _to_fetch(plan, fetcher, area.cells)
@@ -307,7 +302,7 @@ def _searches(plan, catalogue, areas: list[SearchArea], text: str, select: str |
             if failure is not None:
                 _failed(plan, tiles, area, str(failure))
                 continue
-            for line in problem_lines(answer.problems):
+            for line in answer.problem_lines():
                 log.warning("CDSE catalogue answered %s", line)
             answered(area, answer)
     return searches
@@ -316,8 +311,10 @@ def _searches(plan, catalogue, areas: list[SearchArea], text: str, select: str |
 def _search(catalogue, area: SearchArea, dataset_text: str,
             select: str | None = None) -> list[tuple[SearchArea, Answer | None, DemError | None]]:
     """The area's answer; an area with more matches than ``$skip`` reaches is searched in halves."""
+    answer = Answer(area.cells)
     try:
-        records = catalogue.search(area.filter_text(dataset_text), select)
+        for page in catalogue.pages(area.filter_text(dataset_text), select):
+            answer.add(page)
     except TooManyResults as exc:
         try:
             halves = area.split()
@@ -329,7 +326,7 @@ def _search(catalogue, area: SearchArea, dataset_text: str,
         raise  # the run stops: no answer, and not a failure of the area's cells
     except DemError as exc:
         return [(area, None, exc)]
-    return [(area, parse_products(records), None)]
+    return [(area, answer, None)]
 
 
 def _failed(plan, tiles: _TileLines, area: SearchArea, error: str) -> None:

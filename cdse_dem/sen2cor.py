@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -46,6 +47,7 @@ from cdse_dem.errors import DemError, UsageError
 from cdse_dem.fsutil import atomic_write_bytes, read_input
 from cdse_dem.grid import Geocell, corners_lonlat, geocell
 from cdse_dem.settings import Coverage
+from cdse_dem.tiles import shown
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,7 @@ ROOT_TAG = "Level-2A_Ground_Image_Processing_Parameter"
 SECTION = "Common_Section"
 DIRECTORY, REFERENCE = "DEM_Directory", "DEM_Reference"
 BACKUP_SUFFIX = ".bak"
+MAX_GIPP_BYTES = 4 * 1024 * 1024  # Sen2Cor's L2A_GIPP.xml is about 20 kB, comments included
 # Sen2Cor up to 2.12 reads DGED GeoTIFFs only: its DTED mode wants e007_n50.dt1 names, which
 # the CDSE DTED products are not (sen2cor.md).
 DTED_UNUSABLE = ("Sen2Cor (up to 2.12) cannot read the CDSE DTED files: it reads the DGED GeoTIFFs only "
@@ -142,6 +145,22 @@ def dem_reference(resolution: int) -> str:
 def dem_directory(out_dir: Path) -> str:
     """The output folder as Sen2Cor must get it: absolute (a relative one is taken under its home)."""
     return os.path.abspath(out_dir)
+
+
+def not_xml_text(text: str) -> str | None:
+    """Why ``text`` cannot be an element's text that Sen2Cor reads back as it is, in words; else None.
+
+    XML 1.0 has no way to hold most control characters (not even as ``&#1;``), nor a path byte
+    that is not UTF-8 (Python hands it over as a lone surrogate); a tab or a line end would be
+    read back, but as part of a folder name no one meant.
+    """
+    for char in text:
+        code = ord(char)
+        if 0xD800 <= code <= 0xDFFF:
+            return "a byte that is not UTF-8"
+        if code < 0x20 or 0x7F <= code <= 0x9F or code in (0xFFFE, 0xFFFF):
+            return f"a control character ({char.encode('unicode_escape').decode('ascii')})"
+    return None
 
 
 def gipp_lines(out_dir: Path, resolution: int) -> list[str]:
@@ -200,10 +219,26 @@ class Gipp:
 
 def read_gipp(path: Path) -> Gipp:
     """Read and check a Sen2Cor GIPP; UsageError in one line when it is not one (file untouched)."""
-
-
     path = Path(path)
-    data = read_input(path, "Sen2Cor GIPP", UsageError)
+    data = read_input(path, "Sen2Cor GIPP", UsageError, limit=MAX_GIPP_BYTES)
+    tree, _ = _parse(data, path)
+    encoding = tree.docinfo.encoding or "UTF-8"
+    if encoding.upper().replace("-", "").startswith(("UTF16", "UTF32", "UCS")):
+        raise UsageError(f"{path}: the GIPP is encoded in {encoding}; save it as UTF-8 and run again")
+    try:
+        spans = _spans(data, (ROOT_TAG, SECTION))
+    except (ValueError, LookupError, expat.ExpatError):  # "multi-byte encodings are not supported"
+        raise UsageError(f"{path}: the GIPP is encoded in {encoding}, which cannot be rewritten byte for byte; "
+                         "save it as UTF-8 and run again") from None
+    indent = data[data.rfind(b"\n", 0, spans[DIRECTORY][0]) + 1:spans[DIRECTORY][0]]
+    return Gipp(path, data, encoding, _content_span(data, *spans[DIRECTORY]),
+                _content_span(data, *spans[REFERENCE]) if REFERENCE in spans else None,
+                indent if not indent.strip() else b"")
+
+
+def _parse(data: bytes, path: Path):
+    """The GIPP's tree and its two DEM elements' texts (DEM_Reference: None when absent), checked
+    to be Sen2Cor's: UsageError in one line otherwise."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
     try:
         tree = etree.fromstring(data, parser).getroottree()
@@ -222,14 +257,8 @@ def read_gipp(path: Path) -> Gipp:
                              "Sen2Cor reads one: keep one and run again")
         if elements and len(elements[0]):
             raise UsageError(f"{path}:{elements[0].sourceline}: {tag} holds elements, not a value")
-    encoding = tree.docinfo.encoding or "UTF-8"
-    if encoding.upper().replace("-", "").startswith(("UTF16", "UTF32", "UCS")):
-        raise UsageError(f"{path}: the GIPP is encoded in {encoding}; save it as UTF-8 and run again")
-    spans = _spans(data, (ROOT_TAG, SECTION))
-    indent = data[data.rfind(b"\n", 0, spans[DIRECTORY][0]) + 1:spans[DIRECTORY][0]]
-    return Gipp(path, data, encoding, _content_span(data, *spans[DIRECTORY]),
-                _content_span(data, *spans[REFERENCE]) if REFERENCE in spans else None,
-                indent if not indent.strip() else b"")
+    texts = {tag: (elements[0].text or "") if elements else None for tag, elements in found.items()}
+    return tree, (texts[DIRECTORY], texts[REFERENCE])
 
 
 def _spans(data: bytes, parents: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
@@ -281,8 +310,9 @@ def _start_tag_end(data: bytes, begin: int) -> int:
     raise ValueError("unterminated start tag")  # expat has parsed the file: cannot happen
 
 
-def check_gipp_option(gipp: str | None, model: str) -> Gipp | None:
-    """Before any work: ``--gipp`` must name a Sen2Cor GIPP we can rewrite, for a DEM Sen2Cor reads.
+def check_gipp_option(gipp: str | None, model: str, out_dir: Path | None = None) -> Gipp | None:
+    """Before any work: ``--gipp`` must name a Sen2Cor GIPP we can rewrite, for a DEM Sen2Cor reads,
+    in a folder (``out_dir``) whose path the GIPP can hold.
 
     Choosing DTED without ``--gipp`` is allowed (other processors read it) but warned about.
     """
@@ -292,6 +322,11 @@ def check_gipp_option(gipp: str | None, model: str) -> Gipp | None:
         log.warning("DTED chosen: %s", DTED_UNUSABLE)
     if not gipp:
         return None
+    if out_dir is not None:
+        problem = not_xml_text(dem_directory(out_dir))
+        if problem is not None:
+            raise UsageError(f"{shown(dem_directory(out_dir))}: the output folder's path holds {problem}, which "
+                             "Sen2Cor's GIPP cannot hold: choose another folder for --gipp (the GIPP is left as it is)")
     document = read_gipp(Path(gipp).expanduser())
     target = document.path.resolve()
     if not os.access(target.parent, os.W_OK) or not os.access(target, os.W_OK):
@@ -303,25 +338,58 @@ def set_dem(path: Path, out_dir: Path, resolution: int) -> bool:
     """Point the GIPP at ``out_dir``; True when the file changed.
 
     The GIPP is read again (it may have been edited during a long run), written atomically
-    with its permissions kept, and the original is kept once as ``<file>.bak`` (a second run
-    does not overwrite the user's true original with our first edit). A symbolic link is
+    with its permissions kept, and only when the new bytes read back as the two values meant.
+    The original is kept once as ``<file>.bak`` (a second run does not overwrite the user's true
+    original with our first edit), or, when that name holds something else (a folder, a link),
+    under the first free ``<file>.bak-<n>``, and the log says which. A symbolic link is
     followed, so the file it points at is rewritten and the link stays.
     """
-
     document = read_gipp(Path(path).expanduser())
-    new = document.with_dem(dem_directory(out_dir), dem_reference(resolution))
+    directory, reference = dem_directory(out_dir), dem_reference(resolution)
+    problem = not_xml_text(directory)
+    if problem is not None:
+        raise UsageError(f"{document.path} left unchanged: the output folder's path holds {problem}, which "
+                         "Sen2Cor's GIPP cannot hold")
+    new = document.with_dem(directory, reference)
     if new == document.data:
         log.info("%s already points Sen2Cor at this folder: left unchanged", document.path)
         return False
+    try:
+        _, read_back = _parse(new, document.path)
+    except UsageError:
+        read_back = None
+    if read_back != (directory, reference):
+        raise DemError(f"{document.path} left unchanged: the rewritten GIPP would not read back as "
+                       f"{DIRECTORY} {shown(directory)} and {REFERENCE} {reference}")
     target = document.path.resolve()
     mode = target.stat().st_mode & 0o7777
-    backup = target.with_name(target.name + BACKUP_SUFFIX)
-    if not backup.exists():
+    backup, kept = _backup_of(target)
+    if not kept:
         atomic_write_bytes(backup, document.data, mode)
     atomic_write_bytes(target, new, mode)
     log.info("%s: %s and %s set for this folder (the original is kept as %s)", document.path, DIRECTORY,
              REFERENCE, backup.name)
     return True
+
+
+MAX_BACKUPS = 100  # names tried for the GIPP's original: <file>.bak, then <file>.bak-1 ...
+
+
+def _backup_of(target: Path) -> tuple[Path, bool]:
+    """Where the GIPP's original is kept: (a regular file there already: True, a free name: False).
+
+    A name that holds anything else (a folder, a link, a FIFO) is passed over, never written
+    through or replaced.
+    """
+    for n in range(MAX_BACKUPS):
+        backup = target.with_name(target.name + BACKUP_SUFFIX + (f"-{n}" if n else ""))
+        try:
+            info = os.lstat(backup)
+        except FileNotFoundError:
+            return backup, False
+        if stat.S_ISREG(info.st_mode):
+            return backup, True
+    raise DemError(f"{target} left unchanged: no free name to keep its original ({target.name}{BACKUP_SUFFIX}-<n>)")
 
 
 def end_of_work(gipp: str | None, out_dir: Path, resolution: int, model: str, *, complete: bool) -> bool:

@@ -26,7 +26,6 @@ identity service is in flight however many workers ask.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -38,6 +37,7 @@ from urllib.parse import urlsplit
 import requests
 
 from cdse_dem.errors import AuthRejected, BudgetExhausted, ServiceError
+from cdse_dem.fsutil import parse_json
 from cdse_dem.http import (
     ATTEMPTS,
     RETRY_STATUSES,
@@ -411,7 +411,7 @@ class CdseSession:
                                       " not followed, so that the password goes nowhere else")
         if status == 200:
             try:
-                return resp.json()
+                return parse_json(resp.content)
             except ValueError:
                 raise self._service_error("answered HTTP 200 without a JSON token") from None
         if status in RETRY_STATUSES:
@@ -436,8 +436,8 @@ def _error_of(resp) -> tuple[str, str]:
     (scrubbed of our secrets: a server may quote the login form back)."""
 
     try:
-        body = resp.json()
-    except (ValueError, json.JSONDecodeError):
+        body = parse_json(resp.content)
+    except ValueError:
         return "", ""
     if not isinstance(body, dict):
         return "", ""

@@ -90,9 +90,18 @@ def expand_user(text: str | Path, what: str, error: type[Exception] | None = Non
 
     ``os.path.expanduser`` turns ``~/x`` into ``/x`` when HOME is set but empty, and leaves
     ``~nobody/x`` as a relative folder named ``~nobody``: both would write somewhere the user
-    never meant.
+    never meant. A value that is no path (None, bytes, a number) or holds a NUL (no file name can)
+    is refused in one line too: it comes from a caller of the API as often as from a command line.
     """
-    text = os.fspath(text)
+    error = error or UsageError
+    try:
+        text = os.fspath(text)
+    except TypeError:
+        raise error(f"the {what} must be a path (str or os.PathLike), not {type(text).__name__}") from None
+    if not isinstance(text, str):
+        raise error(f"the {what} must be a path as str or os.PathLike, not {type(text).__name__}")
+    if "\0" in text:
+        raise error(f"{text!r}: cannot use it as the {what} (a path cannot hold a NUL character)")
     if not text.startswith("~"):
         return Path(text)
     user = text[1:].split("/", 1)[0]
@@ -103,8 +112,6 @@ def expand_user(text: str | Path, what: str, error: type[Exception] | None = Non
         if not expanded.startswith("~"):
             return Path(expanded)
         problem = f"no user {user!r} is known, so '~{user}' names no folder" if user else "no home folder is known"
-    if error is None:
-        error = UsageError
     raise error(f"{text}: cannot use it as the {what} ({problem})")
 
 
@@ -214,10 +221,13 @@ def _schema_path() -> Path:
     return Path(__file__).resolve().parent / "data" / SCHEMA_NAME
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a configuration file is a few hundred bytes
+
+
 def load_config(path: Path) -> ConfigFile:
     from lxml import etree  # here, not at the top: the command line's --help reads this module's choices
 
-    data = read_input(path, "configuration file", ConfigError)
+    data = read_input(path, "configuration file", ConfigError, limit=MAX_CONFIG_BYTES)
 
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
     try:

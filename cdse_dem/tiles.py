@@ -239,13 +239,18 @@ def from_command_line(values: list[str]) -> list[Entry]:
     return [resolve(value, COMMAND_LINE, None) for value in values]
 
 
+# The most a tile list may hold: a million SAFE names (65 bytes a line) is 65 MB; every tile of the
+# grid as a SAFE name is under 4 MB.
+MAX_TILE_LIST_BYTES = 128 * 1024 * 1024
+
+
 def read_tile_list(path: Path) -> list[Entry]:
     """Entries of a list file: one a line, ``#`` starts a comment, blank lines skipped.
 
     A file that cannot serve as a list at all (missing, a folder, binary, empty) is an
     InputError; a bad line is an invalid Entry, reported with the rest.
     """
-    raw = read_input(path, "tile list file", InputError)
+    raw = read_input(path, "tile list file", InputError, limit=MAX_TILE_LIST_BYTES)
     if _is_utf16(raw):
         raise InputError(f"{path}: a UTF-16 text file, not UTF-8: convert it, e.g. "
                          f"iconv -f UTF-16 -t UTF-8 '{path}' > tiles.txt (or save it as UTF-8)")

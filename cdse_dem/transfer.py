@@ -70,15 +70,13 @@ spare 0.3 s of transfer at 20 MB/s), and the rest of the run uses them.
 """
 
 import hashlib
-import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
@@ -87,18 +85,20 @@ import requests
 from blake3 import blake3
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 
-from cdse_dem.dem_folder import DEM_SUFFIXES, dem_problem
+from cdse_dem.dem_folder import DEM_SUFFIXES, MAX_DEM_BYTES, dem_problem
 from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError, Interrupted
 from cdse_dem.fsutil import (
     POLL_SECONDS,
+    SLOT_WAIT_REPORT,
     SlotPool,
     create_temp_in,
+    parse_json,
     raise_if_disk_full,
     remove_quietly,
     replace_into_place,
 )
 from cdse_dem.grid import Geocell
-from cdse_dem.http import Backoff, DownloadToken, retry_after, wait_for
+from cdse_dem.http import Backoff, DownloadToken, retry_after, shut, wait_for
 from cdse_dem.http import origin_text as _origin
 from cdse_dem.logs import scrub
 from cdse_dem.settings import Transfer
@@ -109,17 +109,66 @@ log = logging.getLogger(__name__)
 _STOPPED = "stopped while waiting for a download connection"
 
 
+class Silence:
+    """How long the download host has been asked and not answered: the seconds during which a
+    request of the run was in flight since the host last answered anything (a status line, a
+    byte). Time with nothing in flight (a wait between tries, or for a slot) is nobody's silence.
+
+    A host that accepts connections and never answers makes each request wait for its read
+    timeout, and each try its next; this is what sees that the whole host, not one transfer,
+    has gone quiet (thread-safe; the clock is given, so testable).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._silent = 0.0  # seconds of silence before the current stretch of requests in flight
+        self._since: float | None = None  # the start of that stretch, or of the silence within it
+
+    @contextmanager
+    def asking(self) -> Iterator[None]:
+        """The block is one request in flight."""
+        with self._lock:
+            if self._in_flight == 0:
+                self._since = self._clock()
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._silent += self._clock() - self._since
+                    self._since = None
+
+    def heard(self) -> None:
+        """The host answered something: its silence starts again from nothing."""
+        with self._lock:
+            self._silent = 0.0
+            if self._since is not None:
+                self._since = self._clock()
+
+    def seconds(self) -> float:
+        with self._lock:
+            return self._silent + (self._clock() - self._since if self._since is not None else 0.0)
+
+
 class ConnectionSlot:
     """``with slot:`` holds one connection for the block; shared by every thread of a run.
 
-    Not re-entrant within one thread (a thread makes one request at a time).
+    Not re-entrant within one thread (a thread makes one request at a time). ``silence`` is
+    how long the requests made in its slots have gone unanswered.
     """
 
     def __init__(self, workers: int, pool: SlotPool | None = None, *, stop: threading.Event | None = None):
+        self.silence = Silence()
         self._own = threading.BoundedSemaphore(workers)
         self._pool = pool
         self._stop = stop
         self._held = threading.local()  # the account slot (a LockFile) this thread holds
+        self._said_lock = threading.Lock()
+        self._said = -SLOT_WAIT_REPORT  # when a wait for the account's slots was last reported
 
     def __enter__(self) -> "ConnectionSlot":
         while not self._own.acquire(timeout=POLL_SECONDS):
@@ -127,8 +176,7 @@ class ConnectionSlot:
         if self._pool is None:
             return self
         try:
-            account = self._pool.acquire(stop=self._stop, on_wait=lambda: log.debug(
-                "Every download connection of the account is in use (other runs): waiting for one"))
+            account = self._pool.acquire(stop=self._stop, on_wait=self._waiting)
         except BaseException:
             self._own.release()
             raise
@@ -149,6 +197,20 @@ class ConnectionSlot:
     def _raise_if_stopped(self) -> None:
         if self._stop is not None and self._stop.is_set():
             raise DownloadCancelled(_STOPPED)
+
+    def _waiting(self, seconds: float) -> None:
+        """Every account slot is held by other runs: a debug line at first, an INFO line each
+        minute of waiting (one for the run, however many of its threads wait)."""
+        if seconds == 0:
+            log.debug("Every download connection of the account is in use (other runs): waiting for one")
+            return
+        with self._said_lock:
+            now = time.monotonic()
+            if now - self._said < SLOT_WAIT_REPORT / 2:
+                return  # another thread of this run said it just now
+            self._said = now
+        log.info("Still waiting for a download connection after %d s: all %d of this CDSE account on this machine "
+                 "are held by other runs (slot locks in %s)", round(seconds), self._pool.count, self._pool.folder)
 
 
 CHUNK = 1024 * 1024  # bytes a read returns at most (each returns what has arrived: see _chunks)
@@ -264,17 +326,20 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
                      backoff: Backoff | None = None, on_bytes: Callable[[int], None] | None = None,
                      stop: threading.Event | None = None, stall: StallLimits | None = None,
                      timeout: tuple[float, float] | None = None,
-                     clock: Callable[[], float] = time.monotonic, slot=None) -> DownloadResult:
+                     clock: Callable[[], float] = time.monotonic, slot=None,
+                     max_bytes: int | None = None) -> DownloadResult:
     """Fetch ``product``'s zip into ``dest_dir`` (verified) and say where it is.
 
     ``on_bytes`` is told of every chunk written; when a try fails after some bytes, it gets
     one negative call taking them back, so a progress total stays true across retries.
-    Raises AccessDenied (no CCM access, token audience), BudgetExhausted (no time left to
-    start), DownloadCancelled (``stop`` set), DiskFull, or DownloadFailed; the temporary
-    file is removed in every such case.
+    ``max_bytes``: the most such a product can be; one announced larger is refused before
+    its first byte, a body running past it is cut. Raises AccessDenied (no CCM access, token
+    audience), BudgetExhausted (no time left to start), DownloadCancelled (``stop`` set),
+    DiskFull, or DownloadFailed; the temporary file is removed in every such case.
     """
     label = f"{product.name} ({product.id})" if product.name else product.id
-    expect = Expected(product.content_length, product.md5, product.blake3)
+    refuse_oversize(product.content_length, max_bytes, label, "a DEM product")
+    expect = Expected(product.content_length, product.md5, product.blake3, max_bytes)
     fetched = fetch_file(endpoints.product_url(product.id), Path(dest_dir), f"{product.id}.zip", session, http,
                          endpoints, label=label, expect=expect, backoff=backoff, on_bytes=on_bytes, stop=stop,
                          stall=stall, timeout=timeout, clock=clock, slot=slot)
@@ -283,11 +348,21 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
 
 @dataclass(frozen=True)
 class Expected:
-    """What a body must be, as far as it is known before it arrives: length and digests."""
+    """What a body must be, as far as it is known before it arrives: length and digests, and
+    ``limit``, the most such a file can be whatever is announced (a DEM, a product)."""
 
     length: int | None = None
     md5: str | None = None
     blake3: str | None = None
+    limit: int | None = None
+
+
+def refuse_oversize(length: int | None, limit: int | None, label: str, what: str,
+                    error: type[DemError] = DownloadFailed) -> None:
+    """A file announced (by the catalogue, a listing or the server) larger than ``what`` can be is
+    refused before its first byte: ``error``, never retried. ``limit`` None: no bound known."""
+    if length is not None and limit is not None and length > limit:
+        raise error(f"{label} is announced at {length:,} bytes, more than {what} can be ({limit:,}): refused")
 
 
 @dataclass
@@ -359,7 +434,9 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
     stalls = 0
     after_refresh = False
     redirects = 0
-    watch = _Watch(stop, stall, clock, getattr(session, "out_of_time", None))
+    silence = getattr(slot, "silence", None)
+    watch = _Watch(stop, stall, clock, getattr(session, "out_of_time", None),
+                   silence.heard if silence is not None else None)
     while True:
         _raise_if_stopped(stop, label)
         if first and requests_made == 0 and not session.may_start():
@@ -371,7 +448,8 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
                 _raise_if_stopped(stop, label)
                 token = session.access_token()
                 sent = time.monotonic()
-                result = _attempt(url, auth.bearing(token), http, receive, watch, timeout, label)
+                with silence.asking() if silence is not None else nullcontext():
+                    result = _attempt(url, auth.bearing(token), http, receive, watch, timeout, label)
                 seconds = time.monotonic() - sent
         except _Redirect as redirect:
             redirects += 1
@@ -416,12 +494,15 @@ def _attempt(url, auth: DownloadToken, http, receive, watch, timeout, label):
         reply = http.get(url, auth=auth, headers={"Accept-Encoding": "identity"}, stream=True,
                          allow_redirects=False, timeout=timeout)
     except (requests.Timeout, requests.ConnectionError) as exc:
-        _raise_if_stopped(watch.stop, label)
+        _raise_if_stopped(watch.stop, label)  # the run cut the connection: a stop, or the end of its time
+        if watch.out_of_time is not None and watch.out_of_time():
+            raise BudgetExhausted(f"the time budget is spent: {label} abandoned, left for the next run") from None
         if isinstance(exc, requests.ReadTimeout):
             raise _Stalled(f"no answer for {watch.limits.silence:g} s") from None
         raise _Retry(f"no answer from the download host ({type(exc).__name__})") from None
     except requests.RequestException as exc:
         raise DownloadFailed(f"cannot request {label}: {exc}") from None
+    watch.heard()
     with reply:
         status = reply.status_code
         if status == 200:
@@ -454,10 +535,11 @@ def _receive(reply, expect: Expected, dest_dir: Path, final_name: str, on_bytes,
              label, durable: bool = False) -> tuple[Path, int]:
     """Stream a 200 body into a temporary file, checking length and checksums as bytes arrive."""
 
-    expected = expect.length
+    expected, limit = expect.length, expect.limit
     announced = _int_or_none(reply.headers.get("Content-Length"))
     encoded = reply.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
     if announced is not None and not encoded:
+        refuse_oversize(announced, limit, label, "such a file")
         if expected is not None and announced != expected:
             raise _Retry(f"the server announces {announced} bytes, {expected} are expected")
         expected = announced
@@ -472,8 +554,13 @@ def _receive(reply, expect: Expected, dest_dir: Path, final_name: str, on_bytes,
     try:
         with handle:
             for chunk in _chunks(reply):
-                watcher.meter.add(len(chunk), watch.clock())
+                watcher.took(len(chunk))
                 watcher.raise_if_fired(label)
+                if limit is not None and received + len(chunk) > limit:  # not a byte past it is written
+                    raise DownloadFailed(f"{label}: the body runs past {limit:,} bytes, more than such a file"
+                                         " can be: refused")
+                if expected is not None and received + len(chunk) > expected:
+                    raise _Retry(f"more than the {expected} bytes announced")
                 handle.write(chunk)
                 received += len(chunk)
                 if md5 is not None:
@@ -483,8 +570,6 @@ def _receive(reply, expect: Expected, dest_dir: Path, final_name: str, on_bytes,
                 if on_bytes is not None:
                     on_bytes(len(chunk))
                     reported += len(chunk)
-                if expected is not None and received > expected:
-                    raise _Retry(f"more than the {expected} bytes announced")
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -522,17 +607,20 @@ def _read_json(reply, max_bytes: int, watch, label):
     not JSON is refused (its text scrubbed of our secrets)."""
 
 
+    too_large = DownloadFailed(f"{label}: the answer is larger than {max_bytes:,} bytes (not a listing)")
+    announced = _int_or_none(reply.headers.get("Content-Length"))
+    if announced is not None and announced > max_bytes:
+        raise too_large  # said before a byte is read, and not asked again
     watcher = _Watcher(watch, reply)
     raw = bytearray()
     try:
         for chunk in _chunks(reply):
-            watcher.meter.add(len(chunk), watch.clock())
+            watcher.took(len(chunk))
             watcher.raise_if_fired(label)
             raw += chunk
             if len(raw) > max_bytes:
-                break
+                raise too_large
         watcher.raise_if_fired(label)  # the body was cut short by us, whatever it looks like
-        announced = _int_or_none(reply.headers.get("Content-Length"))
         if announced is not None and len(raw) < announced:
             _raise_if_stopped(watch.stop, label)
             raise _Retry(f"connection dropped after {len(raw)} of {announced} bytes")
@@ -544,11 +632,9 @@ def _read_json(reply, max_bytes: int, watch, label):
         raise _Retry(f"connection dropped during the answer ({type(exc).__name__})") from None
     finally:
         watcher.close()
-    if len(raw) > max_bytes:
-        raise DownloadFailed(f"{label}: the answer is larger than {max_bytes:,} bytes")
     try:
-        return json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        return parse_json(bytes(raw).decode("utf-8"))
+    except ValueError:  # not UTF-8, not JSON, or nested too deep to parse
         text = " ".join(scrub(bytes(raw).decode("utf-8", "replace")).split())[:80]
         raise DownloadFailed(f"{label}: the answer is not JSON ({text!r})") from None
 
@@ -586,7 +672,7 @@ def _error_body(reply, stop, label) -> tuple[str | None, str | None, str | None]
         return None, None, None
     text = scrub(raw.decode("utf-8", "replace"))  # before it is cut: a server may quote our token back
     try:
-        body = json.loads(text)
+        body = parse_json(text)
     except ValueError:
         text = " ".join(text.split())[:200]
         return None, text or None, None
@@ -605,6 +691,11 @@ class _Watch:
     limits: StallLimits
     clock: Callable[[], float]
     out_of_time: Callable[[], bool] | None
+    on_answer: Callable[[], None] | None = None  # told whenever the host answers something
+
+    def heard(self) -> None:
+        if self.on_answer is not None:
+            self.on_answer()
 
 
 class _Watcher:
@@ -621,6 +712,11 @@ class _Watcher:
         self._interval = min(_WATCH_INTERVAL, watch.limits.silence / 4)
         self._thread = threading.Thread(target=self._run, name="download-watch", daemon=True)
         self._thread.start()
+
+    def took(self, count: int) -> None:
+        """``count`` bytes arrived."""
+        self.meter.add(count, self._watch.clock())
+        self._watch.heard()
 
     def _why(self) -> tuple[str, str] | None:
         watch = self._watch
@@ -667,12 +763,8 @@ class _Watcher:
 def _interrupt(reply) -> None:
     connection = getattr(reply.raw, "connection", None) or getattr(reply.raw, "_connection", None)
     sock = getattr(connection, "sock", None)
-    if sock is None:
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+    if sock is not None:
+        shut(sock)
 
 
 def _is_read_timeout(exc: BaseException) -> bool:
@@ -842,11 +934,13 @@ class NodeClient:
         """
         suffix = Path(file_name).suffix
         label = f"{file_name} (Nodes)"
+        limit = MAX_DEM_BYTES[resolution]
+        refuse_oversize(node.content_length, limit, label, f"a DEM at {resolution} m", NodesFailed)
         problem = None
         for _ in range(CHECK_TRIES):
             try:
                 fetched = fetch_file(node.value_url, out_dir, file_name, self.session, self.http, self.endpoints,
-                                     label=label, expect=Expected(length=node.content_length),
+                                     label=label, expect=Expected(length=node.content_length, limit=limit),
                                      backoff=self.backoff, on_bytes=on_bytes, stop=self.stop, stall=self.stall,
                                      timeout=self.timeout, first=False, durable=True, slot=self.slot)
             except NodesFailed:

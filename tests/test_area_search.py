@@ -39,7 +39,8 @@ class FakeCatalogue:
         self.filters = []
         self.stop = threading.Event()  # set by the search when it ends, as on the real Catalogue
 
-    def search(self, text, select=None):
+    def pages(self, text, select=None):
+        """The whole answer as one page."""
         import re
 
         self.filters.append(text)
@@ -62,7 +63,7 @@ class FakeCatalogue:
                 if west <= cell.lon + 1 and cell.lon <= east and south <= cell.lat + 1 and cell.lat <= north:
                     out.append(record)  # touching counts
                     break
-        return out
+        yield out
 
 
 def make_plan(tiles, present=()):

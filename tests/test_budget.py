@@ -36,7 +36,8 @@ def world(make_sim, tmp_path_factory):
     sim = make_sim(cells_dir=cells, duplicate_cells=0, access_lifetime=2, refresh_lifetime=6, clock=clock)
     endpoints = Endpoints(sim.token_url, sim.catalogue_url, sim.download_url)
     http = new_http_session(endpoints=endpoints)
-    records = Catalogue(sim.catalogue_url, http).search(product_filter("CCM", 90, "DGED", "2024_1", AREA))
+    records = [r for page in Catalogue(sim.catalogue_url, http).pages(product_filter("CCM", 90, "DGED", "2024_1", AREA))
+               for r in page]
     products = sorted(choose(map(parse_product, records), CELLS).values(), key=lambda p: p.geocell)
     assert [p.geocell for p in products] == CELLS
     yield sim, clock, endpoints, http, products

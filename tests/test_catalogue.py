@@ -128,7 +128,7 @@ def test_search_is_ordered_and_follows_pages_on_the_catalogue():
 
     base = "https://catalogue.dataspace.copernicus.eu/odata/v1"
     http = _PagedHttp(lambda n: f"{base}/Products?%24filter=x&%24orderby=ContentDate%2FStart+asc&%24skip={n * 1000}")
-    assert [r["Id"] for r in Catalogue(base, http).search("x")] == ["id-1", "id-2", "id-3"]
+    assert [r["Id"] for page in Catalogue(base, http).pages("x") for r in page] == ["id-1", "id-2", "id-3"]
     assert "&$orderby=ContentDate%2FStart%20asc&" in http.urls[0]
 
 
@@ -138,7 +138,7 @@ def test_a_next_page_on_another_host_is_not_followed():
 
     http = _PagedHttp(lambda n: "https://elsewhere.example/odata/v1/Products?$skip=1000")
     with pytest.raises(ServiceError, match="elsewhere"):
-        Catalogue("https://catalogue.dataspace.copernicus.eu/odata/v1", http).search("x")
+        list(Catalogue("https://catalogue.dataspace.copernicus.eu/odata/v1", http).pages("x"))
     assert len(http.urls) == 1
 
 
@@ -148,7 +148,7 @@ def test_a_search_past_the_skip_limit_asks_for_a_split():
     base = "http://127.0.0.1:1/odata/v1"
     http = _PagedHttp(lambda n: f"{base}/Products?$top=1000&$skip={n * 1000}", pages=100)
     with pytest.raises(TooManyResults):
-        Catalogue(base, http).search("x")
+        list(Catalogue(base, http).pages("x"))
     assert len(http.urls) == MAX_SKIP // 1000 + 1  # skip 0 .. 10,000, and no request beyond
 
 
@@ -197,7 +197,7 @@ def test_a_catalogue_that_never_answers_json_is_one_error_after_six_tries(small_
     sim = small_sim(faults=Faults(catalogue_garbage_rate=1.0))
     waits = []
     with caplog.at_level(logging.WARNING, logger="cdse_dem"), pytest.raises(ServiceError) as info:
-        _searcher(sim, sleep=waits.append).search(product_filter("CCM", 90, "DGED", "2024_1", AREA))
+        list(_searcher(sim, sleep=waits.append).pages(product_filter("CCM", 90, "DGED", "2024_1", AREA)))
     assert str(info.value) == ("CDSE catalogue gave an answer that is not JSON after 6 tries"
                                f" ({sim.catalogue_url}/Products)")
     assert [r.fault for r in _searches(sim)] == ["garbage"] * 6
@@ -217,8 +217,8 @@ def test_a_catalogue_error_is_retried_waiting_as_asked_then_answers(small_sim, c
     sim = small_sim(faults=Faults(catalogue_error_first=2, catalogue_error_status=status, retry_after=3))
     waits = []
     with caplog.at_level(logging.WARNING, logger="cdse_dem"):
-        records = _searcher(sim, sleep=waits.append).search(
-            product_filter("CCM", 90, "DGED", "2024_1", INSIDE_N50_E007))
+        records = [r for page in _searcher(sim, sleep=waits.append).pages(
+            product_filter("CCM", 90, "DGED", "2024_1", INSIDE_N50_E007)) for r in page]
     assert [parse_product(r).geocell for r in records] == [Geocell(50, 7)]
     assert [r.status for r in _searches(sim)] == [status, status, 200]
     if status == 503:  # the simulator's catalogue sends Retry-After with a 503 only: 3 s, longer than the backoff
@@ -235,7 +235,7 @@ def test_a_catalogue_that_stays_in_error_names_the_last_status(small_sim):
 
     sim = small_sim(faults=Faults(catalogue_error_rate=1.0, retry_after=0))
     with pytest.raises(ServiceError) as info:
-        _searcher(sim, sleep=lambda seconds: None).search(product_filter("CCM", 90, "DGED", "2024_1", AREA))
+        list(_searcher(sim, sleep=lambda seconds: None).pages(product_filter("CCM", 90, "DGED", "2024_1", AREA)))
     assert str(info.value) == f"CDSE catalogue gave HTTP 503 after 6 tries ({sim.catalogue_url}/Products)"
     assert len(_searches(sim)) == 6
 
@@ -256,7 +256,7 @@ def test_a_stop_during_a_retry_wait_ends_the_search_with_no_further_request(smal
 
     threading.Thread(target=stop_once_refused, daemon=True).start()
     with pytest.raises(SearchCancelled):
-        _searcher(sim, stop=stop).search(product_filter("CCM", 90, "DGED", "2024_1", AREA))
+        list(_searcher(sim, stop=stop).pages(product_filter("CCM", 90, "DGED", "2024_1", AREA)))
     assert len(_searches(sim)) == 1
 
 

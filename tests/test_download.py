@@ -67,7 +67,7 @@ class Client:
         """The catalogue's 90 m DGED product of geocell N50_E007."""
         cell = SearchArea((Rect(south=50, west=7, north=51, east=8),))
         filter_text = cell.filter_text(dataset_filter(collection, 90, "DGED", "2024_1"))
-        records = Catalogue(self.sim.catalogue_url, self.http).search(filter_text)
+        records = [r for page in Catalogue(self.sim.catalogue_url, self.http).pages(filter_text) for r in page]
         products = [p for p in map(parse_product, records) if p and p.geocell.grid_id == "N50_E007"]
         assert len(products) == 1
         return products[0]

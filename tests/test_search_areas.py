@@ -8,15 +8,16 @@ import pytest
 from cdse_dem.catalogue import (
     MAX_RECT_WIDTH,
     MAX_URL_LENGTH,
+    Answer,
     Product,
     Rect,
     SearchArea,
     dataset_filter,
     plan_search_areas,
-    products_of_area,
     rectangles,
 )
 from cdse_dem.grid import Geocell
+from tests.hostile import product_id, record
 
 REAL_CATALOGUE = "https://catalogue.dataspace.copernicus.eu/odata/v1"
 CCM_90 = dataset_filter("CCM", 90, "DGED", "2024_1")
@@ -102,9 +103,10 @@ def test_a_search_reaches_a_bounded_number_of_cells():
 
 def test_only_products_of_covered_cells_count():
     area = SearchArea((Rect(48, 2, 50, 4),))
-    inside, edge_neighbour, corner_neighbour = Geocell(49, 3), Geocell(50, 3), Geocell(47, 1)
-    chosen = products_of_area(area, [product(inside), product(edge_neighbour), product(corner_neighbour)])
-    assert chosen == {inside: product(inside)}
+    answer = Answer(area.cells)
+    answer.add([record(49, 3), record(50, 3), record(47, 1)])  # inside, an edge neighbour, a corner neighbour
+    assert list(answer.products) == [Geocell(49, 3)]
+    assert answer.products[Geocell(49, 3)].id == product_id(49, 3)
 
 
 def test_split_halves_cover_the_same_cells():

@@ -8,6 +8,7 @@ Retries of the identity service wait through an injected ``sleep``.
 """
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -338,12 +339,8 @@ def test_a_stop_ends_a_retry_wait_and_no_further_request_is_sent(make_sim):
 
 class FakeReply:
     def __init__(self, status, body=None, text="", headers=None):
-        self.status_code, self._body, self.text, self.headers = status, body, text, headers or {}
-
-    def json(self):
-        if self._body is None:
-            raise ValueError("not JSON")
-        return self._body
+        self.status_code, self.text, self.headers = status, text, headers or {}
+        self.content = (json.dumps(body) if body is not None else text).encode()
 
 
 class FakeHttp:
