@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Stopping: how soon a run ends once it is asked to (issue 13: "within 2 s").
+"""Stopping: how soon a run ends once it is asked to (issue 13: "within 2 s"), and a silent host (issue 23).
 
 Usage: python benchmarks/bench_stop.py [--repeat 3]
 
@@ -15,6 +15,14 @@ Usage: python benchmarks/bench_stop.py [--repeat 3]
   seconds from the signal to the process's exit (status 130), and the searches the simulator
   saw arrive after the signal (0 expected). The simulator runs in this process, to read its
   request log.
+
+- The command line, tile 32UMA, against a download host that accepts connections and never
+  answers (issue 23, row 21: the hostile server of the tests, ``tests/hostile.py`` mode
+  ``silent_host``; its identity and catalogue answer): SIGTERM 20 s into the run (every worker
+  then blocked in a read), seconds from the signal to the exit (status 130 expected); and the
+  same run without a signal, seconds from its start to its end by itself (status 1, one line:
+  the host answered nothing for ``SILENT_HOST_SECONDS``). The second is run once whatever
+  ``--repeat`` says: it takes two minutes.
 
 Each figure is the median of ``--repeat`` runs, each from an empty output folder.
 """
@@ -37,6 +45,8 @@ import benchlib
 from benchlib import ENTRY, PASSWORD, PYTHON, ROOT, USER, Row, Simulator, median
 
 TARGET = 2.0  # seconds, the issue's bound for both
+SIGNAL_AFTER = 20.0  # seconds into the run against the silent host (issue 23, row 21)
+SILENT_TARGET = 150.0  # seconds: a run against a silent host ends by itself within this
 DOWNLOAD_TILES = ["30TUK", "30TVK"]
 STOP_AT = 0.6  # share of the expected bytes received when the stop is set: some geocells done, some under way
 SEARCH_TILES = 100
@@ -118,6 +128,68 @@ def signal_search_once(sim, tiles: list[str], scratch: Path) -> tuple[float, int
     return seconds, sum(1 for r in searches() if r.started > sent)
 
 
+def silent_host_once(server, scratch: Path, signal_after: float | None) -> tuple[float, int, str]:
+    """The command line against the silent download host: (seconds from the signal, or from the start
+    when there is none, to the exit; exit status; its last ERROR line)."""
+    from tests import hostile as h
+
+    home = scratch / "home"
+    for sub in ("configuration", "auxiliary", "credentials", "output_dir"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDSE_")}
+    env.update(server.env, CDSE_USERNAME=USER, CDSE_PASSWORD=PASSWORD, CDSE_DEM_HOME=str(home),
+               CDSE_DEM_SLOTS_DIR=str(scratch / "slots"))
+    server.mode = h.SILENT_HOST
+    server.clear()
+    started = time.monotonic()
+    proc = subprocess.Popen([PYTHON, str(ENTRY), "--t", "32UMA", "--o", str(scratch / "dem")], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    mark = started
+    if signal_after is not None:
+        try:
+            proc.wait(timeout=signal_after)
+            raise SystemExit(f"the run ended before the signal: {proc.stderr.read()[-2000:]}")
+        except subprocess.TimeoutExpired:
+            pass
+        mark = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=600)
+    seconds = time.monotonic() - mark
+    if "Traceback" in stderr:
+        raise SystemExit(stderr[-3000:])
+    errors = [line.split("| ERROR ", 1)[1] for line in stderr.splitlines() if "| ERROR " in line]
+    return seconds, proc.returncode, errors[-1] if errors else ""
+
+
+def silent_host_rows(repeat: int) -> list[Row]:
+    from tests import hostile as h
+
+    server = h.Hostile()
+    try:
+        signalled = []
+        for _ in range(repeat):
+            with tempfile.TemporaryDirectory(prefix="cdse-bench-silent-") as scratch:
+                signalled.append(silent_host_once(server, Path(scratch), SIGNAL_AFTER))
+        with tempfile.TemporaryDirectory(prefix="cdse-bench-silent-") as scratch:
+            alone = silent_host_once(server, Path(scratch), None)
+    finally:
+        server.stop()
+    t_signal = median(seconds for seconds, _, _ in signalled)
+    statuses = {status for _, status, _ in signalled}
+    rows = [Row(
+        f"stop: SIGTERM {SIGNAL_AFTER:g} s into a run against a download host that never answers (32UMA, every "
+        "worker blocked in a read) → exit",
+        f"{t_signal:.2f} s (runs: {', '.join(f'{s:.2f}' for s, _, _ in signalled)}); exit status "
+        f"{', '.join(map(str, sorted(statuses)))}", f"< {TARGET:g} s, exit 130",
+        t_signal < TARGET and statuses == {130})]
+    seconds, status, error = alone
+    rows.append(Row(
+        "the same run without a signal → ends by itself",
+        f"{seconds:.1f} s (one run), exit status {status}: \"{error}\"", f"< {SILENT_TARGET:g} s, exit 1",
+        seconds < SILENT_TARGET and status == 1))
+    return rows
+
+
 def run(repeat: int = 3) -> list[Row]:
     sys.path.insert(0, str(ROOT))
     rows = []
@@ -168,7 +240,7 @@ def run(repeat: int = 3) -> list[Row]:
         f"after {SEARCH_LATENCY:g} s, retries held) → exit 130",
         f"{t_signal:.2f} s (runs: {', '.join(f'{s:.2f}' for s, _ in signal_runs)}); searches sent after the "
         f"signal: {late}", f"< {TARGET:g} s, no search after", t_signal < TARGET and late == 0))
-    return rows
+    return rows + silent_host_rows(repeat)
 
 
 if __name__ == "__main__":

@@ -144,8 +144,27 @@ def dem_problem(path: Path, *, resolution: int | None = None, cell: Geocell | No
     return f"not a DEM file type ({suffix or 'no suffix'})"
 
 
-def _geotiff_problem(path: Path, size: int, cell: Geocell, resolution: int) -> str | None:
+class _QuietWhileChecking(logging.Filter):
+    """tifffile's own complaints about the file being checked (a tag it cannot read, a count that
+    does not match) are left out: the check says in one line what is wrong with it."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_checking, "active", False)
+
+
+_checking = threading.local()
+logging.getLogger("tifffile").addFilter(_QuietWhileChecking())
+
+
+def _geotiff_problem(path: Path, size: int, cell: Geocell, resolution: int) -> str | None:
+    _checking.active = True
+    try:
+        return _read_geotiff_problem(path, size, cell, resolution)
+    finally:
+        _checking.active = False
+
+
+def _read_geotiff_problem(path: Path, size: int, cell: Geocell, resolution: int) -> str | None:
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.pages:
@@ -592,7 +611,7 @@ class FileSources:
         new = {name: key for name in file_names if self._data.get(name) != key}
         if not new:
             return
-        data = {k: v for k, v in _read_object(self.path).items() if isinstance(v, str)}
+        data = {k: v for k, v in _read_object(self.path, warn=False).items() if isinstance(v, str)}
         data.update(new)
         try:
             atomic_write_json(self.path, dict(sorted(data.items())))
@@ -602,13 +621,15 @@ class FileSources:
         self._data = data
 
 
-def _read_object(path: Path) -> dict:
-    """The JSON object in ``path``; {} when there is none or it cannot be used (never waits on a FIFO)."""
+def _read_object(path: Path, *, warn: bool = True) -> dict:
+    """The JSON object in ``path``; {} when there is none or it cannot be used (never waits on a FIFO).
+    ``warn``: say so (False: read again before a rewrite, said already when first read)."""
     try:
         data = parse_json(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, NotRegular, ValueError) as exc:  # ValueError: not UTF-8, not JSON, nested too deep
-        log.warning("%s is unusable (%s): it is rebuilt", path, exc)
+        if warn:
+            log.warning("%s is unusable (%s): it is rebuilt", path, exc)
         return {}
     return data if isinstance(data, dict) else {}

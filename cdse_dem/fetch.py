@@ -98,6 +98,9 @@ class Fetcher:
         self._downloads: ThreadPoolExecutor | None = None
         self._extracts: ThreadPoolExecutor | None = None
         self._guard_done = threading.Event()
+        # zips being fetched, waiting for extraction or extracted at once: each holds its files open
+        # (and its disk space) until extracted, so a slow extraction holds the next download back
+        self._room = threading.BoundedSemaphore(workers + EXTRACT_THREADS)
 
     def add(self, cells: list[CellState]) -> None:
         """Start fetching ``cells`` (those not added before)."""
@@ -188,8 +191,8 @@ class Fetcher:
                 with self._lock:
                     self.outcome.fatal = self.outcome.fatal or ServiceError(
                         f"The download host {origin_text(self._endpoints.download_url)} answered nothing for "
-                        f"{SILENT_HOST_SECONDS / 60:g} minutes while asked: the run ends here (the geocells "
-                        "finished are recorded; a re-run resumes)")
+                        f"{SILENT_HOST_SECONDS:g} s while asked: the run ends here (the geocells finished are "
+                        "recorded; a re-run resumes)")
                 self.stop.set()
                 self._http.cut(hosts)
 
@@ -296,27 +299,35 @@ class Fetcher:
         return False
 
     def _download(self, state: CellState, located=None) -> None:
-        """Fetch one geocell under its lock; the lock passes to the extraction, which releases it."""
+        """Fetch one geocell, in room for its extraction (which gives the room back)."""
         if self.stop.is_set():
             return
+        while not self._room.acquire(timeout=fsutil.POLL_SECONDS):
+            if self.stop.is_set():
+                return
+        if not self._download_in_room(state, located):
+            self._room.release()
+
+    def _download_in_room(self, state: CellState, located=None) -> bool:
+        """Fetch one geocell under its lock; True when the lock passed to the extraction, which releases it."""
         cell_lock = fsutil.LockFile(fsutil.lock_path_for(self._out_dir, state.file_name))
         try:
             if not cell_lock.acquire(stop=self.stop, on_wait=lambda: log.info(
                     "%s is being fetched by another run: waiting for it", state.file_name)):
-                return
+                return False
         except OSError as exc:
             try:
                 raise_if_disk_full(exc, self._out_dir)
             except DiskFull as full:
                 self._stop_all(state, full)
-                return
+                return False
             state.status, state.error = Status.FAILED, f"cannot lock it in {self._out_dir} ({exc.strerror or exc})"
             log.error("%s: %s", state.file_name, state.error)
-            return
+            return False
         except fsutil.NotRegular as exc:  # its lock name holds a link, a folder, ...: left alone
             state.status, state.error = Status.FAILED, str(exc)
             log.error("%s: %s", state.file_name, exc)
-            return
+            return False
         if cell_lock.took_over:
             log.info("Took over the lock of %s left by %s: that run is gone", state.file_name, cell_lock.took_over)
         handed_over = False
@@ -325,6 +336,7 @@ class Fetcher:
         finally:
             if not handed_over:
                 cell_lock.release()
+        return handed_over
 
     def _fetched_meanwhile(self, state: CellState, located=None) -> bool:
         """Whether another run completed this geocell, with this run's product, since the plan was
@@ -384,6 +396,7 @@ class Fetcher:
             self._extract_locked(state, result)
         finally:
             cell_lock.release()
+            self._room.release()
 
     def _extract_locked(self, state: CellState, result) -> None:
 

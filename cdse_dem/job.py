@@ -20,6 +20,7 @@ finished is recorded, and the result says so (``interrupted``, exit status 130).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -46,7 +47,7 @@ from cdse_dem.errors import (
     Interrupted,
     UsageError,
 )
-from cdse_dem.fetch import Fetcher, FetchOutcome
+from cdse_dem.fetch import EXTRACT_THREADS, Fetcher, FetchOutcome
 from cdse_dem.fsutil import SlotPool, lock_path_for, not_a_lock_file, remove_stale_temporaries
 from cdse_dem.grid import FootprintFinder, FootprintSource, computed_footprints, geocells_of_each
 from cdse_dem.http import Endpoints, new_http_session
@@ -139,6 +140,7 @@ def download(tiles: Tiles = (), output_dir: str | os.PathLike | None = None, *, 
     """
     if output_dir is None:
         raise UsageError("download needs an output_dir")
+    _check_callbacks(stop, progress)  # before prepare creates the output folder
     job = prepare(Mode.DOWNLOAD, tiles, output_dir, aoi=aoi, points=points, resolution=resolution, model=model,
                   collection=collection, delivery=delivery, coverage=coverage, workers=workers, transfer=transfer,
                   keep_existing=keep_existing, max_minutes=max_minutes, kml=kml, gipp=gipp,
@@ -241,14 +243,13 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
     _one_of("transfer", transfer, tuple(t.value for t in Transfer))
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
         raise UsageError(f"workers must be a whole number from 1 to {MAX_WORKERS}, not {workers!r}")
+    _check_open_files(mode, workers)
     if not isinstance(max_minutes, (int, float)) or not max_minutes >= 0:
         raise UsageError(f"max_minutes must be 0 (no limit) or more, not {max_minutes!r}")
     if fill_gaps and mode == Mode.CHECK:
         raise UsageError("--fill-gaps is for a download (or --dry-run): --check never writes a file")
     gipp = _path_text(gipp, "Sen2Cor GIPP")
     missing_list = _path_text(missing_list, "Sen2Cor missing-tiles list")
-    if output_dir is None and mode != Mode.PLAN:
-        raise UsageError("output_dir is needed: the folder the DEM files go to")
     out_dir = settings.expand_user(output_dir, "output folder") if output_dir is not None else None
     check_gipp_option(gipp, model, out_dir)  # before any work: refused GIPPs stay untouched
     outputs = _outputs(mode, sen2like, force, quicklook, resolution, collection, delivery, model)
@@ -294,6 +295,51 @@ def _outputs(mode: Mode, sen2like, force, quicklook, resolution: int, collection
                                  dataset=processors.sen2like_dataset(resolution, collection, delivery))
     processors.check_request(outputs, model)
     return outputs
+
+
+# The files a run opens at once, beyond those already open when it starts (peaks measured with
+# benchmarks/bench_open_files.py: 18, 29, 44 and 58 in all for 1, 4, 8 and 16 workers): the
+# catalogue searches' connections, the identity service's, the folder's record and its lock, the
+# KML index and a few more; and per worker a connection, a temporary file and the lock held on
+# it, the geocell's lock and the account's slot; and per extraction the zip, its lock and the
+# DEM's temporary file and lock.
+OPEN_FILES_RUN = SEARCH_THREADS + 8
+OPEN_FILES_WORKER = 5
+OPEN_FILES_EXTRACTION = 4
+
+
+def open_files_needed(mode: Mode, workers: int) -> int:
+    """The most files (descriptors: files, sockets, locks) a run opens at once, beyond those open before it."""
+    if mode != Mode.DOWNLOAD:
+        return OPEN_FILES_RUN
+    return OPEN_FILES_RUN + OPEN_FILES_WORKER * workers + OPEN_FILES_EXTRACTION * EXTRACT_THREADS
+
+
+def _check_open_files(mode: Mode, workers: int) -> None:
+    """A run that would reach the process's limit of open files (``ulimit -n``) is refused before it
+    starts, in one line saying what it needs: past the limit every file, lock and connection it
+    opens would fail, each in its own way."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows: no such limit
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    try:
+        open_now = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor is not counted
+    except OSError:
+        open_now = 3
+    need = open_now + open_files_needed(mode, workers)
+    if need <= soft:
+        return
+    if mode != Mode.DOWNLOAD:
+        raise UsageError(f"this process may open only {soft} files at once (ulimit -n), {open_now} of them open "
+                         f"already: the run needs up to {need}; raise the limit (ulimit -n {need})")
+    fewer = next((w for w in range(workers - 1, 0, -1) if open_now + open_files_needed(mode, w) <= soft), None)
+    advice = f" or use fewer workers (--workers {fewer})" if fewer else ""
+    raise UsageError(f"this process may open only {soft} files at once (ulimit -n), {open_now} of them open already: "
+                     f"a run with {workers} worker(s) needs up to {need}; raise the limit (ulimit -n {need}){advice}")
 
 
 def _one_of(name: str, value, choices: tuple) -> None:
@@ -361,10 +407,7 @@ def run(job: Job, *, credentials: Credentials | tuple[str, str] | None = None, s
     ``ask_totp``: where a fresh two-factor code comes from when a run must log in again (the
     command line's terminal); None: nobody to ask, the run stops starting downloads instead.
     """
-    if stop is not None and not all(callable(getattr(stop, name, None)) for name in ("is_set", "wait")):
-        raise UsageError(f"stop must be a threading.Event, not {type(stop).__name__}")
-    if progress is not None and not callable(progress):
-        raise UsageError(f"progress must be a function of (done, total), not {type(progress).__name__}")
+    _check_callbacks(stop, progress)
     stop = Stop(stop)  # the run's own: a progress callback that fails ends the run, never sets the caller's event
     logs.scrub_our_loggers()
     with logs.run_scope():
@@ -373,9 +416,25 @@ def run(job: Job, *, credentials: Credentials | tuple[str, str] | None = None, s
         log.info("Processing %d Tile(s)", len(job.valid))
         log.info("Start time: %s", datetime.now())
         log.info("<----->")
-        if job.mode == Mode.CHECK:
-            return _check(job, stop)
-        return _plan_and_fetch(job, credentials, stop, progress, ask_totp)
+        try:
+            if job.mode == Mode.CHECK:
+                return _check(job, stop)
+            return _plan_and_fetch(job, credentials, stop, progress, ask_totp)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # the limit was checked before the run (prepare); the caller, or another thread, opened more
+            raise DemError(f"too many files open at once ({exc.strerror}): a run with {job.workers} worker(s) "
+                           f"needs up to {open_files_needed(job.mode, job.workers)} more than the process had "
+                           "open; raise the limit (ulimit -n) or use fewer workers") from None
+
+
+def _check_callbacks(stop, progress) -> None:
+    """What the caller hands over to be called: UsageError up front when it cannot be."""
+    if stop is not None and not all(callable(getattr(stop, name, None)) for name in ("is_set", "wait")):
+        raise UsageError(f"stop must be a threading.Event, not {type(stop).__name__}")
+    if progress is not None and not callable(progress):
+        raise UsageError(f"progress must be a function of (done, total), not {type(progress).__name__}")
 
 
 def _credentials(given) -> Credentials:

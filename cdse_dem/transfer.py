@@ -209,8 +209,9 @@ class ConnectionSlot:
             if now - self._said < SLOT_WAIT_REPORT / 2:
                 return  # another thread of this run said it just now
             self._said = now
-        log.info("Still waiting for a download connection after %d s: all %d of this CDSE account on this machine "
-                 "are held by other runs (slot locks in %s)", round(seconds), self._pool.count, self._pool.folder)
+        log.info("Still waiting for a download connection after %d s: the %d this CDSE account may have on this "
+                 "machine are all held by other runs (slot locks in %s)", round(seconds), self._pool.count,
+                 self._pool.folder)
 
 
 CHUNK = 1024 * 1024  # bytes a read returns at most (each returns what has arrived: see _chunks)

@@ -6,7 +6,9 @@ could do instead (issue 11). It serves the three services on one loopback port:
 - ``/token``: a Keycloak-like token endpoint issuing the distinctive ``ACCESS`` / ``REFRESH`` tokens;
 - ``/odata/v1/Products``: a catalogue answering one well-formed record per 1°×1° cell of the
   searched polygon's bounding box (``ok``), or the mode's broken page;
-- ``/zipper/odata/v1/Products(<id>)/$value``: a download host that answers 404 (``ok``) or misbehaves.
+- ``/zipper/odata/v1/Products(<id>)/$value``: a download host that answers 404 (``ok``) or misbehaves;
+  in the ``nodes_*`` modes it serves each product's Nodes tree (root, folder, cell, ``DEM``, the
+  file) with one thing wrong, and 404 for its zip.
 
 The stranger listens on a second loopback address (127.0.0.2): a host nobody should ever send
 anything to. It answers 200 with an empty product list or an empty token, and records every request
@@ -17,8 +19,13 @@ Every handler answers fast: slow modes hold a request at most ``HOLD`` seconds (
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import re
+import select
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -31,6 +38,10 @@ REFRESH = "hostile-refresh-Hd6jB1cF7gV0aU3eW8oI"
 HOLD = 1.0  # seconds a slow mode holds a request at most
 HUGE_PAGE_BYTES = 240 * 1000 * 1000  # the size of the page of issue 11, row 11
 TRICKLE_INTERVAL = 0.05  # seconds between the bytes of a trickling download
+SILENT_HOLD = 300.0  # seconds a silent host holds a request at most (until released, or the client hangs up)
+DEEP = 100_000  # how deeply the deep modes nest their JSON
+HUGE_FILE = 10**12  # bytes a huge node file or zip is announced at
+BIG_LISTING_BYTES = 5 * 1024 * 1024  # a listing past the client's 4 MiB
 
 # one misbehaviour per mode; every other service of the server behaves
 OK = "ok"
@@ -47,9 +58,23 @@ DOWNLOAD_QUOTES_AUTH = "download_quotes_auth"  # 400 whose message quotes the Au
 DOWNLOAD_REDIRECT = "download_redirect"  # 302 to the stranger
 TRICKLE = "trickle"  # 200, then a byte every TRICKLE_INTERVAL
 SILENT = "silent"  # 200 and headers, then nothing
+# issue 23
+NEXTLINK_ENDLESS = "nextlink_endless"  # every page links to a next one, each a new URL on the catalogue itself
+CATALOGUE_DEEP = "catalogue_deep"  # a page of JSON nested DEEP levels down
+ZIP_HUGE = "zip_huge"  # records announcing zips of HUGE_FILE bytes
+ZIP_ENDLESS = "zip_endless"  # records without a size; the zip streams on and on, no Content-Length
+NODES_HUGE_FILE = "nodes_huge_file"  # the DEM node announced at HUGE_FILE bytes (and streamed if asked)
+NODES_DEEP = "nodes_deep"  # the root listing nested DEEP levels down
+NODES_BACKSLASH = "nodes_backslash"  # the root's uri is http://<stranger>\@<this host>/...
+NODES_BIG_LISTING = "nodes_big_listing"  # a root listing of BIG_LISTING_BYTES, with its Content-Length
+NODES_NAN = "nodes_nan"  # the DEM file's tie point is NaN
+SILENT_HOST = "silent_host"  # the download host accepts connections and never answers
 
 MODES = (OK, TOKEN_REDIRECT, TOKEN_QUOTES_FORM, MALFORMED, UNPLACEABLE, NEXTLINK_NUMBER, NEXTLINK_SELF,
-         NEXTLINK_FOREIGN, HUGE_PAGE, CATALOGUE_SLOW, DOWNLOAD_QUOTES_AUTH, DOWNLOAD_REDIRECT, TRICKLE, SILENT)
+         NEXTLINK_FOREIGN, HUGE_PAGE, CATALOGUE_SLOW, DOWNLOAD_QUOTES_AUTH, DOWNLOAD_REDIRECT, TRICKLE, SILENT,
+         NEXTLINK_ENDLESS, CATALOGUE_DEEP, ZIP_HUGE, ZIP_ENDLESS, NODES_HUGE_FILE, NODES_DEEP, NODES_BACKSLASH,
+         NODES_BIG_LISTING, NODES_NAN, SILENT_HOST)
+NODES_MODES = (NODES_HUGE_FILE, NODES_DEEP, NODES_BACKSLASH, NODES_BIG_LISTING, NODES_NAN)
 
 _POLYGON = re.compile(r"POLYGON\s*\(\((.*?)\)\)")
 
@@ -81,6 +106,7 @@ class _State:
     seen: list[Seen] = field(default_factory=list)
     in_flight: int = 0
     sent_bytes: int = 0  # bytes of the huge page written before the client hung up
+    cells: dict[str, tuple[int, int]] = field(default_factory=dict)  # product id -> (lat, lon), as answered
     lock: threading.Lock = field(default_factory=threading.Lock)
     released: threading.Event = field(default_factory=threading.Event)
 
@@ -106,6 +132,23 @@ def product_id(lat: int, lon: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"hostile/{lat}/{lon}"))
 
 
+def cell_name(lat: int, lon: int) -> str:
+    """The 90 m DEM name of the cell: ``Copernicus_DSM_30_N50_00_E007_00``."""
+    return f"Copernicus_DSM_30_{'N' if lat >= 0 else 'S'}{abs(lat):02d}_00_{'E' if lon >= 0 else 'W'}{abs(lon):03d}_00"
+
+
+def nan_tie_point(tif: bytes) -> bytes:
+    """A whole DEM's GeoTIFF with its tie point's x made NaN (the six doubles of ModelTiepointTag)."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(tif)) as parsed:
+        tag = parsed.pages.first.tags["ModelTiepointTag"]
+        offset = tag.valueoffset
+    data = bytearray(tif)
+    data[offset + 3 * 8: offset + 4 * 8] = struct.pack("<d", float("nan"))
+    return bytes(data)
+
+
 def record(lat: int, lon: int, **over) -> dict:
     """A well-formed CCM record of the cell whose south-west corner is (lat, lon)."""
     base = {
@@ -122,6 +165,14 @@ def record(lat: int, lon: int, **over) -> dict:
     }
     base.update(over)
     return base
+
+
+@functools.lru_cache(maxsize=64)
+def whole_dem(lat: int, lon: int) -> bytes:
+    """A small GeoTIFF that passes the client's integrity check as the 90 m DEM of the cell."""
+    from tests.helpers import whole_dem_bytes
+
+    return whole_dem_bytes(f"{cell_name(lat, lon)}_DEM.tif")
 
 
 def malformed_records(cells: list[tuple[int, int]]) -> list:
@@ -292,8 +343,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _catalogue(self, seen: Seen) -> None:
         mode = self.state.mode
         cells = cells_of_filter(seen.path) or [(50, 7)]
+        with self.state.lock:
+            self.state.cells.update({product_id(*cell): cell for cell in cells})
         here = f"http://{self.headers.get('Host')}{self.path}"
-        if mode == MALFORMED:
+        if mode == NEXTLINK_ENDLESS:
+            page = int(parse_qs(seen.path.split("?", 1)[-1]).get("$skiptoken", ["0"])[0])
+            link = f"http://{self.headers.get('Host')}{seen.path.split('?')[0]}?$skiptoken={page + 1}"
+            self._json(200, {"value": [record(*c) for c in cells], "@odata.nextLink": link})
+        elif mode == CATALOGUE_DEEP:
+            self._raw(200, b"[" * DEEP + b"]" * DEEP)
+        elif mode == ZIP_HUGE:
+            self._json(200, {"value": [record(*c, ContentLength=HUGE_FILE) for c in cells]})
+        elif mode == ZIP_ENDLESS:
+            self._json(200, {"value": [record(*c, ContentLength=0, Checksum=[]) for c in cells]})
+        elif mode == MALFORMED:
             self._json(200, {"value": malformed_records(cells)})
         elif mode == UNPLACEABLE:
             lat, lon = cells[0]
@@ -333,9 +396,91 @@ class _Handler(BaseHTTPRequestHandler):
                 self.state.sent_bytes = sent
         self.wfile.write(json.dumps(record(lat, lon)).encode() + b"]}")
 
+    def _raw(self, status: int, data: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _hold_silently(self) -> None:
+        """Read the request, then answer nothing, until released, the client hangs up, or SILENT_HOLD."""
+        self.close_connection = True
+        deadline = time.monotonic() + SILENT_HOLD
+        while not self.state.released.is_set() and time.monotonic() < deadline:
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                return  # the client closed its end
+
+    def _nodes(self, seen: Seen) -> None:
+        """A product's Nodes tree (``/Nodes`` listings, the DEM file's ``$value``), with the mode's fault."""
+        mode = self.state.mode
+        match = re.match(r"^(/zipper/odata/v1/Products\(([^)]+)\))(.*)$", seen.path)
+        if not match or match.group(3) == "/$value":
+            self._json(404, {"code": "DAT-ZIP-404", "message": "Product not found"})  # the zip: nothing
+            return
+        product, pid, rest = match.groups()
+        lat, lon = self.state.cells.get(pid, (50, 7))
+        cell = cell_name(lat, lon)
+        names = re.findall(r"Nodes\(([^)]+)\)", rest)
+        base = f"http://{self.headers.get('Host')}{product}" + "".join(f"/Nodes({n})" for n in names)
+        tree = {(): ["ROOT"], ("ROOT",): [cell], ("ROOT", cell): ["DEM"], ("ROOT", cell, "DEM"): [f"{cell}_DEM.tif"]}
+        dem = f"{cell}_DEM.tif"
+        tif = whole_dem(lat, lon)
+        if mode == NODES_NAN:
+            tif = nan_tie_point(tif)
+        if rest.endswith("/$value") and names and names[-1] == dem:
+            if mode == NODES_HUGE_FILE:
+                self.send_response(200)
+                self.send_header("Content-Length", str(HUGE_FILE))
+                self.end_headers()
+                block = bytes(1 << 20)
+                for _ in range(64):  # 64 MiB at most: enough to show whether the client stops
+                    self.wfile.write(block)
+                    with self.state.lock:
+                        self.state.sent_bytes += len(block)
+                return
+            self._raw(200, tif, "application/octet-stream")
+            return
+        children = tree.get(tuple(names))
+        if children is None:
+            self._json(404, {"code": "DAT-ZIP-404", "message": "Node not found"})
+            return
+        if mode == NODES_DEEP and not names:
+            self._raw(200, b"[" * DEEP + b"]" * DEEP)
+            return
+        if mode == NODES_BIG_LISTING and not names:
+            self._raw(200, b'{"result": [], "padding": "' + b"x" * BIG_LISTING_BYTES + b'"}')
+            return
+        result = []
+        for child in children:
+            uri = f"{base}/Nodes({child})/Nodes"
+            if mode == NODES_BACKSLASH and not names:
+                host = self.headers.get("Host")
+                uri = uri.replace(f"http://{host}", f"{self.server.stranger_url}\\@{host}", 1)
+            size = (HUGE_FILE if mode == NODES_HUGE_FILE else len(tif)) if child == dem else 0
+            result.append({"Id": child, "Name": child, "ContentLength": size,
+                           "ChildrenNumber": 0 if child == dem else 1, "Nodes": {"uri": uri}})
+        self._json(200, {"result": result})
+
     def _download(self, seen: Seen) -> None:
         mode = self.state.mode
-        if mode == DOWNLOAD_QUOTES_AUTH:
+        if mode == SILENT_HOST:
+            self._hold_silently()
+        elif mode in NODES_MODES:
+            self._nodes(seen)
+        elif mode == ZIP_ENDLESS and seen.path.endswith("/$value"):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/zip")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            block = bytes(1 << 20)
+            for _ in range(256):  # 256 MiB at most: far past any product the client should take
+                self.wfile.write(block)
+                with self.state.lock:
+                    self.state.sent_bytes += len(block)
+        elif mode == DOWNLOAD_QUOTES_AUTH:
             # the quote comes late in a long message: cutting the message short must not cut the token in two
             message = "x" * 250 + f" unexpected header Authorization: {seen.headers.get('Authorization')}"
             self._json(400, {"code": "DAT-ZIP-400", "message": message})
