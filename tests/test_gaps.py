@@ -221,14 +221,14 @@ def test_the_api_plans_each_fill_and_a_failing_search_of_other_datasets_fails_th
         assert (cell.status, cell.filled_from) == ("planned", GLO90) and cell.product_id
         assert GLO90 in cell.datasets
 
-    searched = Catalogue.search
+    searched = Catalogue.pages
 
     def others_fail(self, text, select=None):
         if "productType" in text:  # the search of every other dataset
             raise ServiceError("CDSE catalogue gave HTTP 503 after 6 tries")
         return searched(self, text, select)
 
-    monkeypatch.setattr(Catalogue, "search", others_fail)
+    monkeypatch.setattr(Catalogue, "pages", others_fail)
     result = cdse_dem.download([TILE, "56HKD"], tmp_path / "dem", resolution=30,
                                credentials=("demo@example.com", "demo"))
     assert result.exit_status == 1

@@ -487,11 +487,11 @@ def test_sea_record_entries_that_are_no_geocell_are_ignored_with_one_warning(lsi
     out = tmp_path / "dem"
     assert run(lsim, "--t", TILE, "--o", out).returncode == 0
     sea = out / "open_sea_geocells.json"
-    sea.write_text(json.dumps({"CCM COP-DEM_GLO-90-DGED/2024_1": [5, None, "N00_W030", "nowhere"]}))
+    sea.write_text(json.dumps({"CCM DGED (every resolution and delivery)": [5, None, "N00_W030", "nowhere"]}))
     result = run(lsim, "--t", TILE, "--o", out)
     assert result.returncode == 0, result.output
-    assert warnings(result.stderr) == [f"{sea}: 3 entries under 'CCM COP-DEM_GLO-90-DGED/2024_1' that are not a "
-                                       "geocell (first: 5) ignored; they are searched again"]
+    assert warnings(result.stderr) == [f"{sea}: 3 entries under 'CCM DGED (every resolution and delivery)' that are "
+                                       "not a geocell (first: 5) ignored; they are searched again"]
 
 
 # --- rows 7 and 8: every file the user names is a regular file, of a sensible size -------------------
@@ -544,7 +544,7 @@ def test_a_named_file_larger_than_such_a_file_can_be_is_refused(lsim, tool_home,
         handle.truncate(cap + 1)  # sparse: no disk, no memory
     result = run(lsim, *_named(option, big), "--o", tmp_path / "dem")
     assert result.returncode == 2
-    assert errors(result.stderr) == [f"{big}: {cap + 1:,} bytes, more than a {what} can be ({cap:,})"]
+    assert errors(result.stderr) == [f"{big}: too large for a {what} (over {cap:,} bytes)"]
 
 
 def test_every_named_file_goes_through_the_one_check(tool_home):
