@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import benchlib
-from benchlib import ENTRY, PASSWORD, PYTHON, ROOT, USER, Row, Simulator
+from benchlib import ENTRY, PYTHON, ROOT, Row, Simulator
 
 TILES = ["32UMA", "31TCJ", "33TUN", "30TUK", "30TVK", "29SND", "35VLG"]
 WORKERS = (1, 4, 8, 16)
@@ -30,12 +30,7 @@ OPEN_AT_CHECK = 4  # descriptors the command line has open when it checks the li
 
 
 def peak_once(sim: Simulator, workers: int, transfer: str, scratch: Path) -> int:
-    home = scratch / "home"
-    for sub in ("configuration", "auxiliary", "credentials", "output_dir"):
-        (home / sub).mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDSE_")}
-    env.update(sim.env, CDSE_USERNAME=USER, CDSE_PASSWORD=PASSWORD, CDSE_DEM_HOME=str(home),
-               CDSE_DEM_SLOTS_DIR=str(scratch / "slots"))
+    env = benchlib.tool_env(scratch, sim.env)
     argv = [PYTHON, str(ENTRY), *benchlib.tile_args(TILES), "--o", str(scratch / "dem"), "--workers", str(workers),
             "--transfer", transfer, "-q"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -99,11 +99,7 @@ def stop_download_once(sim: Simulator, scratch: Path) -> tuple[float, int]:
 
 def signal_search_once(sim, tiles: list[str], scratch: Path) -> tuple[float, int]:
     """One command line interrupted during failing searches: (seconds from SIGINT to exit, late searches)."""
-    home = scratch / "home"
-    for sub in ("configuration", "auxiliary", "credentials", "output_dir"):
-        (home / sub).mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDSE_")}
-    env.update(sim.env, CDSE_USERNAME=USER, CDSE_PASSWORD=PASSWORD, CDSE_DEM_HOME=str(home))
+    env = benchlib.tool_env(scratch, sim.env)
     sim.clear_log()
 
     def searches():
@@ -133,12 +129,7 @@ def silent_host_once(server, scratch: Path, signal_after: float | None) -> tuple
     when there is none, to the exit; exit status; its last ERROR line)."""
     from tests import hostile as h
 
-    home = scratch / "home"
-    for sub in ("configuration", "auxiliary", "credentials", "output_dir"):
-        (home / sub).mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDSE_")}
-    env.update(server.env, CDSE_USERNAME=USER, CDSE_PASSWORD=PASSWORD, CDSE_DEM_HOME=str(home),
-               CDSE_DEM_SLOTS_DIR=str(scratch / "slots"))
+    env = benchlib.tool_env(scratch, server.env)
     server.mode = h.SILENT_HOST
     server.clear()
     started = time.monotonic()

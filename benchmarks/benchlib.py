@@ -158,6 +158,18 @@ class Tool:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
+def tool_env(scratch: Path, services: dict[str, str]) -> dict[str, str]:
+    """The environment of a command line run in ``scratch``: a tool home of its own there, the account
+    slots there too, ``services``' addresses, the benchmark account, and no other CDSE_ setting."""
+    home = scratch / "home"
+    for sub in ("configuration", "auxiliary", "credentials", "output_dir"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDSE_")}
+    env.update(services, CDSE_USERNAME=USER, CDSE_PASSWORD=PASSWORD, CDSE_DEM_HOME=str(home),
+               CDSE_DEM_SLOTS_DIR=str(scratch / "slots"))
+    return env
+
+
 def tile_args(tiles: Iterable[str]) -> list[str]:
     return [arg for tile in tiles for arg in ("--t", tile)]
 

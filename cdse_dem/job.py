@@ -298,7 +298,7 @@ def _outputs(mode: Mode, sen2like, force, quicklook, resolution: int, collection
 
 
 # The files a run opens at once, beyond those already open when it starts (peaks measured with
-# benchmarks/bench_open_files.py: 18, 29, 44 and 58 in all for 1, 4, 8 and 16 workers): the
+# benchmarks/bench_open_files.py: 14, 28, 47 and 77 in all for 1, 4, 8 and 16 workers): the
 # catalogue searches' connections, the identity service's, the folder's record and its lock, the
 # KML index and a few more; and per worker a connection, a temporary file and the lock held on
 # it, the geocell's lock and the account's slot; and per extraction the zip, its lock and the

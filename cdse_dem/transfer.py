@@ -116,11 +116,11 @@ class Silence:
 
     A host that accepts connections and never answers makes each request wait for its read
     timeout, and each try its next; this is what sees that the whole host, not one transfer,
-    has gone quiet (thread-safe; the clock is given, so testable).
+    has gone quiet. Shared by a run's threads.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self._clock = clock
+    def __init__(self):
+        self._clock = time.monotonic
         self._lock = threading.Lock()
         self._in_flight = 0
         self._silent = 0.0  # seconds of silence before the current stretch of requests in flight

@@ -240,16 +240,22 @@ def test_sigterm_ends_a_command_line_waiting_for_the_accounts_slots(lsim, tool_h
 
 # --- rows 2 and 13: a lock name in the output folder that is not a lock file ----------------------
 
-@pytest.mark.parametrize("kind", ["a symbolic link", "a folder"])
-def test_a_geocell_lock_name_that_is_no_lock_file_fails_that_geocell_in_one_line(lsim, tool_home, tmp_path, victim,
-                                                                                 kind):
-    out = tmp_path / "dem"
+def lock_name_holding(out: Path, name: str, kind: str, victim: Path) -> Path:
+    """The lock file name of ``name`` in a new output folder ``out``, holding a link to ``victim`` or a folder."""
     out.mkdir()
-    lock = out / f".{DEM}.cdse-lock"
+    lock = out / f".{name}.cdse-lock"
     if kind == "a symbolic link":
         lock.symlink_to(victim)
     else:
         lock.mkdir()
+    return lock
+
+
+@pytest.mark.parametrize("kind", ["a symbolic link", "a folder"])
+def test_a_geocell_lock_name_that_is_no_lock_file_fails_that_geocell_in_one_line(lsim, tool_home, tmp_path, victim,
+                                                                                 kind):
+    out = tmp_path / "dem"
+    lock = lock_name_holding(out, DEM, kind, victim)
     result = run(lsim, "--t", TILE, "--o", out)
     assert result.returncode == 1
     assert errors(result.stderr) == [f"{DEM}: {lock}: {kind}, not a lock file of this tool: left alone; move it "
@@ -264,12 +270,7 @@ def test_a_geocell_lock_name_that_is_no_lock_file_fails_that_geocell_in_one_line
 @pytest.mark.parametrize("kind", ["a symbolic link", "a folder"])
 def test_a_record_lock_name_that_is_no_lock_file_is_refused_before_any_work(lsim, tool_home, tmp_path, victim, kind):
     out = tmp_path / "dem"
-    out.mkdir()
-    lock = out / f".{JSON_NAME}.cdse-lock"
-    if kind == "a symbolic link":
-        lock.symlink_to(victim)
-    else:
-        lock.mkdir()
+    lock = lock_name_holding(out, JSON_NAME, kind, victim)
     lsim.clear_log()
     result = run(lsim, "--t", TILE, "--o", out)
     assert result.returncode == 2
