@@ -243,7 +243,6 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
     _one_of("transfer", transfer, tuple(t.value for t in Transfer))
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
         raise UsageError(f"workers must be a whole number from 1 to {MAX_WORKERS}, not {workers!r}")
-    _check_open_files(mode, workers)
     if not isinstance(max_minutes, (int, float)) or not max_minutes >= 0:
         raise UsageError(f"max_minutes must be 0 (no limit) or more, not {max_minutes!r}")
     if fill_gaps and mode == Mode.CHECK:
@@ -253,6 +252,7 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
     out_dir = settings.expand_user(output_dir, "output folder") if output_dir is not None else None
     check_gipp_option(gipp, model, out_dir)  # before any work: refused GIPPs stay untouched
     outputs = _outputs(mode, sen2like, force, quicklook, resolution, collection, delivery, model)
+    _check_open_files(mode, workers, outputs is not None)
     footprints = FootprintFinder.for_option(kml)
     entries = _entries(tiles) + areas.entries_of(aoi, points, footprints)
     if not entries:
@@ -298,24 +298,29 @@ def _outputs(mode: Mode, sen2like, force, quicklook, resolution: int, collection
 
 
 # The files a run opens at once, beyond those already open when it starts (peaks measured with
-# benchmarks/bench_open_files.py: 14, 28, 47 and 77 in all for 1, 4, 8 and 16 workers): the
-# catalogue searches' connections, the identity service's, the folder's record and its lock, the
-# KML index and a few more; and per worker a connection, a temporary file and the lock held on
-# it, the geocell's lock and the account's slot; and per extraction the zip, its lock and the
-# DEM's temporary file and lock.
+# benchmarks/bench_open_files.py: 14, 28, 47 and 77 in all for 1, 4, 8 and 16 workers; 28, 34 and
+# 61 for 1, 4 and 16 with the three outputs of --sen2like, --force and --quicklook): the catalogue
+# searches' connections, the identity service's, the folder's record and its lock, the KML index
+# and a few more; per worker a connection, a temporary file and the lock held on it, the
+# geocell's lock and the account's slot; per extraction the zip, its lock and the DEM's temporary
+# file and lock; and per tile whose outputs are made at once (processors.THREADS), its geocells
+# as GDAL reads them and the files it writes.
 OPEN_FILES_RUN = SEARCH_THREADS + 8
 OPEN_FILES_WORKER = 5
 OPEN_FILES_EXTRACTION = 4
+OPEN_FILES_OUTPUTS = 8
 
 
-def open_files_needed(mode: Mode, workers: int) -> int:
-    """The most files (descriptors: files, sockets, locks) a run opens at once, beyond those open before it."""
+def open_files_needed(mode: Mode, workers: int, outputs: bool = False) -> int:
+    """The most files (descriptors: files, sockets, locks) a run opens at once, beyond those open
+    before it; ``outputs``: with the processors' outputs made as tiles complete."""
     if mode != Mode.DOWNLOAD:
         return OPEN_FILES_RUN
-    return OPEN_FILES_RUN + OPEN_FILES_WORKER * workers + OPEN_FILES_EXTRACTION * EXTRACT_THREADS
+    return (OPEN_FILES_RUN + OPEN_FILES_WORKER * workers + OPEN_FILES_EXTRACTION * EXTRACT_THREADS
+            + (OPEN_FILES_OUTPUTS * processors.THREADS if outputs else 0))
 
 
-def _check_open_files(mode: Mode, workers: int) -> None:
+def _check_open_files(mode: Mode, workers: int, outputs: bool = False) -> None:
     """A run that would reach the process's limit of open files (``ulimit -n``) is refused before it
     starts, in one line saying what it needs: past the limit every file, lock and connection it
     opens would fail, each in its own way."""
@@ -330,13 +335,14 @@ def _check_open_files(mode: Mode, workers: int) -> None:
         open_now = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor is not counted
     except OSError:
         open_now = 3
-    need = open_now + open_files_needed(mode, workers)
+    need = open_now + open_files_needed(mode, workers, outputs)
     if need <= soft:
         return
     if mode != Mode.DOWNLOAD:
         raise UsageError(f"this process may open only {soft} files at once (ulimit -n), {open_now} of them open "
                          f"already: the run needs up to {need}; raise the limit (ulimit -n {need})")
-    fewer = next((w for w in range(workers - 1, 0, -1) if open_now + open_files_needed(mode, w) <= soft), None)
+    fewer = next((w for w in range(workers - 1, 0, -1) if open_now + open_files_needed(mode, w, outputs) <= soft),
+                 None)
     advice = f" or use fewer workers (--workers {fewer})" if fewer else ""
     raise UsageError(f"this process may open only {soft} files at once (ulimit -n), {open_now} of them open already: "
                      f"a run with {workers} worker(s) needs up to {need}; raise the limit (ulimit -n {need}){advice}")
@@ -424,9 +430,10 @@ def run(job: Job, *, credentials: Credentials | tuple[str, str] | None = None, s
             if exc.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
             # the limit was checked before the run (prepare); the caller, or another thread, opened more
-            raise DemError(f"too many files open at once ({exc.strerror}): a run with {job.workers} worker(s) "
-                           f"needs up to {open_files_needed(job.mode, job.workers)} more than the process had "
-                           "open; raise the limit (ulimit -n) or use fewer workers") from None
+            need = open_files_needed(job.mode, job.workers, job.outputs is not None)
+            raise DemError(f"too many files open at once ({exc.strerror}): a run with {job.workers} worker(s) needs "
+                           f"up to {need} more than the process had open; raise the limit (ulimit -n) or use fewer "
+                           "workers") from None
 
 
 def _check_callbacks(stop, progress) -> None:
