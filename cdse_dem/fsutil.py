@@ -774,6 +774,8 @@ class SlotPool:
             raise ValueError("count must be >= 1")
         self.folder = Path(folder)
         self.count = count
+        self._reported = -float("inf")  # when a wait for a slot was last reported, by any thread
+        self._reported_lock = threading.Lock()
         private_folder(self.folder)
         for n in range(count):
             slot = self.folder / f"slot-{n}"
@@ -792,10 +794,11 @@ class SlotPool:
                 on_wait: Callable[[float], None] | None = None) -> LockFile | None:
         """A held slot (release it when the download ends); None if ``stop`` was set while waiting.
 
-        ``on_wait(seconds)`` is told when every slot turns out to be held (0), then every
-        ``SLOT_WAIT_REPORT`` seconds of waiting: a wait for other runs can be long, and says so.
+        ``on_wait(seconds)`` is told when every slot turns out to be held (0), then, once the wait
+        has lasted ``SLOT_WAIT_REPORT``, every ``SLOT_WAIT_REPORT`` seconds: a wait for other runs can
+        be long, and says so, once for all the threads that share this pool.
         """
-        began = reported = None
+        began = None
         while True:
             for n in range(self.count):
                 slot = LockFile(self.folder / f"slot-{n}", remove=False)
@@ -806,13 +809,22 @@ class SlotPool:
             now = time.monotonic()
             if began is None:
                 began = now
-            if on_wait is not None and (reported is None or now - reported >= SLOT_WAIT_REPORT):
-                reported = now
+                if on_wait is not None:
+                    on_wait(0.0)
+            elif on_wait is not None and now - began >= SLOT_WAIT_REPORT and self._report_due(now):
                 on_wait(now - began)
             if stop is not None:
                 stop.wait(POLL_SECONDS)
             else:
                 time.sleep(POLL_SECONDS)
+
+
+    def _report_due(self, now: float) -> bool:
+        with self._reported_lock:
+            if now - self._reported < SLOT_WAIT_REPORT:
+                return False
+            self._reported = now
+            return True
 
 
 def slots_base() -> Path:

@@ -89,7 +89,6 @@ from cdse_dem.dem_folder import DEM_SUFFIXES, MAX_DEM_BYTES, dem_problem
 from cdse_dem.errors import AccessDenied, BudgetExhausted, DemError, Interrupted
 from cdse_dem.fsutil import (
     POLL_SECONDS,
-    SLOT_WAIT_REPORT,
     SlotPool,
     create_temp_in,
     parse_json,
@@ -167,8 +166,6 @@ class ConnectionSlot:
         self._pool = pool
         self._stop = stop
         self._held = threading.local()  # the account slot (a LockFile) this thread holds
-        self._said_lock = threading.Lock()
-        self._said = -SLOT_WAIT_REPORT  # when a wait for the account's slots was last reported
 
     def __enter__(self) -> "ConnectionSlot":
         while not self._own.acquire(timeout=POLL_SECONDS):
@@ -199,16 +196,11 @@ class ConnectionSlot:
             raise DownloadCancelled(_STOPPED)
 
     def _waiting(self, seconds: float) -> None:
-        """Every account slot is held by other runs: a debug line at first, an INFO line each
-        minute of waiting (one for the run, however many of its threads wait)."""
+        """Every account slot is held by other runs: a debug line at first, then an INFO line each
+        minute of waiting (the pool says when: once for the run, however many of its threads wait)."""
         if seconds == 0:
             log.debug("Every download connection of the account is in use (other runs): waiting for one")
             return
-        with self._said_lock:
-            now = time.monotonic()
-            if now - self._said < SLOT_WAIT_REPORT / 2:
-                return  # another thread of this run said it just now
-            self._said = now
         log.info("Still waiting for a download connection after %d s: the %d this CDSE account may have on this "
                  "machine are all held by other runs (slot locks in %s)", round(seconds), self._pool.count,
                  self._pool.folder)

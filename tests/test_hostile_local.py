@@ -198,6 +198,7 @@ def test_a_run_waiting_for_the_accounts_slots_says_so_each_minute_and_a_stop_end
     from cdse_dem import fsutil
 
     monkeypatch.setattr(fsutil, "SLOT_WAIT_REPORT", 0.2)  # a minute in a real run
+    lsim.clear_log()
     for name, value in lsim.env.items():
         monkeypatch.setenv(name, value)
     stop = threading.Event()
@@ -364,7 +365,7 @@ FUZZ_SEED = 23
 
 
 def test_fuzzed_geotiffs_and_dteds_never_make_the_check_raise(tmp_path):
-    """Row 5: 4,200 mutated files checked in about 2 s on the 2-core test machine, none raising.
+    """Row 5: 4,200 mutated files checked in under a second (0.85 s alone on the 2-core test machine), none raising.
 
     A whole 90 m GeoTIFF of N50_E007 (compressed: a few hundred bytes) and a whole 90 m DTED of
     N85_E007 (121 columns: 300 kB), mutated as a crafted file would be: random bytes in the header
