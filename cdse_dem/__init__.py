@@ -40,8 +40,8 @@ Modules, one concept each (the pure core: ``tiles``, ``grid``, ``areas``, ``sen2
 - ``catalogue``: the OData catalogue: searches by area (few, ordered, paged), records to products
 - ``search``: a run's searches side by side, each answer handed to the plan and the downloads; the stop flag
 - ``credentials``: where the user name and password come from, their RSA-encrypted store, the terminal prompt
-- ``http``: the three CDSE addresses, the pooled session without ``.netrc``, its declared retries, and the
-  download token (an ``AuthBase`` that knows CDSE's download hosts)
+- ``http``: the three CDSE addresses, the pooled session without ``.netrc`` (whose connections a stop can
+  cut), its declared retries, and the download token (an ``AuthBase`` that knows CDSE's download hosts)
 - ``session``: the CDSE login every download shares: tokens, refresh, logout; the run's time budget
 - ``fetch``: parallel downloads of the planned geocells, each recorded as it ends
 - ``transfer``: one product's bytes, verified as they arrive: the account's connection slots, the zip,
@@ -50,7 +50,8 @@ Modules, one concept each (the pure core: ``tiles``, ``grid``, ``areas``, ``sen2
   ``dict_filename_dem_id.json`` and the open-sea record
 - ``gapfill``: a gap's file (land the dataset lacks) made from another dataset's product of the cell: resampled,
   written as a real file of that resolution and latitude
-- ``fsutil``: temporaries, atomic writes, files set aside, reading inputs, disk full; OS locks and account slots
+- ``fsutil``: temporaries, atomic writes, files set aside, the files the user names (regular, size-capped),
+  JSON that cannot be parsed, disk full; OS locks and account slots (in a folder of the user's own)
 - ``logs``: the command line's log set-up, and secrets kept out of every record and output
 """
 
