@@ -1,4 +1,4 @@
-"""Terrain-like elevations, deterministic for a seed, continuous across neighbouring cells.
+"""Terrain-like elevations, deterministic for a seed, continuous across neighbouring cells and ±180°.
 
 The values are a function of absolute longitude and latitude (not of the cell), so adjacent
 cells agree on their shared edge as real DEM tiles do. The field is a sum of a few separable
@@ -86,7 +86,8 @@ def coarse_elevation(lat: int, lon: int, rows: int, cols: int, seed: int) -> Blo
 def _field(lat: int, lats: np.ndarray, lons: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed & 0xFFFFFFFF, 7919])
     k = 8
-    freq_lon = rng.uniform(0.3, 4.0, k)
+    # whole cycles per 360 degrees of longitude: the field is continuous across the antimeridian, as land is
+    freq_lon = np.round(rng.uniform(0.3, 4.0, k) * 360) / 360
     freq_lat = rng.uniform(0.3, 4.0, k)
     phase_lon = rng.uniform(0, 2 * np.pi, k)
     phase_lat = rng.uniform(0, 2 * np.pi, k)

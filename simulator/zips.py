@@ -24,7 +24,7 @@ from pathlib import Path
 
 from simulator.products import Product
 
-FORMAT_VERSION = 3  # 3: recorded names and layout, small mode at the real dimensions (2: textured HEM)
+FORMAT_VERSION = 4  # 4: terrain continuous across ±180° (3: recorded names and layout; 2: textured HEM)
 _QUICKLOOK_JPEG = base64.b64decode(
     "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdASFxOQERXRTc4UG1RV19iZ2hn"
     "Pk1xeXBkeFxlZ2P/wAALCAAIAAgBAREA/8QAFAABAAAAAAAAAAAAAAAAAAAABv/EABcQAQADAAAAAAAAAAAAAAAAAAQAITH/2gAIAQEA"
