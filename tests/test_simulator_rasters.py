@@ -160,6 +160,15 @@ def test_neighbouring_cells_agree_on_their_shared_edge(sim, tmp_path):
         np.testing.assert_allclose(w.read(1)[:, -1], e.read(1)[:, 0], rtol=1e-5)
 
 
+def test_cells_on_either_side_of_the_antimeridian_agree_on_it_as_land_there_does(sim, tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "e").mkdir()
+    west_of_180 = dem_layer(fetch(sim, "COP-DEM", "DGE_90", 179.5, 65.5)[1], tmp_path / "w")
+    east_of_180 = dem_layer(fetch(sim, "COP-DEM", "DGE_90", -179.5, 65.5)[1], tmp_path / "e")
+    with rasterio.open(west_of_180) as w, rasterio.open(east_of_180) as e:
+        np.testing.assert_allclose(w.read(1)[:, -1], e.read(1)[:, 0], rtol=1e-5)
+
+
 def test_realistic_sizes_are_the_real_dimensions(make_sim, tmp_path):
     sim = make_sim(size="realistic")
     for lat, height, width in ((49.5, 1201, 1201), (50.5, 1201, 801)):
