@@ -13,11 +13,13 @@ again once that lock is ours, so a geocell another run fetched meanwhile is take
 each request on the download host holds one of the account's connection slots on this machine.
 
 With the Nodes API (``--transfer auto``/``nodes``, :mod:`cdse_dem.transfer`), a geocell is first
-located by a few small listings in a pool of their own, so that they never hold a download
-worker; each listing takes one of the connection slots for its own request only (the quota
-counts it as a connection). The worker then streams the DEM file alone under the geocell's
-lock, checks it, renames it into place and records it.
-A product whose Nodes transfer fails goes the zip way (``auto``, :mod:`cdse_dem.transfer`).
+located (its product's root listed, in a pool of its own) while the files before it move: a
+small look-ahead, at most one product per download worker, so that a worker finishing a file
+finds the next one located and no connection waits for a listing to be asked. Each listing
+takes one of the connection slots for its own request only (the quota counts it as a
+connection). The worker then streams the DEM file alone under the geocell's lock, checks it,
+renames it into place and records it. A product whose Nodes transfer fails goes the zip way
+(``auto``, :mod:`cdse_dem.transfer`).
 """
 
 import logging
@@ -36,7 +38,14 @@ from cdse_dem.grid import Geocell, geocell_of_name
 from cdse_dem.http import origin_text
 from cdse_dem.planning import CellState, Status
 from cdse_dem.search import Stop
-from cdse_dem.transfer import ConnectionSlot, NodeClient, NodesFailed, TransferChoice, download_product
+from cdse_dem.transfer import (
+    ConnectionSlot,
+    NodeClient,
+    NodeSample,
+    NodesFailed,
+    TransferChoice,
+    download_product,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +57,9 @@ EXTRACT_THREADS = 2
 # Two minutes is four read timeouts in a row: far beyond any congestion a healthy CDSE shows.
 SILENT_HOST_SECONDS = 120.0
 GUARD_INTERVAL = 0.2  # seconds; how late the guard notices a stop, the end of the budget, a silent host
-# Nodes walks in flight (4 small listings each, one after the other). Every listing takes one of
-# the account's connections (``--workers`` slots, shared with the downloads: CDSE's quota counts
-# them alike) for its own request only, so more walks would only wait for slots.
+# Products being located on Nodes at once (a listing each; four for a walk). Every listing takes
+# one of the account's connections (``--workers`` slots, shared with the downloads: CDSE's quota
+# counts them alike) for its own request only, so more would only wait for slots.
 LISTING_THREADS = 4
 
 
@@ -89,6 +98,9 @@ class Fetcher:
         # one per request on the download host: this run's ``workers``, and the account's connections
         # on this machine (``slots``), shared with its other runs
         self._slots = ConnectionSlot(workers, slots, stop=self.stop)
+        # products located on Nodes (or being located) whose download has not begun: one per worker,
+        # so that each finds its next file located, and a run that leaves Nodes has listed little in vain
+        self._ahead = threading.BoundedSemaphore(workers)
         self.outcome = FetchOutcome()
         self._lock = threading.Lock()
         self._futures: list[Future] = []  # downloads and extractions not yet seen done
@@ -212,23 +224,37 @@ class Fetcher:
             self.outcome.left.append(state.file_name)
 
     def _locate(self, state: CellState) -> None:
-        """The Nodes walk of one geocell, then its download queued (the file, or the zip on failure)."""
+        """The look-ahead of one geocell: where its DEM file is on Nodes, then its download queued
+        (that file, or the zip when Nodes failed it or the run has left Nodes)."""
 
         if self.stop.is_set():
             return
-        located = None
-        if self.transfer.use_nodes():
-            try:
-                located = self._nodes.locate_dem(state.product, state.file_name)
-            except NodesFailed as exc:
-                if not self._nodes_failed(state, exc):
-                    return
-            except DemError as exc:
-                self._give_up(state, exc)
+        if not self.transfer.use_nodes():  # the run left Nodes while this geocell waited
+            self._queue_download(state)
+            return
+        while not self._ahead.acquire(timeout=fsutil.POLL_SECONDS):
+            if self.stop.is_set():
                 return
-        if located is not None:
-            self._retotal(located.node.content_length - (state.product.content_length or 0))
-        future = self._downloads.submit(self._download, state, located)
+        handed = False
+        try:
+            located = None
+            if self.transfer.use_nodes():
+                try:
+                    located = self._nodes.locate_dem(state.product, state.file_name)
+                except NodesFailed as exc:
+                    if not self._nodes_failed(state, exc):
+                        return
+                except DemError as exc:
+                    self._give_up(state, exc)
+                    return
+            self._queue_download(state, located, ahead=True)
+            handed = True
+        finally:
+            if not handed:
+                self._ahead.release()
+
+    def _queue_download(self, state: CellState, located=None, *, ahead: bool = False) -> None:
+        future = self._downloads.submit(self._download, state, located, ahead)
         with self._lock:
             self._download_futures.append(future)
         self._track(future)
@@ -262,13 +288,22 @@ class Fetcher:
         """The DEM file alone, checked and renamed into place, then recorded; False: go the zip way."""
 
         _, resolution = geocell_of_name(state.file_name)
-        node = located.node
+        zip_length = state.product.content_length or 0
+        counted: list[int] = []  # the file's length once its answer says it: the progress total counts it
+
+        def on_length(length: int) -> None:
+            if not counted:
+                counted.append(length)
+                self._retotal(length - zip_length)
+
         try:
-            got = self._nodes.fetch_dem(node, self._out_dir, state.file_name, cell=state.geocell, resolution=resolution,
+            got = self._nodes.fetch_dem(state.product, located, self._out_dir, state.file_name, cell=state.geocell,
+                                        resolution=resolution, on_length=on_length,
                                         on_bytes=self.progress.update if self.progress else None)
         except NodesFailed as exc:
             if self._nodes_failed(state, exc):
-                self._retotal((state.product.content_length or 0) - node.content_length)
+                if counted:
+                    self._retotal(zip_length - counted[0])
                 return False
             return True
         if not self._record(state, got.path):
@@ -278,7 +313,8 @@ class Fetcher:
             self.outcome.bytes += got.bytes
         log.info("DEM %s downloaded (Nodes) and stored", got.path.name)
         self._landed(state)
-        self.transfer.node_fetched(state.product.content_length, got.bytes, located.listing_seconds, got.seconds)
+        self.transfer.node_fetched(NodeSample(zip_length, got.bytes, got.listing_seconds, got.first_byte_seconds,
+                                              got.seconds))
         return True
 
     def _record(self, state: CellState, path) -> bool:
@@ -298,8 +334,11 @@ class Fetcher:
         remove_quietly(path)
         return False
 
-    def _download(self, state: CellState, located=None) -> None:
-        """Fetch one geocell, in room for its extraction (which gives the room back)."""
+    def _download(self, state: CellState, located=None, ahead: bool = False) -> None:
+        """Fetch one geocell, in room for its extraction (which gives the room back). ``ahead``: it
+        was located ahead, and its place in the look-ahead is given back now."""
+        if ahead:
+            self._ahead.release()
         if self.stop.is_set():
             return
         while not self._room.acquire(timeout=fsutil.POLL_SECONDS):
@@ -338,7 +377,7 @@ class Fetcher:
                 cell_lock.release()
         return handed_over
 
-    def _fetched_meanwhile(self, state: CellState, located=None) -> bool:
+    def _fetched_meanwhile(self, state: CellState) -> bool:
         """Whether another run completed this geocell, with this run's product, since the plan was
         made (read under its lock)."""
 
@@ -352,13 +391,13 @@ class Fetcher:
         state.product_id = self._cache.product_id(state.file_name)
         log.info("%s was fetched by another run meanwhile: present", state.file_name)
         self._landed(state)
-        self._retotal(-(located.node.content_length if located is not None else state.product.content_length or 0))
+        self._retotal(-(state.product.content_length or 0))
         return True
 
     def _download_locked(self, state: CellState, cell_lock: fsutil.LockFile, located=None) -> bool:
         """True when the extraction was queued (it then owns ``cell_lock``); a node file is
         renamed into place and recorded here, under the lock."""
-        if self._fetched_meanwhile(state, located):
+        if self._fetched_meanwhile(state):
             return False
         if not self.session.may_start():
             self._left(state)

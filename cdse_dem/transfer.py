@@ -38,18 +38,29 @@ transfers still running (the geocell is left for the next run).
 
 The DEM layer alone, through CDSE's Nodes API: less than half the bytes of the product zip.
 
-A product's files are a tree of nodes on the download host (cdse-api.md, section 4). The
-root's name differs between collections (a ``COP-DEM`` root is the product Name, a ``CCM``
-one is not recorded), so it is never built: the product's root listing names it, and every
-level after it is reached through the ``Nodes.uri`` the level above gives, down to
-``<cell>/DEM/<cell>_DEM.tif`` (``.dt1``/``.dt2`` for DTED). Each uri must stay on the
-download host, since the token goes with it. The walk is made once per product; a re-fetch
-of the file reuses what it found.
+A product's files are a tree of nodes on the download host (cdse-api.md, section 4), of one
+shape in both collections: a root folder, then ``<cell>/DEM/<cell>_DEM.tif`` (``.dt1``/``.dt2``
+for DTED). Only the root's name must be read, so a product costs two requests: the listing of
+its root (``Products(<Id>)/Nodes``), then the file addressed by its path of names,
+``Products(<Id>)/Nodes(<root>)/Nodes(<cell>)/Nodes(DEM)/Nodes(<file>)/$value`` (the form CDSE
+documents), its length told by the answer. One request where the record names the root: a
+``COP-DEM`` product's root is its Name (recorded), which its S3Path ends in; a ``CCM``
+product's root is not recorded, and nothing in its record names it reliably (its S3Path ends
+in the Name without ``.DEM``), so it is listed (:func:`root_named_by_record`).
 
-A node file has no checksum: its length is checked against the listing's ``ContentLength``
-as bytes arrive, and the whole file against the DEM integrity check (:mod:`cdse_dem.dem_folder`)
-before it is renamed into place. Every failure here is a :class:`NodesFailed`, which a run in
-``auto`` mode answers by fetching the product's zip instead (the choice below).
+The listing is the look-ahead (:meth:`NodeClient.locate_dem`), made while earlier files move;
+the file is the download (:meth:`NodeClient.fetch_dem`). Only when a path of names answers 404
+is the tree walked level by level, each level through the ``Nodes.uri`` the one above gives
+(each must stay on the download host, since the token goes with it), and what the walk finds
+is kept for the run, said once: the file at the very names that answered 404 means the host
+does not serve paths of names (the rest of the run walks); under another root than the
+record's, that records do not name roots here (the rest of the run lists them).
+
+A node file has no checksum: its length (the walk's listing's ``ContentLength``, else the
+answer's ``Content-Length``) is checked as bytes arrive, and the whole file against the DEM
+integrity check (:mod:`cdse_dem.dem_folder`) before it is renamed into place. Every failure
+here is a :class:`NodesFailed`, which a run in ``auto`` mode answers by fetching the
+product's zip instead (the choice below).
 
 How a run fetches each DEM: the file alone through the Nodes API, or the whole product zip.
 
@@ -60,24 +71,26 @@ goes straight to zips. Either way the log says it in one line, not one per produ
 switch when it happens, else how many products fell back, at the end of the run. ``nodes``
 never falls back (a failure fails the geocell); ``zip`` never tries Nodes.
 
-``auto`` also switches when Nodes is plainly the slower way here. A product costs Nodes four
-listing requests, each holding one of the account's connections (CDSE is reported slow to
-answer them), and saves the zip's other layers. Once a few products have come through
-Nodes, their listings' seconds are set against the seconds their spared bytes would have
-taken on a connection at the rate their files came; listings costing several times more than
-that mean whole zips finish sooner (GLO-90 with 0.3 s per Nodes request: 1.4 s of listings to
-spare 0.3 s of transfer at 20 MB/s), and the rest of the run uses them.
+``auto`` also switches when Nodes is plainly the slower way here. Before a byte moves, a
+product waits on Nodes for the requests of the path in use (its root's listing, none, or a
+walk's four, each holding one of the account's connections: CDSE is reported slow to answer
+Nodes requests) and for its file's first byte; it saves the zip's other layers. Once a few
+products have come through Nodes, that wait is set against the seconds their spared bytes
+would have taken at the rate their files came; a wait more than half as long again means
+whole zips finish sooner (GLO-90 with 0.3 s a Nodes request: 0.7 s of waiting to spare 0.3 s
+of transfer at 20 MB/s), and the rest of the run uses them.
 """
 
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -239,6 +252,10 @@ class DownloadFailed(DemError):
     """One product could not be downloaded (after retries, or refused for good); others may go on."""
 
 
+class NotFound(DownloadFailed):
+    """404: nothing at that address (a product withdrawn, a node path the host does not serve)."""
+
+
 class DownloadCancelled(Interrupted):
     """The run was asked to stop (Ctrl-C, the ``stop`` event) while this product was being fetched."""
 
@@ -365,6 +382,7 @@ class Fetched:
     attempts: int  # requests made, the one that succeeded included
     seconds: float
     request_seconds: float = 0.0  # the request that succeeded, from its slot to its last byte
+    first_byte_seconds: float = 0.0  # the same request, from its slot to its answer's headers
 
 
 def fetch_file(url: str, dest_dir: Path, final_name: str, session, http, endpoints, *, label: str,
@@ -372,7 +390,7 @@ def fetch_file(url: str, dest_dir: Path, final_name: str, session, http, endpoin
                on_bytes: Callable[[int], None] | None = None, stop: threading.Event | None = None,
                stall: StallLimits | None = None, timeout: tuple[float, float] | None = None,
                clock: Callable[[], float] = time.monotonic, first: bool = True, durable: bool = False,
-               slot=None) -> Fetched:
+               slot=None, on_length: Callable[[int], None] | None = None) -> Fetched:
     """Stream ``url`` from the download host into a temporary for ``final_name`` in ``dest_dir``.
 
     The one download loop of the tool (whole zips and single node files): the token, its
@@ -381,18 +399,20 @@ def fetch_file(url: str, dest_dir: Path, final_name: str, session, http, endpoin
     bytes arrive. ``first`` (the first request for a geocell) makes a spent time budget refuse
     to start; ``durable`` fsyncs the file (it is to be renamed into place, not unpacked);
     ``slot`` (a context manager taking one of the account's connections) is held for each
-    request, never during the waits between tries. Raises as :func:`download_product` does.
+    request, never during the waits between tries. ``on_length`` is told the length a body is
+    to have, before its first byte (``expect``'s, else the server's ``Content-Length``), on
+    every try. Raises as :func:`download_product` does (404: :class:`NotFound`).
     """
     expect = expect or Expected()
 
     def receive(reply, watch, label):
-        return _receive(reply, expect, Path(dest_dir), final_name, on_bytes, watch, label, durable)
+        return _receive(reply, expect, Path(dest_dir), final_name, on_bytes, watch, label, durable, on_length)
 
     began = time.monotonic()
-    (path, size), attempts, request = _with_retries(url, session, http, endpoints, receive, label=label,
-                                                    backoff=backoff, stop=stop, stall=stall, timeout=timeout,
-                                                    clock=clock, first=first, slot=slot)
-    return Fetched(path, size, attempts, time.monotonic() - began, request)
+    (path, size), attempts, request, first_byte = _with_retries(
+        url, session, http, endpoints, receive, label=label, backoff=backoff, stop=stop, stall=stall,
+        timeout=timeout, clock=clock, first=first, slot=slot)
+    return Fetched(path, size, attempts, time.monotonic() - began, request, first_byte)
 
 
 def get_json(url: str, session, http, endpoints, *, label: str, backoff: Backoff | None = None,
@@ -405,8 +425,9 @@ def get_json(url: str, session, http, endpoints, *, label: str, backoff: Backoff
     def receive(reply, watch, label):
         return _read_json(reply, max_bytes, watch, label)
 
-    body, _, seconds = _with_retries(url, session, http, endpoints, receive, label=label, backoff=backoff,
-                                     stop=stop, stall=stall, timeout=timeout, clock=clock, first=first, slot=slot)
+    body, _, seconds, _ = _with_retries(url, session, http, endpoints, receive, label=label, backoff=backoff,
+                                        stop=stop, stall=stall, timeout=timeout, clock=clock, first=first,
+                                        slot=slot)
     return body, seconds
 
 
@@ -414,7 +435,8 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
                   slot=None):
     """Requests ``url`` until ``receive`` accepts a 200 answer.
 
-    Returns its result, the requests made, and the seconds of the one that succeeded."""
+    Returns its result, the requests made, and the seconds of the one that succeeded: to its
+    last byte, and to its answer's headers."""
     backoff = backoff or Backoff()
     stall = stall or StallLimits()
     timeout = timeout or (10.0, stall.silence)
@@ -442,7 +464,7 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
                 token = session.access_token()
                 sent = time.monotonic()
                 with silence.asking() if silence is not None else nullcontext():
-                    result = _attempt(url, auth.bearing(token), http, receive, watch, timeout, label)
+                    result, answered = _attempt(url, auth.bearing(token), http, receive, watch, timeout, label)
                 seconds = time.monotonic() - sent
         except _Redirect as redirect:
             redirects += 1
@@ -477,11 +499,12 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
                         label, failure.problem, delay, tries + 1, backoff.attempts)
             _pause(delay, stop, label)
             continue
-        return result, requests_made, seconds
+        return result, requests_made, seconds, answered - sent
 
 
 def _attempt(url, auth: DownloadToken, http, receive, watch, timeout, label):
-    """One GET: what ``receive`` makes of a 200 answer, else the exception that says what to do next."""
+    """One GET: what ``receive`` makes of a 200 answer and when its headers came, else the exception
+    that says what to do next."""
 
     try:
         reply = http.get(url, auth=auth, headers={"Accept-Encoding": "identity"}, stream=True,
@@ -495,11 +518,12 @@ def _attempt(url, auth: DownloadToken, http, receive, watch, timeout, label):
         raise _Retry(f"no answer from the download host ({type(exc).__name__})") from None
     except requests.RequestException as exc:
         raise DownloadFailed(f"cannot request {label}: {exc}") from None
+    answered = time.monotonic()
     watch.heard()
     with reply:
         status = reply.status_code
         if status == 200:
-            return receive(reply, watch, label)
+            return receive(reply, watch, label), answered
         code, message, trace = _error_body(reply, watch.stop, label)
         detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if 300 <= status < 400:
@@ -521,11 +545,13 @@ def _attempt(url, auth: DownloadToken, http, receive, watch, timeout, label):
             raise AccessDenied(CCM_DENIED)
         if status == 429 or status >= 500:
             raise _Retry(detail, retry_after(reply.headers))
+        if status == 404:
+            raise NotFound(f"CDSE refused {label}: {detail}")
         raise DownloadFailed(f"CDSE refused {label}: {detail}")
 
 
 def _receive(reply, expect: Expected, dest_dir: Path, final_name: str, on_bytes, watch,
-             label, durable: bool = False) -> tuple[Path, int]:
+             label, durable: bool = False, on_length: Callable[[int], None] | None = None) -> tuple[Path, int]:
     """Stream a 200 body into a temporary file, checking length and checksums as bytes arrive."""
 
     expected, limit = expect.length, expect.limit
@@ -536,6 +562,8 @@ def _receive(reply, expect: Expected, dest_dir: Path, final_name: str, on_bytes,
         if expected is not None and announced != expected:
             raise _Retry(f"the server announces {announced} bytes, {expected} are expected")
         expected = announced
+    if expected is not None and on_length is not None:
+        on_length(expected)
     md5 = hashlib.md5(usedforsecurity=False) if expect.md5 else None
     b3 = _blake3() if expect.blake3 else None
 
@@ -796,6 +824,8 @@ CHECK_TRIES = 2
 _NODES = "/Nodes"
 _VALUE = "/$value"
 DEM_FOLDER = "DEM"
+# A name this tool puts into a path itself must need no escaping (CDSE's product names never do).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class NodesFailed(DownloadFailed):
@@ -819,10 +849,14 @@ class Node:
 
 @dataclass(frozen=True)
 class Located:
-    """A product's DEM node, and what finding it cost: the seconds of its listings' requests."""
+    """Where a product's DEM file is, found ahead of its download, and what finding it cost."""
 
-    node: Node
-    listing_seconds: float
+    url: str  # the file's bytes: ``.../Nodes(<file>)/$value``
+    names: tuple[str, ...]  # the path of names ``url`` addresses: root, cell, ``DEM``, file
+    length: int | None  # from its folder's listing (a walk); None: its answer says
+    listing_seconds: float  # the seconds of the listings' requests (none when the record names the root)
+    root: Node | None = None  # the product's root, when listed: a walk starts below it
+    walked: bool = False  # found level by level; else addressed by its path of names
 
 
 @dataclass(frozen=True)
@@ -830,6 +864,8 @@ class NodeFile:
     path: Path  # under its final name, whole and checked
     bytes: int
     seconds: float  # the request that brought it, from its slot to its last byte
+    first_byte_seconds: float  # the same request, from its slot to its answer's headers
+    listing_seconds: float  # every listing the product cost, a walk after a 404 included
 
 
 def parse_listing(body, where: str) -> list[Node]:
@@ -869,9 +905,30 @@ def dem_node_path(file_name: str) -> tuple[str, str, str]:
     return file_name[: -len(suffix)], DEM_FOLDER, file_name
 
 
+def root_named_by_record(product) -> str | None:
+    """The name of ``product``'s root node where its catalogue record gives it; None: it must be listed.
+
+    cdse-api.md records one root: a ``COP-DEM`` product's is its Name, ``.DEM`` included, which is
+    also the last part of its S3Path (``/eodata/auxdata/CopDEM/<dataset>/<Name>``). A ``CCM``
+    product's S3Path ends in the Name without ``.DEM`` (its zip's folder), and its root node is
+    not recorded: nothing in its record names the root reliably. Hence the rule: the Name, where
+    the S3Path ends in it.
+    """
+    name = product.name or ""
+    if _PLAIN_NAME.fullmatch(name) and (product.s3_path or "").rstrip("/").rsplit("/", 1)[-1] == name:
+        return name
+    return None
+
+
+def _path_of(names) -> str:
+    return "".join(f"{_NODES}({name})" for name in names)
+
+
 @dataclass
 class NodeClient:
-    """What every Nodes request of a run shares: the session, the HTTP pool, the hosts, the policy."""
+    """What every Nodes request of a run shares: the session, the HTTP pool, the hosts, the policy,
+    and what the run has learnt of the host (a path of names it does not serve, a root the record
+    does not name), so that each is found out once, not once a product."""
 
     session: object
     http: object
@@ -882,6 +939,9 @@ class NodeClient:
     stall: StallLimits | None = None
     slot: object = None  # the account's connections: CDSE counts a listing as one, as it does a download
     wanted: Callable[[], bool] | None = None  # False once the run has left Nodes: a walk under way stops
+    direct: bool = True  # False once the host answered 404 to a file's path of names: every product is walked
+    roots_from_records: bool = True  # False once a root the record named was not the host's: roots are listed
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def listing(self, uri: str, label: str, *, first: bool = False) -> tuple[list[Node], float]:
         """The nodes under ``uri``, and the seconds the request took."""
@@ -895,48 +955,127 @@ class NodeClient:
             raise NodesFailed(str(exc)) from None
         return parse_listing(body, label), seconds
 
+    # -- the look-ahead: where the file is, found before a connection is free to fetch it --
+
     def locate_dem(self, product, file_name: str) -> Located:
-        """The DEM layer's node of ``product``: root listing, then its ``Nodes.uri`` down to the file.
+        """Where ``product``'s DEM file is: its root (named by the record, else one listing), then the
+        file addressed by its path of names, ``Products(<Id>)/Nodes(<root>)/Nodes(<cell>)/Nodes(DEM)/
+        Nodes(<file>)/$value``; walked level by level instead once the run has found that path unserved.
 
         The first request is the geocell's first: past the time budget it raises BudgetExhausted.
         """
-        label = f"the Nodes of {file_name} ({product.id})"
-        roots, spent = self.listing(f"{self.endpoints.download_url}/Products({product.id}){_NODES}", label,
-                                    first=True)
+        label = _nodes_label(product, file_name)
+        names = dem_node_path(file_name)
+        root_name = root_named_by_record(product) if self.roots_from_records else None
+        if root_name is not None and self.direct:
+            base = f"{self.endpoints.download_url}/Products({product.id}){_NODES}({root_name})"
+            return Located(base + _path_of(names) + _VALUE, (root_name, *names), None, 0.0)
+        root, seconds = self._root(product, label, first=True)
+        if self.direct:  # from the root's own uri, so that its name is spelled as the host spells it
+            return Located(root.uri[: -len(_NODES)] + _path_of(names) + _VALUE, (root.name, *names), None,
+                           seconds, root)
+        return self._walk(root, file_name, label, seconds)
+
+    def _root(self, product, label: str, *, first: bool) -> tuple[Node, float]:
+        """The product's one root folder, from the listing of ``Products(<Id>)/Nodes``."""
+        roots, seconds = self.listing(f"{self.endpoints.download_url}/Products({product.id}){_NODES}", label,
+                                      first=first)
         folders = [n for n in roots if n.children > 0]
         if len(folders) != 1:
             names = ", ".join(n.name for n in roots) or "nothing"
             raise NodesFailed(f"unexpected Nodes root for {product.id}: {names}")
-        node = folders[0]
+        return folders[0], seconds
+
+    # -- the fallback walk: level by level, through the uri each level gives --
+
+    def _walk(self, root: Node, file_name: str, label: str, spent: float) -> Located:
+        """From ``root`` down to the DEM file, one listing a level, each reached through the
+        ``Nodes.uri`` of the level above (which must stay on the download host: the token goes with it)."""
+        node, names = root, [root.name]
         for name in dem_node_path(file_name):
             if self.wanted is not None and not self.wanted():
                 raise NodesFailed("the run has left the Nodes API")
             nodes, seconds = self.listing(node.uri, label)
             node, spent = _child(nodes, name, node.name), spent + seconds
+            names.append(node.name)
         if node.children or node.content_length <= 0:
-            raise NodesFailed(f"the node {file_name} of {product.id} is not a file "
+            raise NodesFailed(f"the node {file_name} under {root.name} is not a file "
                               f"({node.content_length} bytes, {node.children} children)")
-        return Located(node, spent)
+        return Located(node.value_url, tuple(names), node.content_length, spent, root, walked=True)
 
-    def fetch_dem(self, node: Node, out_dir: Path, file_name: str, *, cell: Geocell, resolution: int,
-                  on_bytes: Callable[[int], None] | None = None) -> NodeFile:
-        """Stream ``node`` into ``out_dir`` as ``file_name``, checked whole.
+    def _walk_after_404(self, product, located: Located, file_name: str) -> Located:
+        """The file's path of names answered 404: walk the tree, and learn from where the file is.
 
-        Length first (as bytes arrive), then the DEM integrity check; only then the rename. The
-        name is ours, never the server's: nothing it says reaches the file system.
+        Under another root than the record's: the records do not name roots here, and the rest
+        of the run lists them. At the very names that answered 404: the host does not serve paths
+        of names, and the rest of the run walks. Elsewhere (a name spelled otherwise): this product's own.
         """
+        label = _nodes_label(product, file_name)
+        root, spent = located.root, located.listing_seconds
+        if root is None:
+            root, seconds = self._root(product, label, first=False)
+            spent += seconds
+        found = self._walk(root, file_name, label, spent)
+        if located.root is None and root.name != located.names[0]:
+            if self._learnt("roots_from_records"):
+                log.info("The Nodes API roots products otherwise than their catalogue records (%s is under %s, "
+                         "not %s): the rest of the run lists each product's root", file_name, root.name,
+                         located.names[0])
+        elif found.names == located.names:
+            if self._learnt("direct"):
+                log.info("The Nodes API does not serve a file by its path of names (HTTP 404 for %s, which the "
+                         "listings of its folders hold): the rest of the run walks each product's folders",
+                         file_name)
+        else:
+            log.debug("%s: the Nodes API holds it as %s", file_name, "/".join(found.names))
+        return found
+
+    def _learnt(self, flag: str) -> bool:
+        """Turn ``flag`` off for the run; True for the one thread that did (it says so)."""
+        with self._lock:
+            was = getattr(self, flag)
+            setattr(self, flag, False)
+        return was
+
+    # -- the file --
+
+    def fetch_dem(self, product, located: Located, out_dir: Path, file_name: str, *, cell: Geocell,
+                  resolution: int, on_bytes: Callable[[int], None] | None = None,
+                  on_length: Callable[[int], None] | None = None) -> NodeFile:
+        """``product``'s DEM file into ``out_dir`` as ``file_name``, checked whole.
+
+        Addressed by its path of names, a 404 sends it the walk's way (:meth:`_walk_after_404`).
+        """
+        try:
+            return self._fetch_checked(located, out_dir, file_name, cell, resolution, on_bytes, on_length)
+        except NotFound as exc:
+            if located.walked:
+                raise NodesFailed(str(exc)) from None
+            log.debug("%s: %s; walking its folders", file_name, exc)
+        found = self._walk_after_404(product, located, file_name)
+        try:
+            return self._fetch_checked(found, out_dir, file_name, cell, resolution, on_bytes, on_length)
+        except NotFound as exc:
+            raise NodesFailed(str(exc)) from None
+
+    def _fetch_checked(self, located: Located, out_dir: Path, file_name: str, cell: Geocell, resolution: int,
+                       on_bytes, on_length) -> NodeFile:
+        """Stream the file, then check it: its length first (as bytes arrive: the listing's, else the
+        announced one), then the DEM integrity check; only then the rename. The name is ours, never
+        the server's: nothing it says reaches the file system. Raises NotFound (404) as it comes."""
         suffix = Path(file_name).suffix
         label = f"{file_name} (Nodes)"
         limit = MAX_DEM_BYTES[resolution]
-        refuse_oversize(node.content_length, limit, label, f"a DEM at {resolution} m", NodesFailed)
+        refuse_oversize(located.length, limit, label, f"a DEM at {resolution} m", NodesFailed)
         problem = None
         for _ in range(CHECK_TRIES):
             try:
-                fetched = fetch_file(node.value_url, out_dir, file_name, self.session, self.http, self.endpoints,
-                                     label=label, expect=Expected(length=node.content_length, limit=limit),
+                fetched = fetch_file(located.url, out_dir, file_name, self.session, self.http, self.endpoints,
+                                     label=label, expect=Expected(length=located.length, limit=limit),
                                      backoff=self.backoff, on_bytes=on_bytes, stop=self.stop, stall=self.stall,
-                                     timeout=self.timeout, first=False, durable=True, slot=self.slot)
-            except NodesFailed:
+                                     timeout=self.timeout, first=False, durable=True, slot=self.slot,
+                                     on_length=on_length)
+            except (NodesFailed, NotFound):
                 raise
             except DownloadFailed as exc:
                 raise NodesFailed(str(exc)) from None
@@ -945,7 +1084,8 @@ class NodeClient:
                 if problem is None:
                     final = Path(out_dir) / file_name
                     replace_into_place(fetched.path, final)
-                    return NodeFile(final, fetched.bytes, fetched.request_seconds)
+                    return NodeFile(final, fetched.bytes, fetched.request_seconds, fetched.first_byte_seconds,
+                                    located.listing_seconds)
             except BaseException:
                 remove_quietly(fetched.path)
                 raise
@@ -954,6 +1094,10 @@ class NodeClient:
                 on_bytes(-fetched.bytes)  # the progress total stays true across the re-fetch
             log.debug("%s failed its check (%s)", label, problem)
         raise NodesFailed(f"{file_name} from the Nodes API failed its check {CHECK_TRIES} times: {problem}")
+
+
+def _nodes_label(product, file_name: str) -> str:
+    return f"the Nodes of {file_name} ({product.id})"
 
 
 def _child(nodes: list[Node], name: str, parent: str) -> Node:
@@ -968,15 +1112,23 @@ def _child(nodes: list[Node], name: str, parent: str) -> Node:
 # one or two can be a product's own trouble; three in one run say the API itself is not usable.
 FALLBACKS_BEFORE_SWITCH = 3
 # Products fetched through Nodes before their cost is judged: one can be slow by accident, and
-# every walk under way meanwhile is one more product through the slower way.
+# every product located meanwhile is one more through the slower way.
 SPEED_SAMPLES = 2
-# How many times the spared transfer time the listings must cost before zips are preferred:
-# a wide margin, because the spared bytes also count against the account's monthly volume and
-# the estimate of a whole zip's time is rough (its own time to first byte is not known).
-SLOWER_BY = 3.0
-LISTINGS_PER_PRODUCT = 4  # the root, the root folder, the cell folder, its DEM folder
+# How many times the spared transfer time a product's wait on Nodes must cost before zips are
+# preferred: a margin, because a zip's own wait for its first byte is not known (taken as none,
+# which favours zips), and the spared bytes also count against the account's monthly volume.
+SLOWER_BY = 1.5
 
 
+@dataclass(frozen=True)
+class NodeSample:
+    """What one product cost through Nodes, against the zip it spared."""
+
+    zip_bytes: int
+    dem_bytes: int
+    listing_seconds: float  # its listings' requests: the root's, or none, or a walk's
+    first_byte_seconds: float  # its file's request, to the answer's headers
+    file_seconds: float  # its file's request, to the last byte
 
 
 class TransferChoice:
@@ -988,7 +1140,7 @@ class TransferChoice:
         self.fallbacks = 0
         self.switched = False
         self._last = ""
-        self._samples: list[tuple[int, int, float, float]] = []  # zip bytes, DEM bytes, listing s, file s
+        self._samples: list[NodeSample] = []
 
     def use_nodes(self) -> bool:
         """Whether the next product starts with the Nodes API."""
@@ -1012,25 +1164,24 @@ class TransferChoice:
             log.warning("The Nodes API failed for %d products (last: %s); the rest of the run downloads "
                         "whole zips", self.fallbacks, why)
 
-    def node_fetched(self, zip_bytes: int | None, dem_bytes: int, listing_seconds: float,
-                     file_seconds: float) -> None:
+    def node_fetched(self, sample: NodeSample) -> None:
         """One product came through Nodes: after a few, judge whether whole zips are faster here."""
-        if self.mode is not Transfer.AUTO or not zip_bytes:
+        if self.mode is not Transfer.AUTO or not sample.zip_bytes:
             return
         with self._lock:
             if self.switched:
                 return
-            self._samples.append((zip_bytes, dem_bytes, listing_seconds, file_seconds))
+            self._samples.append(sample)
             if len(self._samples) < SPEED_SAMPLES:
                 return
-            listing, spared = nodes_cost(self._samples)
-            log.debug("Nodes: %.3f s of listings a product, %.3f s of transfer spared", listing, spared)
-            if listing <= SLOWER_BY * spared:
+            waiting, spared = nodes_cost(self._samples)
+            log.debug("Nodes: %.3f s of waiting a product, %.3f s of transfer spared", waiting, spared)
+            if waiting <= SLOWER_BY * spared:
                 return
             self.switched = True
-        log.info("Whole zips are faster here: the Nodes listings of a product take %.2f s, more than %g "
-                     "times the %.2f s its smaller file saves; the rest of the run downloads whole zips "
-                     "(--transfer nodes keeps the Nodes API)", listing, SLOWER_BY, spared)
+        log.info("Whole zips are faster here: a product waits %.2f s on the Nodes API (its listing and its "
+                 "file's first byte), more than %g times the %.2f s its smaller file saves; the rest of the run "
+                 "downloads whole zips (--transfer nodes keeps the Nodes API)", waiting, SLOWER_BY, spared)
 
     def report(self) -> None:
         """At the end of a run: the one line about products that fell back, unless the switch said it."""
@@ -1041,16 +1192,16 @@ class TransferChoice:
                      fallbacks, last)
 
 
-def nodes_cost(samples: list[tuple[int, int, float, float]]) -> tuple[float, float]:
-    """(seconds of listings per product, seconds of transfer its smaller file spares), on average.
+def nodes_cost(samples: list[NodeSample]) -> tuple[float, float]:
+    """(seconds a product waits on Nodes, seconds of transfer its smaller file spares), on average.
 
-    A file's request took one listing's time to its first byte, then its bytes at the
-    connection's rate; the zip's extra bytes would have come at that rate too.
+    The wait is what the path in use costs before any byte moves: its listings (one, none, or a
+    walk's four) and its file's time to first byte. The spared seconds are the zip's other
+    layers at the rate the files' bytes came.
     """
     count = len(samples)
-    listing = sum(s[2] for s in samples) / count
-    first_byte = listing / LISTINGS_PER_PRODUCT  # one request's time before any byte
-    streaming = sum(max(s[3] - first_byte, 1e-3) for s in samples)
-    rate = sum(s[1] for s in samples) / streaming
-    spared = sum(max(s[0] - s[1], 0) for s in samples) / count / rate
-    return listing, spared
+    waiting = sum(s.listing_seconds + s.first_byte_seconds for s in samples) / count
+    streaming = sum(max(s.file_seconds - s.first_byte_seconds, 1e-3) for s in samples)
+    rate = sum(s.dem_bytes for s in samples) / streaming
+    spared = sum(max(s.zip_bytes - s.dem_bytes, 0) for s in samples) / count / rate
+    return waiting, spared

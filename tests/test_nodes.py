@@ -1,13 +1,15 @@
-"""The Nodes walk and the single-file download, against a small fake download host.
+"""Finding and fetching a product's DEM file through the Nodes API, against a small fake download host.
 
 The fake serves one product's tree as CDSE's Nodes API does (``{"result": [...]}``, unquoted
-names, a root name nobody could guess), and records every request with its Authorization
-header, so the tests see what a server would see.
+names, a root name its catalogue record does not give), by listings and by paths of names, and
+records every request with its Authorization header, so the tests see what a server would see.
 """
 
 import json
+import logging
 import re
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
@@ -21,12 +23,13 @@ from cdse_dem.settings import Transfer
 from cdse_dem.transfer import (
     CHECK_TRIES,
     FALLBACKS_BEFORE_SWITCH,
-    Node,
     NodeClient,
+    NodeSample,
     NodesFailed,
     TransferChoice,
     dem_node_path,
     parse_listing,
+    root_named_by_record,
 )
 from simulator.geotiff import geotiff_bytes
 
@@ -36,6 +39,11 @@ CELL = "Copernicus_DSM_30_N50_00_E007_00"
 DEM = f"{CELL}_DEM.tif"
 QUICK = Backoff(attempts=3, base=0.01, cap=0.02)
 TOKEN = "token-abc"
+LIST_ROOT = f"/odata/v1/Products({PRODUCT_ID})/Nodes"
+DEM_PATH = f"/odata/v1/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes({CELL})/Nodes(DEM)/Nodes({DEM})/$value"
+WALK = [f"/odata/v1/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes",
+        f"/odata/v1/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes({CELL})/Nodes",
+        f"/odata/v1/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes({CELL})/Nodes(DEM)/Nodes"]
 
 
 def _dem_bytes() -> bytes:
@@ -47,10 +55,16 @@ GOOD_DEM = _dem_bytes()
 
 
 class FakeHost:
-    """A download host serving one product's tree; ``files`` maps node paths to bytes."""
+    """A download host serving one product's tree; ``files`` maps node paths to bytes.
 
-    def __init__(self, files: dict[tuple[str, ...], bytes], *, uri_host: str | None = None):
+    ``by_path=False``: a host that serves a file only once the listing of its folder was asked
+    (a host that does not serve paths of names it has not listed).
+    """
+
+    def __init__(self, files: dict[tuple[str, ...], bytes], *, uri_host: str | None = None, by_path: bool = True):
         self.files = files
+        self.by_path = by_path
+        self.listed: set[tuple[str, ...]] = set()
         self.requests: list[tuple[str, str | None]] = []  # (path, Authorization)
         self.status: dict[str, int] = {}  # path regex → forced status
         self.body_override: dict[str, bytes] = {}  # path regex → 200 body
@@ -80,6 +94,10 @@ class FakeHost:
         self.server.shutdown()
         self.server.server_close()
 
+    @property
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.requests]
+
     def _children(self, prefix: tuple[str, ...]) -> list[dict]:
         names = sorted({p[len(prefix)] for p in self.files if p[: len(prefix)] == prefix and len(p) > len(prefix)})
         result = []
@@ -103,17 +121,20 @@ class FakeHost:
             return 404, b'{"detail": "Not Found"}'
         names = tuple(re.findall(r"/Nodes\(([^()]+)\)", match.group(1)))
         if match.group(2) == "$value":
-            return (200, self.files[names]) if names in self.files else (404, b"{}")
+            if names not in self.files or not (self.by_path or names[:-1] in self.listed):
+                return 404, b'{"code": "DAT-ZIP-404", "message": "Not found"}'
+            return 200, self.files[names]
+        self.listed.add(names)
         return 200, json.dumps({"result": self._children(names)}).encode()
 
 
-def _tree(dem: bytes = GOOD_DEM) -> dict[tuple[str, ...], bytes]:
+def _tree(dem: bytes = GOOD_DEM, root: str = ROOT) -> dict[tuple[str, ...], bytes]:
     return {
-        (ROOT, "GSC_CR_ESA_COP-DEM_x.xml"): b"<xml/>",
-        (ROOT, CELL, f"{CELL}.xml"): b"<xml/>",
-        (ROOT, CELL, "DEM", DEM): dem,
-        (ROOT, CELL, "AUXFILES", f"{CELL}_HEM.tif"): b"h" * 1000,
-        (ROOT, CELL, "PREVIEW", f"{CELL}_DEM_QL.tif"): b"q" * 100,
+        (root, "GSC_CR_ESA_COP-DEM_x.xml"): b"<xml/>",
+        (root, CELL, f"{CELL}.xml"): b"<xml/>",
+        (root, CELL, "DEM", DEM): dem,
+        (root, CELL, "AUXFILES", f"{CELL}_HEM.tif"): b"h" * 1000,
+        (root, CELL, "PREVIEW", f"{CELL}_DEM_QL.tif"): b"q" * 100,
     }
 
 
@@ -131,10 +152,17 @@ class FakeSession:
         self.rejected += 1
 
 
+@dataclass
 class Product:
-    id = PRODUCT_ID
-    name = ROOT + ".DEM"
-    content_length = 13_000_000
+    """A CCM product by default: its S3Path ends in the Name without ``.DEM``, so its root is listed."""
+
+    id: str = PRODUCT_ID
+    name: str = ROOT + ".DEM"
+    s3_path: str = f"/eodata/CCM/COP-DEM_GLO-90-DGED/SAR_DGE_90_A407/2011/08/15/{ROOT}"
+    content_length: int = 13_000_000
+
+
+COP_DEM = Product(s3_path=f"/eodata/auxdata/CopDEM/COP-DEM_GLO-90-DGED/{ROOT}.DEM")  # its root: its Name
 
 
 @pytest.fixture
@@ -157,31 +185,75 @@ def _client(host) -> NodeClient:
     return NodeClient(FakeSession(), requests.Session(), endpoints, backoff=QUICK)
 
 
-def test_the_walk_lists_the_root_then_follows_each_uri_to_the_dem_file(host):
-    fake = host()
-    located = _client(fake).locate_dem(Product(), DEM)
-    assert located.listing_seconds > 0
-    assert located.node == Node(DEM, len(GOOD_DEM), 0,
-                        f"{fake.url}/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes({CELL})/Nodes(DEM)/Nodes({DEM})/Nodes")
-    assert [path for path, _ in fake.requests] == [
-        f"/odata/v1/Products({PRODUCT_ID})/Nodes",
-        f"/odata/v1/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes",
-        f"/odata/v1/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes({CELL})/Nodes",
-        f"/odata/v1/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes({CELL})/Nodes(DEM)/Nodes",
-    ]
-    assert {auth for _, auth in fake.requests} == {f"Bearer {TOKEN}"}
-    assert not any("'" in path for path, _ in fake.requests)  # names unquoted
+HOME_CELL = Geocell(50, 7)
 
 
-def test_the_file_is_streamed_checked_and_renamed_into_place(host, tmp_path):
+def _fetch(client, product, out_dir, *, cell=HOME_CELL):
+    out_dir.mkdir(exist_ok=True)
+    located = client.locate_dem(product, DEM)
+    return client.fetch_dem(product, located, out_dir, DEM, cell=cell, resolution=90)
+
+
+def test_a_product_costs_its_root_listing_and_its_file_by_its_path_of_names(host, tmp_path):
     fake = host()
     client = _client(fake)
-    node = client.locate_dem(Product(), DEM).node
-    got = client.fetch_dem(node, tmp_path, DEM, cell=Geocell(50, 7), resolution=90)
+    located = client.locate_dem(Product(), DEM)
+    assert fake.paths == [LIST_ROOT] and located.length is None and located.listing_seconds > 0
+    told = []
+    got = client.fetch_dem(Product(), located, tmp_path, DEM, cell=Geocell(50, 7), resolution=90,
+                           on_length=told.append)
+    assert fake.paths == [LIST_ROOT, DEM_PATH]
     assert got.path == tmp_path / DEM and got.path.read_bytes() == GOOD_DEM and got.bytes == len(GOOD_DEM)
+    assert told == [len(GOOD_DEM)]  # the length, from the answer, before the first byte
     assert sorted(p.name for p in tmp_path.iterdir()) == [DEM]
-    assert fake.requests[-1][0] == (f"/odata/v1/Products({PRODUCT_ID})/Nodes({ROOT})/Nodes({CELL})/Nodes(DEM)"
-                                    f"/Nodes({DEM})/$value")
+    assert got.listing_seconds == located.listing_seconds and 0 < got.first_byte_seconds <= got.seconds
+    assert {auth for _, auth in fake.requests} == {f"Bearer {TOKEN}"}
+    assert not any("'" in path for path in fake.paths)  # names unquoted
+
+
+def test_a_root_the_record_names_costs_no_listing(host, tmp_path):
+    fake = host(_tree(root=COP_DEM.name))
+    got = _fetch(_client(fake), COP_DEM, tmp_path)
+    assert fake.paths == [DEM_PATH.replace(f"Nodes({ROOT})", f"Nodes({COP_DEM.name})")]
+    assert got.path.read_bytes() == GOOD_DEM and got.listing_seconds == 0
+
+
+@pytest.mark.parametrize(("product", "root"), [
+    (COP_DEM, COP_DEM.name),  # recorded: a COP-DEM root is its Name, the end of its S3Path
+    (Product(), None),  # CCM: the S3Path ends in the Name without .DEM, the root is not recorded
+    (Product(s3_path=""), None),
+    (Product(name="a b(c).DEM", s3_path="/eodata/x/a b(c).DEM"), None),  # never a name to escape
+])
+def test_a_root_is_built_only_where_the_record_names_it(product, root):
+    assert root_named_by_record(product) == root
+
+
+def test_a_host_serving_no_paths_of_names_is_walked_and_said_once(host, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="cdse_dem")
+    fake = host(by_path=False)
+    client = _client(fake)
+    assert _fetch(client, Product(), tmp_path / "a").path.read_bytes() == GOOD_DEM
+    assert fake.paths == [LIST_ROOT, DEM_PATH, *WALK, DEM_PATH]  # 404, then the walk
+    fake.requests.clear()
+    fake.listed.clear()
+    assert _fetch(client, Product(), tmp_path / "b").path.read_bytes() == GOOD_DEM
+    assert fake.paths == [LIST_ROOT, *WALK, DEM_PATH]  # walked from the start: no path tried in vain
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "does not serve a file by its path of names (HTTP 404" in lines[0], lines
+
+
+def test_a_root_the_record_names_wrongly_makes_the_run_list_roots(host, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="cdse_dem")
+    fake = host()  # its root is not COP_DEM's Name
+    client = _client(fake)
+    assert _fetch(client, COP_DEM, tmp_path / "a").path.read_bytes() == GOOD_DEM
+    wrong = DEM_PATH.replace(f"Nodes({ROOT})", f"Nodes({COP_DEM.name})")
+    assert fake.paths == [wrong, LIST_ROOT, *WALK, DEM_PATH]
+    fake.requests.clear()
+    assert _fetch(client, COP_DEM, tmp_path / "b").path.read_bytes() == GOOD_DEM
+    assert fake.paths == [LIST_ROOT, DEM_PATH]  # the root listed, the path of names still used
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and f"under {ROOT}, not {COP_DEM.name}" in lines[0], lines
 
 
 def test_a_dted_path_ends_in_its_own_suffix():
@@ -195,20 +267,15 @@ def test_a_dted_path_ends_in_its_own_suffix():
 ])
 def test_a_file_failing_the_integrity_check_twice_is_a_nodes_failure_and_leaves_nothing(host, tmp_path, bad):
     fake = host(_tree(bad))
-    client = _client(fake)
-    node = client.locate_dem(Product(), DEM).node
     with pytest.raises(NodesFailed, match=f"failed its check {CHECK_TRIES} times"):
-        client.fetch_dem(node, tmp_path, DEM, cell=Geocell(50, 7), resolution=90)
+        _fetch(_client(fake), Product(), tmp_path)
     assert list(tmp_path.iterdir()) == []
-    assert sum(path.endswith("/$value") for path, _ in fake.requests) == CHECK_TRIES
+    assert fake.paths == [LIST_ROOT] + [DEM_PATH] * CHECK_TRIES
 
 
 def test_a_file_of_another_cell_is_refused(host, tmp_path):
-    fake = host()
-    client = _client(fake)
-    node = client.locate_dem(Product(), DEM).node
     with pytest.raises(NodesFailed, match="not on N51_E007"):
-        client.fetch_dem(node, tmp_path, DEM, cell=Geocell(51, 7), resolution=90)
+        _fetch(_client(host()), Product(), tmp_path, cell=Geocell(51, 7))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -237,18 +304,25 @@ def test_an_unexpected_root_listing_is_a_nodes_failure(host, body):
         _client(fake).locate_dem(Product(), DEM)
 
 
-def test_a_missing_dem_node_is_a_nodes_failure(host):
-    files = {k: v for k, v in _tree().items() if k[-2] != "DEM"}
-    with pytest.raises(NodesFailed, match=f"no single node {CELL}_DEM.tif|no single node DEM"):
-        _client(host(files)).locate_dem(Product(), DEM)
+def test_a_missing_dem_node_is_a_nodes_failure_of_that_product_alone(host, tmp_path):
+    fake = host({k: v for k, v in _tree().items() if k[-1] != DEM})  # no DEM folder at all
+    client = _client(fake)
+    with pytest.raises(NodesFailed, match=f"no single node DEM under {CELL}"):
+        _fetch(client, Product(), tmp_path)
+    assert fake.paths == [LIST_ROOT, DEM_PATH, *WALK[:2]]  # its path answered 404; the walk says why
+    assert client.direct and client.roots_from_records  # the next product is still fetched by its path
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_a_uri_on_another_host_never_receives_the_token(host):
+@pytest.mark.parametrize("by_path", [True, False])
+def test_a_uri_on_another_host_never_receives_the_token(host, tmp_path, by_path):
     foreign = host()
-    fake = host(uri_host=foreign.url)  # its listings point at the foreign host
+    fake = host(uri_host=foreign.url, by_path=by_path)  # its listings point at the foreign host
+    client = _client(fake)
+    client.direct = by_path  # the file by its path of names (from the root's uri), or the walk
     with pytest.raises(NodesFailed, match="refusing to send the access token"):
-        _client(fake).locate_dem(Product(), DEM)
-    assert foreign.requests == []
+        _fetch(client, Product(), tmp_path)
+    assert foreign.requests == [] and fake.paths == [LIST_ROOT]
 
 
 def test_parse_listing_reads_cdse_s_shape():
@@ -261,8 +335,6 @@ def test_parse_listing_reads_cdse_s_shape():
 
 
 def test_three_products_failing_switch_the_rest_of_the_run_to_zips(caplog):
-    import logging
-
     caplog.set_level(logging.DEBUG)
     choice = TransferChoice(Transfer.AUTO)
     for n in range(FALLBACKS_BEFORE_SWITCH + 2):
@@ -276,8 +348,6 @@ def test_three_products_failing_switch_the_rest_of_the_run_to_zips(caplog):
 
 
 def test_fewer_fallbacks_are_one_line_at_the_end(caplog):
-    import logging
-
     caplog.set_level(logging.DEBUG)
     choice = TransferChoice(Transfer.AUTO)
     choice.node_failed("cell0", "HTTP 503")
@@ -308,31 +378,33 @@ def test_a_listing_too_large_is_refused(host):
                  label="x", max_bytes=1000)
 
 
-@pytest.mark.parametrize(("zip_mb", "dem_mb", "listing_s", "file_s", "switches"), [
-    (12.16, 5.78, 1.40, 0.64, True),  # GLO-90, 0.35 s a Nodes request, 20 MB/s: 1.4 s of listings spare 0.3 s
-    (12.16, 5.78, 0.20, 0.34, False),  # GLO-90, 0.05 s a request: listings cost less than they spare
-    (102.2, 51.9, 1.40, 2.95, False),  # GLO-30, 0.35 s a request: 2.5 s spared
-    (12.16, 5.78, 0.012, 0.03, False),  # loopback, no cap: both tiny, Nodes kept
+@pytest.mark.parametrize(("zip_mb", "dem_mb", "listing_s", "first_byte_s", "file_s", "switches"), [
+    # GLO-90 at 20 MB/s, 0.35 s a Nodes request: 0.7 s of waiting to spare 0.32 s of bytes
+    (12.16, 5.78, 0.35, 0.35, 0.64, True),
+    (12.16, 5.78, 0.05, 0.05, 0.34, False),  # the same at 0.05 s a request: Nodes is faster
+    (12.16, 5.78, 0.0, 0.35, 0.64, False),  # the record names the root: 0.35 s of waiting, close: Nodes kept
+    (102.2, 51.9, 0.35, 0.35, 2.95, False),  # GLO-30, 0.35 s a request: 2.5 s spared
+    (8.16, 3.85, 0.35, 0.35, 2.27, False),  # GLO-90 at 2 MB/s, 0.35 s a request: 2.2 s spared
+    (12.16, 5.78, 0.012, 0.005, 0.03, False),  # loopback, no cap: both tiny, Nodes kept
+    (12.16, 5.78, 1.40, 0.35, 0.64, True),  # a walk's four listings
 ])
-def test_auto_leaves_nodes_only_when_listings_cost_several_times_what_they_spare(
-        caplog, zip_mb, dem_mb, listing_s, file_s, switches):
-    import logging
-
+def test_auto_leaves_nodes_only_when_zips_are_really_faster(
+        caplog, zip_mb, dem_mb, listing_s, first_byte_s, file_s, switches):
     from cdse_dem.transfer import SPEED_SAMPLES
 
     caplog.set_level(logging.DEBUG)
     choice = TransferChoice(Transfer.AUTO)
     for n in range(SPEED_SAMPLES + 2):
         assert choice.use_nodes() == (not switches or n < SPEED_SAMPLES)
-        choice.node_fetched(int(zip_mb * 1e6), int(dem_mb * 1e6), listing_s, file_s)
+        choice.node_fetched(NodeSample(int(zip_mb * 1e6), int(dem_mb * 1e6), listing_s, first_byte_s, file_s))
     lines = [r.getMessage() for r in caplog.records if r.levelname != "DEBUG"]
     assert len(lines) == int(switches) and choice.use_nodes() == (not switches)
     if switches:
-        assert lines[0].startswith("Whole zips are faster here: the Nodes listings of a product take 1.40 s")
+        assert lines[0].startswith(f"Whole zips are faster here: a product waits {listing_s + first_byte_s:.2f} s")
 
 
 def test_nodes_mode_is_never_judged_slow():
     choice = TransferChoice(Transfer.NODES)
     for _ in range(10):
-        choice.node_fetched(12_000_000, 5_800_000, 5.0, 0.5)
+        choice.node_fetched(NodeSample(12_000_000, 5_800_000, 5.0, 0.5, 1.0))
     assert choice.use_nodes()

@@ -71,6 +71,38 @@ def test_a_default_run_moves_only_the_dem_bytes(make_sim, tool_home, tmp_path):
     check_consistent(out, sim)  # every DEM byte-identical to the member of the served zip
 
 
+@pytest.mark.parametrize(("collection", "per_product"), [("CCM", 2), ("COP-DEM", 1)])
+def test_a_product_costs_its_root_listing_and_its_file_one_request_when_the_record_names_the_root(
+        make_sim, tool_home, tmp_path, collection, per_product):
+    """Two requests a product on the download host (five before: the root, three levels, the file), one for a
+    COP-DEM product, whose root is its Name (cdse-api.md); counted in the simulator's log."""
+    sim = make_sim()
+    result, out, summary, records, _ = _run(sim, tmp_path, "--transfer", "nodes", "--collection", collection)
+    assert result.returncode == 0, result.output
+    assert summary["totals"]["downloaded"] == CELLS
+    host = [r for r in records if r.server == "download"]
+    assert len(host) == per_product * CELLS, [r.path for r in host]
+    roots = [r for r in host if re.fullmatch(r".*/Products\([0-9a-f-]+\)/Nodes", r.path)]
+    files = [r for r in host if re.fullmatch(r".*/Nodes\(DEM\)/Nodes\(Copernicus_DSM_\w+_DEM\.tif\)/\$value", r.path)]
+    assert len(roots) == (per_product - 1) * CELLS and len(files) == CELLS
+    assert all(r.status == 200 for r in host)
+    check_consistent(out, sim)
+
+
+def test_roots_are_listed_a_bounded_look_ahead_before_their_downloads(make_sim, tool_home, tmp_path):
+    """Roots are listed while earlier files move, at most one product per worker ahead of the downloads: before
+    the first file has come, no more roots than the files begun and as many more (all of them, before)."""
+    sim = make_sim(bandwidth=150_000)  # each small DEM takes about a quarter of a second
+    result, _out, summary, records, _ = _run(sim, tmp_path, "--t", "32UMB", "--transfer", "nodes",
+                                             "--workers", "2")
+    assert result.returncode == 0, result.output
+    cells = summary["totals"]["downloaded"]
+    roots = [r for r in records if re.fullmatch(r".*/Products\([0-9a-f-]+\)/Nodes", r.path)]
+    first_file = min(r.finished for r in records if r.path.endswith("/$value"))
+    assert cells >= 8 and len(roots) == cells
+    assert len([r for r in roots if r.started < first_file]) <= 2 + 2
+
+
 def test_with_nodes_off_the_run_completes_from_zips_and_says_so_once(make_sim, tool_home, tmp_path):
     from cdse_dem.fetch import LISTING_THREADS
     from cdse_dem.transfer import FALLBACKS_BEFORE_SWITCH

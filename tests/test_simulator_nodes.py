@@ -152,6 +152,26 @@ def test_nodes_latency_delays_every_nodes_request_only(make_sim):
     assert whole.status == 200
 
 
+@pytest.mark.parametrize("collection", ["CCM", "COP-DEM"])
+def test_a_file_by_its_path_of_names_is_the_walk_s_file_each_request_late(make_sim, collection):
+    """The form CDSE documents, ``Nodes(<root>)/Nodes(<cell>)/Nodes(DEM)/Nodes(<file>)/$value`` built from the
+    names alone, serves what the walk finds; a name not in the tree is 404; the latency delays each request."""
+    sim = make_sim(nodes_latency=0.2)
+    product = find(sim, collection, "SAR_DGE_90_A407" if collection == "CCM" else "DGE_90")
+    token = token_for(sim)
+    root, cell, dem = walk_to_dem(sim, product, token)
+    built = (f"{sim.download_url}/Products({product['Id']})/Nodes({root['Name']})/Nodes({cell['Name']})/Nodes(DEM)"
+             f"/Nodes({dem['Name']})/$value")
+    walked = requests.get(dem["Nodes"]["uri"][: -len("/Nodes")] + "/$value", headers=auth(token), timeout=30)
+    direct = requests.get(built, headers=auth(token), timeout=30)
+    assert direct.status_code == 200 and direct.content == walked.content
+    assert direct.headers["Content-Length"] == str(dem["ContentLength"])
+    assert_zip_error(requests.get(built.replace("_DEM.", "_dem."), headers=auth(token), timeout=30), 404,
+                     "DAT-ZIP-404")
+    nodes = [r for r in sim.request_log() if r.server == "download" and "/Nodes" in r.path]
+    assert len(nodes) == 7 and all(r.finished - r.started >= 0.2 for r in nodes)
+
+
 def test_faults_hit_node_files_as_they_hit_zips(make_sim):
     sim = make_sim(faults=Faults(drop_first=1, error_first=1, storm_first=1, error_statuses=(503,)))
     product = find(sim, "COP-DEM", "DGE_90")
