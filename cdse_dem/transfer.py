@@ -941,7 +941,7 @@ class NodeClient:
     wanted: Callable[[], bool] | None = None  # False once the run has left Nodes: a walk under way stops
     direct: bool = True  # False once the host answered 404 to a file's path of names: every product is walked
     roots_from_records: bool = True  # False once a root the record named was not the host's: roots are listed
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def listing(self, uri: str, label: str, *, first: bool = False) -> tuple[list[Node], float]:
         """The nodes under ``uri``, and the seconds the request took."""
@@ -1018,9 +1018,9 @@ class NodeClient:
         found = self._walk(root, file_name, label, spent)
         if located.root is None and root.name != located.names[0]:
             if self._learnt("roots_from_records"):
-                log.info("The Nodes API roots products otherwise than their catalogue records (%s is under %s, "
-                         "not %s): the rest of the run lists each product's root", file_name, root.name,
-                         located.names[0])
+                log.info("The Nodes API names the roots of products otherwise than their catalogue records (%s "
+                         "is under %s, not %s): the rest of the run lists each product's root", file_name,
+                         root.name, located.names[0])
         elif found.names == located.names:
             if self._learnt("direct"):
                 log.info("The Nodes API does not serve a file by its path of names (HTTP 404 for %s, which the "
