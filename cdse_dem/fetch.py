@@ -15,11 +15,10 @@ each request on the download host holds one of the account's connection slots on
 With the Nodes API (``--transfer auto``/``nodes``, :mod:`cdse_dem.transfer`), a geocell is first
 located (its product's root listed, in a pool of its own) while the files before it move: a
 small look-ahead, at most one product per download worker, so that a worker finishing a file
-finds the next one located and no connection waits for a listing to be asked. Each listing
-takes one of the connection slots for its own request only (the quota counts it as a
-connection). The worker then streams the DEM file alone under the geocell's lock, checks it,
-renames it into place and records it. A product whose Nodes transfer fails goes the zip way
-(``auto``, :mod:`cdse_dem.transfer`).
+finds the next one located. Each listing takes one of the connection slots for its own request
+only (the quota counts it as a connection). The worker then streams the DEM file alone under
+the geocell's lock, checks it, renames it into place and records it. A product whose Nodes
+transfer fails goes the zip way (``auto``, :mod:`cdse_dem.transfer`).
 """
 
 import logging
