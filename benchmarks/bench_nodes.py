@@ -143,8 +143,9 @@ def _ceiling_row(what: str, run: dict) -> Row:
     """A default run's whole-process time against the Nodes ceiling (its DEM bytes at 4 × 2 MB/s)."""
     ideal = run["disk"] / (benchlib.CONNECTIONS * CEILING_BANDWIDTH)
     share = ideal / run["seconds"]
+    requests = run["node_requests"] / run["cells"]
     return Row(f"GLO-90, {CEILING_CELLS} cells, 4 × {CEILING_BANDWIDTH / MB:g} MB/s, Nodes +0 s, {what}: against the "
-               f"Nodes ceiling, whole process ({run['node_requests'] / run['cells']:g} requests a product)",
+               f"Nodes ceiling, whole process ({requests:g} request{'' if requests == 1 else 's'} a product)",
                f"{run['seconds']:.2f} s for {ideal:.2f} s of DEM bytes at the ceiling = {share:.0%} "
                f"(runs: {', '.join(f'{s:.2f}' for s in run['runs'])})", f">= {CEILING_TARGET:.0%}",
                share >= CEILING_TARGET)
