@@ -359,12 +359,14 @@ def download_product(product, dest_dir: Path, session, http, endpoints, *,
 @dataclass(frozen=True)
 class Expected:
     """What a body must be, as far as it is known before it arrives: length and digests, and
-    ``limit``, the most such a file can be whatever is announced (a DEM, a product)."""
+    ``limit``, the most such a file can be whatever is announced (a DEM, a product), and ``what``
+    it is, in the words of a refusal."""
 
     length: int | None = None
     md5: str | None = None
     blake3: str | None = None
     limit: int | None = None
+    what: str = "such a file"
 
 
 def refuse_oversize(length: int | None, limit: int | None, label: str, what: str,
@@ -558,7 +560,7 @@ def _receive(reply, expect: Expected, dest_dir: Path, final_name: str, on_bytes,
     announced = _int_or_none(reply.headers.get("Content-Length"))
     encoded = reply.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
     if announced is not None and not encoded:
-        refuse_oversize(announced, limit, label, "such a file")
+        refuse_oversize(announced, limit, label, expect.what)
         if expected is not None and announced != expected:
             raise _Retry(f"the server announces {announced} bytes, {expected} are expected")
         expected = announced
@@ -578,7 +580,7 @@ def _receive(reply, expect: Expected, dest_dir: Path, final_name: str, on_bytes,
                 watcher.took(len(chunk))
                 watcher.raise_if_fired(label)
                 if limit is not None and received + len(chunk) > limit:  # not a byte past it is written
-                    raise DownloadFailed(f"{label}: the body runs past {limit:,} bytes, more than such a file"
+                    raise DownloadFailed(f"{label}: the body runs past {limit:,} bytes, more than {expect.what}"
                                          " can be: refused")
                 if expected is not None and received + len(chunk) > expected:
                     raise _Retry(f"more than the {expected} bytes announced")
@@ -1065,13 +1067,13 @@ class NodeClient:
         the server's: nothing it says reaches the file system. Raises NotFound (404) as it comes."""
         suffix = Path(file_name).suffix
         label = f"{file_name} (Nodes)"
-        limit = MAX_DEM_BYTES[resolution]
-        refuse_oversize(located.length, limit, label, f"a DEM at {resolution} m", NodesFailed)
+        limit, what = MAX_DEM_BYTES[resolution], f"a DEM at {resolution} m"
+        refuse_oversize(located.length, limit, label, what, NodesFailed)  # a walk's listing: before asking
         problem = None
         for _ in range(CHECK_TRIES):
             try:
                 fetched = fetch_file(located.url, out_dir, file_name, self.session, self.http, self.endpoints,
-                                     label=label, expect=Expected(length=located.length, limit=limit),
+                                     label=label, expect=Expected(length=located.length, limit=limit, what=what),
                                      backoff=self.backoff, on_bytes=on_bytes, stop=self.stop, stall=self.stall,
                                      timeout=self.timeout, first=False, durable=True, slot=self.slot,
                                      on_length=on_length)
