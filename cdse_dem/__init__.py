@@ -57,8 +57,8 @@ Modules, one concept each (the pure core: ``tiles``, ``grid``, ``areas``, ``sen2
 
 import logging
 
-__version__ = "2.0.0"
-RELEASE_DATE = "24-November-2026"
+__version__ = "2.1.0"
+RELEASE_DATE = "07-December-2026"
 
 # A library logs, the application decides where to: without a handler of the caller's, Python's
 # last-resort handler would print our warnings to stderr. Set here, it holds whichever module comes first.
