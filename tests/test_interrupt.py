@@ -75,8 +75,10 @@ def every_area_in_flight_again(searches) -> bool:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_a_slow_failing_search_of_100_tiles_exits_130_and_no_search_follows(make_sim, tool_home,
                                                                                             tmp_path, signum):
-    # every search answers 503 (Retry-After: 1 s) after 0.3 s: each area search has retries to come
-    sim = make_sim(latency=0.3, faults=Faults(catalogue_error_rate=1.0, retry_after=1.0))
+    # every search answers 503 (Retry-After: 1 s) after 1 s: each area search has retries to come, and each
+    # round of tries is held by the server for a second, wider than the retries' jitter (0.5 s) and than the
+    # scheduling skew of a loaded machine, so the moment the loop below waits for comes in every round
+    sim = make_sim(latency=1.0, faults=Faults(catalogue_error_rate=1.0, retry_after=1.0))
     out = tmp_path / "dem"
     args = [a for tile in spread_tiles(100) for a in ("--t", tile)]
     env = dict(os.environ, **cli_env(sim))
