@@ -36,9 +36,9 @@ from shapely.errors import ShapelyError
 from shapely.geometry import shape
 
 from cdse_dem.errors import InputError, UsageError
-from cdse_dem.fsutil import read_input, text_of
+from cdse_dem.fsutil import parse_json, read_input, text_of
 from cdse_dem.grid import FootprintFinder, grid_bounds, read_wkt
-from cdse_dem.settings import expand_user
+from cdse_dem.settings import expand_user, kml_path_of
 from cdse_dem.tiles import COMMAND_LINE, Entry, shown
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ _NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"
 _BOX_RE = re.compile(rf"{_NUMBER}(?:,{_NUMBER}){{3}}")
 _POINT_RE = re.compile(rf"{_NUMBER},{_NUMBER}")
 _NUMERIC_RE = re.compile(r"[\d\s.,+-]*\d[\d\s.,+-]*")  # what a mistyped box or point looks like
-_WKT_RE = re.compile(r"(?:SRID\s*=\s*\d+\s*;)?\s*(?:MULTI)?(?:POINT|LINESTRING|POLYGON)\s*(?:ZM|Z|M)?\s*(?:\(|EMPTY)"
-                     r"|(?:SRID\s*=\s*\d+\s*;)?\s*GEOMETRYCOLLECTION\s*(?:ZM|Z|M)?\s*(?:\(|EMPTY)", re.I)
+_WKT_RE = re.compile(r"(?:SRID\s*=\s*\d+\s*;)?\s*(?:(?:MULTI)?(?:POINT|LINESTRING|POLYGON)|GEOMETRYCOLLECTION)"
+                     r"\s*(?:ZM|Z|M)?\s*(?:\(|EMPTY)", re.I)
 _REASON_RE = re.compile(r"(?P<what>.*)\[(?P<x>\S+) (?P<y>\S+)\]")
 _GEOJSON_GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon",
                        "GeometryCollection")
@@ -187,10 +187,10 @@ def _wkt(text: str, where: str):
 
 def _json(text: str, where: str):
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}:{exc.lineno}:{exc.colno}: not GeoJSON ({exc.msg})") from None
-    except RecursionError:
+    except ValueError:  # nested too deeply for the parser
         raise InputError(f"{where}: not GeoJSON (nested too deeply)") from None
 
 
@@ -402,7 +402,7 @@ def tiles_for_area(area: AreaLike, *, kml: str | os.PathLike | None = None) -> l
     tile covers.
     """
     checked = area_of(area)
-    found = TileIndex(FootprintFinder.for_option(kml)).tiles_of(checked)
+    found = TileIndex(FootprintFinder(kml_path_of(kml))).tiles_of(checked)
     if not found:
         raise InputError(f"{checked.label}: no Sentinel-2 tile covers this area ({GRID_REACH})")
     return found

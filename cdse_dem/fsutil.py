@@ -312,24 +312,18 @@ def open_input(path: Path, what: str, error: type[DemError], *,
     can be. :func:`read_input` reads it whole.
     """
     path = Path(path)
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(path, flags)
+        fd = _open_regular(path, follow=True)
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise error(f"{path}: is a folder, not a {what}") from None
+    except NotRegular as exc:
+        raise error(f"{path}: {exc}, not a {what} (a regular file)") from None
     except OSError as exc:
-        if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a socket
-            raise error(f"{path}: {_kind_at(path)}, not a {what} (a regular file)") from None
         raise error(f"{path}: cannot read the {what} ({exc.strerror})") from None
     try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise error(f"{path}: is a folder, not a {what}")
-        if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path}: {kind_of(info.st_mode)}, not a {what} (a regular file)")
-        if info.st_size > limit:
+        if os.fstat(fd).st_size > limit:
             raise error(_too_large(path, what, limit))
         handle = os.fdopen(fd, "rb")
     except BaseException:
@@ -353,13 +347,6 @@ def read_input(path: Path, what: str, error: type[DemError], limit: int = DEFAUL
 
 def _too_large(path: Path, what: str, limit: int) -> str:
     return f"{path}: too large for a {what} (over {limit:,} bytes)"
-
-
-def _kind_at(path: Path) -> str:
-    try:
-        return kind_of(os.stat(path).st_mode)
-    except OSError:
-        return "not a regular file"
 
 
 def text_of(raw: bytes, path: Path, error: type[DemError]) -> str:
@@ -403,24 +390,44 @@ class NotRegular(DemError):
 def read_regular(path: Path) -> bytes:
     """The bytes of ``path`` if it is a regular file, read without following a symbolic link.
 
-    Opened non-blocking and checked on the open descriptor, so a FIFO under the name never makes
-    the run hang and no swap between the check and the read is possible. FileNotFoundError and
-    IsADirectoryError pass through; any other kind is :class:`NotRegular` naming what it is.
+    FileNotFoundError and IsADirectoryError pass through; any other kind is :class:`NotRegular`
+    naming what it is.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = _open_regular(path, follow=False)
+    except NotRegular as exc:
+        raise NotRegular(f"{path}: {exc}, not a regular file") from None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def _open_regular(path: Path, *, follow: bool) -> int:
+    """A descriptor of ``path`` if it is a regular file, or :class:`NotRegular` holding what it is
+    (in words); a folder is IsADirectoryError, and other errors of ``open`` pass through.
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO under the name never makes
+    the run hang and no swap between the check and the read is possible. ``follow``: a symbolic
+    link the user named leads to its target; the tool's own files are never read through one.
+    """
+    flags = (os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+             | (0 if follow else getattr(os, "O_NOFOLLOW", 0)))
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP):  # a symlink; a socket
-            raise NotRegular(f"{path}: {kind_of(os.lstat(path).st_mode)}, not a regular file") from None
+        if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP) or (exc.errno == errno.ELOOP and not follow):
+            try:  # a socket; a symbolic link
+                kind = kind_of((os.stat if follow else os.lstat)(path).st_mode)
+            except OSError:
+                kind = "not a regular file"
+            raise NotRegular(kind) from None
         raise
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if not stat.S_ISREG(mode):
-            raise NotRegular(f"{path}: {kind_of(mode)}, not a regular file")
-        return handle.read()
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    raise NotRegular(kind_of(mode))
 
 
 # A report (--summary-json, --kml-report) goes where the user points it. A regular file (or a
@@ -833,10 +840,10 @@ def slots_base() -> Path:
     return Path(os.environ.get(SLOTS_DIR_ENV) or Path(tempfile.gettempdir()) / f"cdse-dem-slots-{_os_user()}")
 
 
-def account_slots_dir(token_url: str, username: str, base: Path | None = None) -> Path:
+def account_slots_dir(token_url: str, username: str, base: Path) -> Path:
     """The machine-wide slot folder of one account: per OS user, named by a hash only."""
     digest = hashlib.sha256(f"{token_url}\0{username.strip().lower()}".encode()).hexdigest()[:24]
-    return Path(base if base is not None else slots_base()) / digest
+    return Path(base) / digest
 
 
 def private_folder(path: Path) -> None:

@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -55,9 +54,8 @@ from pyproj import Transformer
 from shapely import Polygon
 from shapely.errors import ShapelyError
 
-from cdse_dem import settings
-from cdse_dem.errors import InputError, UsageError
-from cdse_dem.fsutil import DiskFull, atomic_writer, open_input
+from cdse_dem.errors import InputError
+from cdse_dem.fsutil import DiskFull, atomic_writer
 from cdse_dem.tiles import BANDS, all_tile_ids, check_tile, normalize_tile_id
 
 log = logging.getLogger(__name__)
@@ -342,16 +340,6 @@ class FootprintFinder:
         self._opened = False
         self._lock = threading.Lock()
 
-    @classmethod
-    def for_option(cls, kml: "str | os.PathLike | None") -> "FootprintFinder":
-        """The finder of a run's ``--kml`` option: that KML, which must exist; None: the tool's
-        auxiliary/ KML under its official name when it is there, else computed footprints."""
-        kml_path = settings.expand_user(kml, "tiling KML") if kml else settings.default_kml_path()
-        if kml:
-            with open_input(kml_path, "tiling KML", UsageError, limit=MAX_KML_BYTES):
-                pass  # a file, not a FIFO or a device, and no larger than a KML can be: read by the index
-        return cls(kml_path if kml_path.is_file() else None)
-
     def _kml_index(self):
         with self._lock:
             if not self._opened:
@@ -471,8 +459,11 @@ def geocell_of_footprint_wkt(text: str) -> Geocell | None:
     two: the cell is the one holding the centre of the footprint's bounds. None when the
     footprint is not about one cell's size (a margin over 0.1°) or is not a readable geometry.
     """
-    geometry = _geometry_of(text)
-    if geometry is None or geometry.is_empty:
+    try:
+        geometry = read_wkt(text)
+    except ValueError:
+        return None
+    if geometry.is_empty:
         return None
     west, south, east, north = geometry.bounds
     if not (0.8 <= east - west <= 1.2 and 0.8 <= north - south <= 1.2):
@@ -482,14 +473,6 @@ def geocell_of_footprint_wkt(text: str) -> Geocell | None:
         return None
     try:
         return Geocell(lat, lon)
-    except ValueError:
-        return None
-
-
-def _geometry_of(text: str):
-    """The shapely geometry of an OData ``geography'...'`` literal, EWKT or WKT; None if it is none."""
-    try:
-        return read_wkt(text)
     except ValueError:
         return None
 
@@ -592,7 +575,6 @@ def _cells_holding_a_vertex(parts: "np.ndarray", chunk: int = 4096) -> "np.ndarr
 
 
 INDEX_SUFFIX = ".index.npz"
-MAX_KML_BYTES = 512 * 1024 * 1024  # the official tiling KML is 109 MB
 FORMAT_VERSION = 1
 _STAMP_BYTES = 1 << 16  # hashed at each end of the KML
 

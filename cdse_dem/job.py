@@ -253,7 +253,7 @@ def prepare(mode: Mode, tiles: Tiles, output_dir: str | os.PathLike | None, *, a
     check_gipp_option(gipp, model, out_dir)  # before any work: refused GIPPs stay untouched
     outputs = _outputs(mode, sen2like, force, quicklook, resolution, collection, delivery, model)
     _check_open_files(mode, workers, outputs is not None)
-    footprints = FootprintFinder.for_option(kml)
+    footprints = FootprintFinder(settings.kml_path_of(kml))
     entries = _entries(tiles) + areas.entries_of(aoi, points, footprints)
     if not entries:
         raise InputError("no tile id, SAFE name, area or point to process")

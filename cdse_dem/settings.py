@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from cdse_dem.errors import ConfigError, UsageError
-from cdse_dem.fsutil import read_input
+from cdse_dem.fsutil import open_input, read_input
 
 KML_NAME = "S2A_OPER_GIP_TILPAR_MPC__20151209T095117_V20150622T000000_21000101T000000_B00.kml"
 JSON_NAME = "dict_filename_dem_id.json"
@@ -75,6 +75,22 @@ def auxiliary_dir() -> Path:
 
 def default_kml_path() -> Path:
     return auxiliary_dir() / KML_NAME
+
+
+MAX_KML_BYTES = 512 * 1024 * 1024  # the official tiling KML is 109 MB
+
+
+def kml_path_of(kml: str | os.PathLike | None) -> Path | None:
+    """The KML of a run's ``--kml`` option, which must be a regular file no larger than a KML can
+    be (the index reads it later); without the option, auxiliary/'s KML when it is there; None:
+    footprints are computed."""
+    if not kml:
+        default = default_kml_path()
+        return default if default.is_file() else None
+    path = expand_user(kml, "tiling KML")
+    with open_input(path, "tiling KML", UsageError, limit=MAX_KML_BYTES):
+        pass
+    return path
 
 
 def credentials_dir() -> Path:

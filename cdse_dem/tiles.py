@@ -265,10 +265,6 @@ def read_tile_list(path: Path) -> list[Entry]:
     return entries
 
 
-# What a folder of products holds: SAFE folders, and their zips as CDSE and other archives serve them.
-PRODUCT_SUFFIXES = (".SAFE", ".SAFE.ZIP", ".ZIP")
-
-
 def read_product_folder(folder: Path) -> list[Entry]:
     """Entries of a folder of products: the names of its ``*.SAFE``, ``*.SAFE.zip`` and ``*.zip`` entries.
 
@@ -285,7 +281,7 @@ def read_product_folder(folder: Path) -> list[Entry]:
     entries = []
     for name in names:
         upper = name.upper()
-        if upper.endswith(PRODUCT_SUFFIXES) and _SAFE_RE.match(_product_base(upper)):
+        if upper.endswith(_SAFE_SUFFIXES) and _SAFE_RE.match(_product_base(upper)):
             entries.append(resolve(name, str(folder), None))
     others = len(names) - len(entries)
     others_text = f"{others} other {'entry' if others == 1 else 'entries'}"
