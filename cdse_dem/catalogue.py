@@ -149,17 +149,6 @@ class Dataset:
                        product.delivery or self.delivery)
 
 
-_LABEL_RE = re.compile(r"(?P<collection>\S+) (?:COP-DEM_GLO-|D[GT]E_)(?P<resolution>30|90)(?:-\w+/(?P<delivery>\S+))?")
-
-
-def label_parts(label: str) -> tuple[str, int, str | None] | None:
-    """(collection, resolution, delivery or None) of a dataset label; None for one we cannot read."""
-    match = _LABEL_RE.fullmatch(label)
-    if match is None:
-        return None
-    return match["collection"], int(match["resolution"]), match["delivery"]
-
-
 def _attribute_is(attribute: str, value: str) -> str:
     return (f"Attributes/OData.CSC.StringAttribute/any(att:att/Name eq '{attribute}'"
             f" and att/OData.CSC.StringAttribute/Value eq '{value}')")

@@ -92,7 +92,7 @@ _COLUMNS = {
     90: ((50, 1201), (60, 801), (70, 601), (80, 401), (85, 241), (90, 121)),
 }
 _ROWS = {30: 3601, 90: 1201}
-_DTED_HEADER = 80 + 648 + 2700  # UHL, DSI, ACC
+DTED_HEADER_BYTES = 80 + 648 + 2700  # UHL, DSI, ACC: where the data records start
 _DTED_RECORD_OVERHEAD = 8 + 4  # sentinel, block count, lon/lat counts; checksum
 _DTED_SENTINEL = 0xAA
 _DTED_LEVEL = {90: ".dt1", 30: ".dt2"}
@@ -241,16 +241,16 @@ def _dted_problem(path: Path, size: int, cell: Geocell, resolution: int) -> str 
 
     rows, cols = expected_shape(cell, resolution)
     record = _DTED_RECORD_OVERHEAD + 2 * rows
-    expected = _DTED_HEADER + cols * record
+    expected = DTED_HEADER_BYTES + cols * record
     with open(path, "rb") as handle:
-        head = handle.read(_DTED_HEADER)
-        if len(head) < _DTED_HEADER or head[:4] != b"UHL1" or head[80:83] != b"DSI" or head[728:731] != b"ACC":
+        head = handle.read(DTED_HEADER_BYTES)
+        if len(head) < DTED_HEADER_BYTES or head[:4] != b"UHL1" or head[80:83] != b"DSI" or head[728:731] != b"ACC":
             return "not a DTED file (UHL/DSI/ACC headers missing)"
         origin = head[4:20].decode("ascii", "replace")
         if origin != _dted_origin(cell):
             return f"a DTED file for {origin!r}, not {cell.grid_id}"
         try:
-            lines, points = int(head[47:51]), int(head[51:55])
+            lines, points = dted_counts(head)
         except ValueError:
             return "a DTED file with a malformed UHL"
         if (lines, points) != (cols, rows):
@@ -269,6 +269,12 @@ def _dted_problem(path: Path, size: int, cell: Geocell, resolution: int) -> str 
     if bad.size:
         return f"a DTED whose record {int(bad[0])} fails its checksum"
     return None
+
+
+def dted_counts(head: bytes) -> tuple[int, int]:
+    """(longitude lines, latitude points) of a DTED file, from its UHL (``head``: the file's first
+    bytes); ValueError when the fields are not numbers. What the record count and length follow from."""
+    return int(head[47:51]), int(head[51:55])
 
 
 def _dted_origin(cell: Geocell) -> str:
@@ -343,7 +349,12 @@ def find_dem_member(zf: zipfile.ZipFile, zip_path: Path) -> zipfile.ZipInfo:
     return info
 
 
-def _check_member(info: zipfile.ZipInfo, base_name: str, zip_path: Path) -> None:
+def dem_base_name(info: zipfile.ZipInfo) -> str:
+    """The base name of a DEM member (the file name Sen2Cor looks for), whatever separators the zip uses."""
+    return _parts(info.filename)[-1]
+
+
+def check_member(info: zipfile.ZipInfo, base_name: str, zip_path: Path) -> None:
     """Refuse a DEM member that is not a regular file (a symlink entry would become a file
     holding the link's target path) or that inflates past what a DEM of its resolution can be."""
     mode = info.external_attr >> 16  # the Unix st_mode, when the zip was made on Unix
@@ -372,10 +383,10 @@ def extract_dem(zip_path: Path, out_dir: Path, expected_name: str | None = None)
         raise ExtractError(f"cannot open {zip_path}: {exc.strerror or exc}") from exc
     with zf:
         info = find_dem_member(zf, zip_path)
-        base_name = _parts(info.filename)[-1]
+        base_name = dem_base_name(info)
         if expected_name is not None and base_name != expected_name:
             raise ExtractError(f"{zip_path} holds {base_name}, not the expected {expected_name}")
-        _check_member(info, base_name, zip_path)
+        check_member(info, base_name, zip_path)
         final = out_dir / base_name
         try:
             with atomic_writer(final) as handle, zf.open(info) as src:
@@ -606,9 +617,11 @@ class FileSources:
         """The record's value for a file filled from ``dataset``."""
         return cls.FILLED + dataset
 
-    def save(self, file_names: Iterable[str], key: str) -> None:
-        """Record ``file_names`` as coming from ``key``, merged with what other runs wrote meanwhile."""
-        new = {name: key for name in file_names if self._data.get(name) != key}
+    def save(self, sources: dict[str, str]) -> None:
+        """Record where each file came from (``{file name: value}``: a dataset label, or
+        :meth:`filled`'s value), merged with what other runs wrote meanwhile: one rewrite for a
+        run's files, none when nothing changed."""
+        new = {name: value for name, value in sources.items() if self._data.get(name) != value}
         if not new:
             return
         data = {k: v for k, v in _read_object(self.path, warn=False).items() if isinstance(v, str)}

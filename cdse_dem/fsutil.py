@@ -187,12 +187,15 @@ def remove_quietly(path: Path | None) -> None:
 
 
 @contextmanager
-def atomic_writer(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, mode: int | None = None, *,
+                  check: Callable[[Path], None] | None = None) -> Iterator[BinaryIO]:
     """A binary handle whose bytes replace ``path`` all at once when the block ends without error.
 
     The one way the tool writes a file: a temporary in the same folder (``mode``: its exact
-    permissions from the first byte, e.g. 0o600), fsynced, renamed over ``path``. An exception
-    in the block (a failed check of what was written, Ctrl-C) or while writing leaves the old
+    permissions from the first byte, e.g. 0o600), fsynced, renamed over ``path``. ``check``, when
+    given, is called with the written, fsynced and closed temporary before the rename, for a file
+    that must be whole before it has its name (it raises to refuse it). An exception in the block
+    or the check (a failed check of what was written, Ctrl-C) or while writing leaves the old
     file untouched and no temporary behind; a full disk is :class:`DiskFull`, any other OSError
     passes through.
     """
@@ -203,6 +206,8 @@ def atomic_writer(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if check is not None:
+            check(temp)
         replace_into_place(temp, path)
     except OSError as exc:
         remove_quietly(temp)

@@ -29,8 +29,17 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from cdse_dem.dem_folder import MAX_DEM_BYTES, ExtractError, dem_problem, expected_shape, find_dem_member
-from cdse_dem.fsutil import create_temp_in, raise_if_disk_full, remove_quietly, replace_into_place
+from cdse_dem.dem_folder import (
+    DTED_HEADER_BYTES,
+    ExtractError,
+    check_member,
+    dem_base_name,
+    dem_problem,
+    dted_counts,
+    expected_shape,
+    find_dem_member,
+)
+from cdse_dem.fsutil import atomic_writer
 from cdse_dem.grid import Geocell, geocell_of_name
 
 log = logging.getLogger(__name__)
@@ -50,8 +59,7 @@ _DEFLATE = 8
 # Bilinear rows are computed this many at a time: a GLO-30 cell is 52 MB of float32, and the
 # float64 working copy of it whole would be twice that.
 _BLOCK_ROWS = 256
-_DTED_UHL, _DTED_DSI, _DTED_ACC = 80, 648, 2700
-_DTED_HEADER = _DTED_UHL + _DTED_DSI + _DTED_ACC
+_DTED_UHL = 80  # the DSI header follows it
 _DTED_LEVEL = {90: "DTED1", 30: "DTED2"}
 
 
@@ -90,22 +98,15 @@ def fill_cell(zip_path: Path, out_dir: Path, file_name: str, cell: Geocell, reso
         if source.suffix not in (".dt1", ".dt2"):
             raise FillError(f"{zip_path} holds a {source.suffix} DEM, not the DTED {file_name} is made from")
         data = dted_bytes(heights, source, resolution)
-    temp, handle = create_temp_in(out_dir, file_name)
-    try:
-        try:
-            with handle:
-                handle.write(data)
-        except OSError as exc:
-            raise_if_disk_full(exc, Path(out_dir))
-            raise
+
+    def must_be_whole(temp: Path) -> None:
         problem = dem_problem(temp, resolution=resolution, cell=cell, suffix=suffix)
         if problem is not None:  # a bug here, never a file under the cell's name
             raise FillError(f"the filled {file_name} is not a whole DEM ({problem})")
-        final = Path(out_dir) / file_name
-        replace_into_place(temp, final)
-    except BaseException:
-        remove_quietly(temp)
-        raise
+
+    final = Path(out_dir) / file_name
+    with atomic_writer(final, check=must_be_whole) as handle:
+        handle.write(data)
     return final
 
 
@@ -114,12 +115,11 @@ def read_source(zip_path: Path, cell: Geocell) -> Raster:
     try:
         with zipfile.ZipFile(zip_path) as archive:
             info = find_dem_member(archive, zip_path)
-            base = info.filename.replace("\\", "/").rsplit("/", 1)[-1]
+            base = dem_base_name(info)
             named = geocell_of_name(base)
             if named is None or named[0] != cell:
                 raise FillError(f"{zip_path} holds {base}, not a DEM of {cell.grid_id}")
-            if info.file_size > MAX_DEM_BYTES[named[1]]:
-                raise FillError(f"{base} in {zip_path} inflates to {info.file_size:,} bytes, more than a DEM can be")
+            check_member(info, base, zip_path)  # a regular file, no larger than a DEM can be
             data = archive.read(info)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise FillError(f"cannot read the DEM layer of {zip_path} ({exc})") from exc
@@ -139,7 +139,9 @@ def _read_geotiff(data: bytes, name: str) -> Raster:
             heights = page.asarray()
             tags = tuple((tag.code, tag.dtype, tag.count, tag.value) for tag in page.tags if tag.code in _GEO_TAGS)
             compression = int(page.compression)
-    except (tifffile.TiffFileError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+    except Exception as exc:
+        # The source's bytes decide what tifffile meets, as in the integrity check: any failure to
+        # parse it means the same, a source that cannot be used, never a traceback.
         raise FillError(f"{name} is not a readable GeoTIFF ({exc})") from exc
     if heights.ndim != 2 or not {_PIXEL_SCALE, _TIE_POINT} <= {code for code, *_ in tags}:
         raise FillError(f"{name} is not a single-band GeoTIFF with a pixel scale and a tie point")
@@ -149,15 +151,15 @@ def _read_geotiff(data: bytes, name: str) -> Raster:
 def _read_dted(data: bytes, name: str) -> Raster:
     """DTED heights: one record per longitude line, west to east, its posts south to north, each
     a big-endian signed magnitude."""
-    head = data[:_DTED_HEADER]
+    head = data[:DTED_HEADER_BYTES]
     try:
-        cols, rows = int(head[47:51]), int(head[51:55])
+        cols, rows = dted_counts(head)
     except ValueError:
         raise FillError(f"{name} is not a DTED file (its UHL is malformed)") from None
     record = 8 + 2 * rows + 4
-    if head[:4] != b"UHL1" or len(data) != _DTED_HEADER + cols * record:
+    if head[:4] != b"UHL1" or len(data) != DTED_HEADER_BYTES + cols * record:
         raise FillError(f"{name} is not a whole DTED file")
-    body = np.frombuffer(data, dtype=np.uint8, offset=_DTED_HEADER).reshape(cols, record)
+    body = np.frombuffer(data, dtype=np.uint8, offset=DTED_HEADER_BYTES).reshape(cols, record)
     raw = body[:, 8:8 + 2 * rows].copy().view(">u2").astype(np.int32)
     values = np.where(raw & 0x8000, -(raw & 0x7FFF), raw & 0x7FFF)
     return Raster(values.T[::-1].astype(np.int16), Path(name).suffix.lower(), header=bytes(head))

@@ -576,13 +576,10 @@ def _check(job: Job, stop: threading.Event) -> Result:
     plan_ = planning.start_plan(tile_plans, lambda cell: cell.dem_file_name(job.resolution, job.model),
                                 lambda name: None)
     problems = folder_problems(out_dir, plan_, job.resolution)
-    sources = FileSources.load(out_dir) if out_dir.is_dir() else None
     for state in plan_.cells.values():
         if problems[state.file_name] is None:
             state.status, state.file = planning.Status.PRESENT, str(out_dir / state.file_name)
-            state.fill_from = sources.filled_from(state.file_name) if sources is not None else None
-            if state.fill_from is not None:
-                state.status = planning.Status.FILLED
+    planning.mark_filled(plan_, FileSources.load(out_dir).filled_from)
     log.info("Checking %s: %d of %d geocells have a whole DEM file there", out_dir,
              sum(p is None for p in problems.values()), len(problems))
     endpoints = Endpoints.from_env()
@@ -792,11 +789,9 @@ def _record_what_the_catalogue_said(plan_, sea_record, sources, job: Job) -> Non
     if sea_record is None:
         return
     sea_record.save(c.geocell for c in plan_.cells.values() if c.status == planning.Status.SEA)
-    sources.save((c.file_name for c in plan_.cells.values() if c.confirmed or c.status == planning.Status.DOWNLOADED),
-                 job.dataset.label)
-    for source in sorted({c.fill_from for c in plan_.cells.values() if c.status == planning.Status.FILLED}):
-        sources.save((c.file_name for c in plan_.cells.values()
-                      if c.status == planning.Status.FILLED and c.fill_from == source), sources.filled(source))
+    sources.save({c.file_name: sources.filled(c.fill_from) if c.status == planning.Status.FILLED else job.dataset.label
+                  for c in plan_.cells.values()
+                  if c.confirmed or c.status in (planning.Status.DOWNLOADED, planning.Status.FILLED)})
 
 
 def _exit_status(plan_, invalid, left, fatal) -> int:

@@ -50,7 +50,7 @@ import shapely
 from fastkml import KML, Document, Folder, LineStyle, Placemark, PolyStyle, Style
 from fastkml.styles import StyleUrl
 
-from cdse_dem.catalogue import Dataset, label_parts
+from cdse_dem.catalogue import Dataset, Product
 from cdse_dem.dem_folder import dem_problem
 from cdse_dem.errors import EXIT_INTERRUPTED, UsageError
 from cdse_dem.fsutil import read_input, write_report
@@ -516,11 +516,13 @@ def _datasets_text(datasets: Sequence[str]) -> str:
     return best if len(datasets) == 1 else f"{best} and {len(datasets) - 1} other dataset(s)"
 
 
-def gap_message(gaps: Sequence[CellState], dataset: Dataset, *, fill: bool) -> str:
+def gap_message(gaps: Sequence[CellState], dataset: Dataset, found: Mapping[Geocell, Sequence[Product]], *,
+                fill: bool) -> str:
     """The one line a run (or a check) logs for its gaps: the cells, and the ways out.
 
     A gap is land that the run's dataset has no product for (GLO-30 lacks land cells GLO-90 has; a
     delivery may lack cells another has): without a file Sen2Cor processes the tile with flat terrain.
+    ``found``: each cell's products in other datasets, which say where else the cells are.
     """
     cells = sorted(state.geocell for state in gaps)
     count = len(cells)
@@ -528,16 +530,17 @@ def gap_message(gaps: Sequence[CellState], dataset: Dataset, *, fill: bool) -> s
             f"DEM dataset has them: {' '.join(cell.grid_id for cell in cells)}.")
     if fill:
         return head + " --fill-gaps: each is filled from another dataset's product of the cell."
-    parts = [[p for p in map(label_parts, state.datasets) if p is not None] for state in gaps]
+    parts = [[(p.collection, p.resolution, p.delivery) for p in found.get(state.geocell, ())] for state in gaps]
     other = 90 if dataset.resolution == 30 else 30
 
     def share(has) -> str:
-        n = sum(1 for found in parts if any(has(p) for p in found))
+        n = sum(1 for of_cell in parts if any(has(p) for p in of_cell))
         return "none" if n == 0 else f"all {count}" if n == count else f"{n} of the {count}"
 
     ways = [f"--r {other} (CDSE has {share(lambda p: p[1] == other)} at {other} m)"]
     if dataset.collection == "CCM":
-        in_other_delivery = [{p[2] for p in found if p[0] == "CCM" and p[1] == dataset.resolution} for found in parts]
+        in_other_delivery = [{p[2] for p in of_cell if p[0] == "CCM" and p[1] == dataset.resolution and p[2]}
+                             for of_cell in parts]  # (a CCM record without a delivery names none to pick)
         everywhere = sorted(set.intersection(*in_other_delivery) - {dataset.delivery}) if in_other_delivery else []
         ways.append(f"-d {everywhere[-1]} (it has all {count} at {dataset.resolution} m)" if everywhere else
                     f"another -d ({share(lambda p: p[0] == 'CCM' and p[1] == dataset.resolution)} in another "

@@ -241,7 +241,7 @@ def search_all(plan: planning.Plan, catalogue, dataset: Dataset, fetcher, thread
                                   others_answer)
         gaps = [state for state in plan.cells.values() if state.status == planning.Status.GAP]
         if gaps:
-            log.warning("%s", gap_message(gaps, dataset, fill=fill_gaps))
+            log.warning("%s", gap_message(gaps, dataset, found, fill=fill_gaps))
         if gaps and fill_gaps and not catalogue.stop.is_set():
             searches += _search_fill_sources(plan, catalogue, dataset, gaps, found, fetcher, threads, tiles)
     finally:
