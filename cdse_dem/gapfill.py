@@ -145,7 +145,23 @@ def _read_geotiff(data: bytes, name: str) -> Raster:
         raise FillError(f"{name} is not a readable GeoTIFF ({exc})") from exc
     if heights.ndim != 2 or not {_PIXEL_SCALE, _TIE_POINT} <= {code for code, *_ in tags}:
         raise FillError(f"{name} is not a single-band GeoTIFF with a pixel scale and a tie point")
+    for code, _, _, value in tags:  # the numbers geotiff_bytes rescales and carries over
+        if code in _NUMBERS_NEEDED and not _finite_numbers(value, _NUMBERS_NEEDED[code]):
+            raise FillError(f"{name}: its GeoTIFF tag {code} is not {_NUMBERS_NEEDED[code]} finite numbers")
     return Raster(heights, ".tif", tags=tags, compression=compression if compression == _DEFLATE else 1)
+
+
+_NUMBERS_NEEDED = {_PIXEL_SCALE: 3, _TIE_POINT: 6, _TRANSFORMATION: 16}
+
+
+def _finite_numbers(value, count: int) -> bool:
+    """Whether a tag's value is at least ``count`` finite real numbers: a source's tags come from
+    its bytes, and odd types or counts must be refused here, not meet the writer."""
+    try:
+        numbers = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return numbers.ndim == 1 and numbers.size >= count and bool(np.isfinite(numbers[:count]).all())
 
 
 def _read_dted(data: bytes, name: str) -> Raster:

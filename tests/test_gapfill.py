@@ -137,3 +137,18 @@ def test_a_dted_source_cannot_make_a_geotiff(tmp_path):
     with pytest.raises(FillError, match="not the GeoTIFF"):
         fill_cell(source, tmp_path, CELL.dem_file_name(30, "DGED"), CELL, 30)
     assert not (tmp_path / CELL.dem_file_name(30, "DGED")).exists()
+
+
+def test_a_source_whose_pixel_scale_is_not_finite_is_refused_before_anything_is_written(tmp_path):
+    rows = cols = 1201
+    heights = elevation(CELL.lat, CELL.lon, rows, cols, seed=7)
+    name = CELL.name(90)
+    source = tmp_path / "source.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr(f"DEM1_SAR_DGE_90_X/{name}/DEM/{name}_DEM.tif",
+                         geotiff_bytes(heights, CELL.lon, CELL.lat + 1, float("nan"), 1 / (rows - 1)))
+    out = tmp_path / "dem"
+    out.mkdir()
+    with pytest.raises(FillError, match="tag 33550 is not 3 finite numbers"):
+        fill_cell(source, out, CELL.dem_file_name(30, "DGED"), CELL, 30)
+    assert list(out.iterdir()) == []
