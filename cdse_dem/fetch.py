@@ -410,7 +410,10 @@ class Fetcher:
 
     def _fetch(self, state: CellState, located=None):
         """The node file, in place and recorded (None), or the verified zip to extract; None too
-        when the geocell failed or was left."""
+        when the geocell failed or was left.
+
+        The zip is capped by its product's own resolution, not the file's: a gap's fill comes from
+        another dataset, maybe a GLO-30 product (~9 times a GLO-90 zip) for a GLO-90 file."""
 
         with self._lock:
             self._started += 1
@@ -420,9 +423,10 @@ class Fetcher:
         try:
             if located is not None and self._fetch_node(state, located):
                 return None
+            max_bytes = MAX_PRODUCT_BYTES[state.product.resolution or resolution]
             result = download_product(state.product, self._out_dir, self.session, self._http, self._endpoints,
                                       on_bytes=self.progress.update if self.progress else None, stop=self.stop,
-                                      slot=self._slots, max_bytes=MAX_PRODUCT_BYTES[resolution])
+                                      slot=self._slots, max_bytes=max_bytes)
         except DemError as exc:
             self._give_up(state, exc)
             return None

@@ -137,3 +137,20 @@ def test_a_dted_source_cannot_make_a_geotiff(tmp_path):
     with pytest.raises(FillError, match="not the GeoTIFF"):
         fill_cell(source, tmp_path, CELL.dem_file_name(30, "DGED"), CELL, 30)
     assert not (tmp_path / CELL.dem_file_name(30, "DGED")).exists()
+
+
+def test_a_fill_source_s_zip_is_capped_by_its_own_resolution_not_the_file_s(tmp_path, monkeypatch):
+    """A GLO-90 gap filled from a GLO-30 product: its zip (~9 times a GLO-90 one) may be a GLO-30 zip's size."""
+    from types import SimpleNamespace
+
+    from cdse_dem import fetch
+    from cdse_dem.dem_folder import MAX_PRODUCT_BYTES
+    from cdse_dem.planning import CellState
+
+    caps = []
+    monkeypatch.setattr(fetch, "download_product", lambda *args, max_bytes, **kwargs: caps.append(max_bytes))
+    fetcher = fetch.Fetcher(open_session=None, http=None, endpoints=None, out_dir=tmp_path, cache=None, workers=1)
+    for source in (30, 90, None):  # None: a product whose type says no resolution goes by the file's
+        product = SimpleNamespace(id=f"p{source}", resolution=source)
+        fetcher._fetch(CellState(CELL, CELL.dem_file_name(90, "DGED"), product=product, fill_from="other"))
+    assert caps == [MAX_PRODUCT_BYTES[30], MAX_PRODUCT_BYTES[90], MAX_PRODUCT_BYTES[90]]
