@@ -43,6 +43,7 @@ from cdse_dem.transfer import (
     NodeSample,
     NodesFailed,
     TransferChoice,
+    acquire_unless_stopped,
     download_product,
 )
 
@@ -231,9 +232,8 @@ class Fetcher:
         if not self.transfer.use_nodes():  # the run left Nodes while this geocell waited
             self._queue_download(state)
             return
-        while not self._ahead.acquire(timeout=fsutil.POLL_SECONDS):
-            if self.stop.is_set():
-                return
+        if not acquire_unless_stopped(self._ahead, self.stop):
+            return
         handed = False
         try:
             located = None
@@ -265,8 +265,13 @@ class Fetcher:
         elif isinstance(exc, (AccessDenied, DiskFull)):
             self._stop_all(state, exc)
         elif not self.stop.is_set():
-            state.status, state.error = Status.FAILED, str(exc)
-            log.error("%s: %s", state.file_name, exc)
+            self._fail(state, str(exc))
+
+    @staticmethod
+    def _fail(state: CellState, error: str) -> None:
+        """This geocell failed, the run goes on: said once, in its record and in the log."""
+        state.status, state.error = Status.FAILED, error
+        log.error("%s: %s", state.file_name, error)
 
     def _nodes_failed(self, state: CellState, exc: DemError) -> bool:
         """A Nodes failure: True when the product goes on as a zip, False when the geocell failed."""
@@ -283,10 +288,10 @@ class Fetcher:
                 self.progress.total = max((self.progress.total or 0) + delta, 0)
             self.progress.refresh()
 
-    def _fetch_node(self, state: CellState, located) -> bool:
-        """The DEM file alone, checked and renamed into place, then recorded; False: go the zip way."""
+    def _fetch_node(self, state: CellState, located, resolution: int) -> bool:
+        """The DEM file alone, checked and renamed into place, then recorded; False: go the zip way.
+        ``resolution``: the file's."""
 
-        _, resolution = geocell_of_name(state.file_name)
         zip_length = state.product.content_length or 0
         counted: list[int] = []  # the file's length once its answer says it: the progress total counts it
 
@@ -325,11 +330,9 @@ class Fetcher:
         except DiskFull as exc:
             self._stop_all(state, exc)
         except DemError as exc:
-            state.status, state.error = Status.FAILED, f"cannot be recorded: {exc}"
-            log.error("%s: %s", state.file_name, state.error)
+            self._fail(state, f"cannot be recorded: {exc}")
         except OSError as exc:
-            state.status, state.error = Status.FAILED, f"cannot be recorded ({exc.strerror or exc})"
-            log.error("%s: %s", state.file_name, state.error)
+            self._fail(state, f"cannot be recorded ({exc.strerror or exc})")
         remove_quietly(path)
         return False
 
@@ -340,9 +343,8 @@ class Fetcher:
             self._ahead.release()
         if self.stop.is_set():
             return
-        while not self._room.acquire(timeout=fsutil.POLL_SECONDS):
-            if self.stop.is_set():
-                return
+        if not acquire_unless_stopped(self._room, self.stop):
+            return
         if not self._download_in_room(state, located):
             self._room.release()
 
@@ -359,12 +361,10 @@ class Fetcher:
             except DiskFull as full:
                 self._stop_all(state, full)
                 return False
-            state.status, state.error = Status.FAILED, f"cannot lock it in {self._out_dir} ({exc.strerror or exc})"
-            log.error("%s: %s", state.file_name, state.error)
+            self._fail(state, f"cannot lock it in {self._out_dir} ({exc.strerror or exc})")
             return False
         except fsutil.NotRegular as exc:  # its lock name holds a link, a folder, ...: left alone
-            state.status, state.error = Status.FAILED, str(exc)
-            log.error("%s: %s", state.file_name, exc)
+            self._fail(state, str(exc))
             return False
         if cell_lock.took_over:
             log.info("Took over the lock of %s left by %s: that run is gone", state.file_name, cell_lock.took_over)
@@ -387,7 +387,7 @@ class Fetcher:
         if dem_problem(self._out_dir / name) is not None:
             return False  # the damaged file the plan already decided to fetch again
         state.status = Status.FILLED if state.fill_from is not None else Status.PRESENT
-        state.product_id = self._cache.product_id(state.file_name)
+        state.product_id = state.product.id
         log.info("%s was fetched by another run meanwhile: present", state.file_name)
         self._landed(state)
         self._retotal(-(state.product.content_length or 0))
@@ -410,7 +410,10 @@ class Fetcher:
 
     def _fetch(self, state: CellState, located=None):
         """The node file, in place and recorded (None), or the verified zip to extract; None too
-        when the geocell failed or was left."""
+        when the geocell failed or was left.
+
+        The zip is capped by its product's own resolution, not the file's: a gap's fill comes from
+        another dataset, maybe a GLO-30 product (~9 times a GLO-90 zip) for a GLO-90 file."""
 
         with self._lock:
             self._started += 1
@@ -418,11 +421,12 @@ class Fetcher:
         log.info("Processing file n %d: %s", number, state.file_name)
         _, resolution = geocell_of_name(state.file_name)
         try:
-            if located is not None and self._fetch_node(state, located):
+            if located is not None and self._fetch_node(state, located, resolution):
                 return None
+            max_bytes = MAX_PRODUCT_BYTES[state.product.resolution or resolution]
             result = download_product(state.product, self._out_dir, self.session, self._http, self._endpoints,
                                       on_bytes=self.progress.update if self.progress else None, stop=self.stop,
-                                      slot=self._slots, max_bytes=MAX_PRODUCT_BYTES[resolution])
+                                      slot=self._slots, max_bytes=max_bytes)
         except DemError as exc:
             self._give_up(state, exc)
             return None
@@ -448,8 +452,7 @@ class Fetcher:
             self._stop_all(state, exc)
             return
         except DemError as exc:
-            state.status, state.error = Status.FAILED, str(exc)
-            log.error("%s: %s", state.file_name, exc)
+            self._fail(state, str(exc))
             return
         finally:
             remove_quietly(result.zip_path)

@@ -143,6 +143,12 @@ def origin(url: str) -> tuple[str, str, int | None] | None:
     return parts.scheme, host, port or {"http": 80, "https": 443}.get(parts.scheme)
 
 
+def origins(urls: Iterable[str]) -> frozenset[tuple[str, str, int | None]]:
+    """The origins of ``urls`` that name a host (:func:`origin`): the hosts a token may go to, or
+    whose connections a stop cuts, compared as the HTTP library connects."""
+    return frozenset(o for o in map(origin, urls) if o is not None and o[1])
+
+
 MAX_RETRY_AFTER = 60.0  # honour Retry-After, but never stall a run on one absurd value
 
 
@@ -396,7 +402,7 @@ class DownloadToken(AuthBase):
     """
 
     def __init__(self, hosts: Iterable[str], token: str = "") -> None:
-        self.hosts = frozenset(o for o in map(origin, hosts) if o is not None and o[1])
+        self.hosts = origins(hosts)
         self.token = token
 
     def bearing(self, token: str) -> DownloadToken:
@@ -484,12 +490,12 @@ class _Adapter(HTTPAdapter):
             manager.pool_classes_by_scheme = _LENDING_POOLS
         return manager
 
-    def cut(self, origins: frozenset | None) -> None:
+    def cut(self, targets: frozenset) -> None:
+        """Cut the connections in use of the pools whose origin is one of ``targets``."""
         for manager in (self.poolmanager, *self.proxy_manager.values()):
             for key in manager.pools.keys():
                 pool = manager.pools.get(key)
-                if isinstance(pool, _LendingPool) and (
-                        origins is None or (pool.scheme, (pool.host or "").lower(), pool.port) in origins):
+                if isinstance(pool, _LendingPool) and (pool.scheme, (pool.host or "").lower(), pool.port) in targets:
                     pool.cut()
 
 
@@ -502,14 +508,14 @@ class NoNetrcSession(requests.Session):
         self.trust_env = False
         self.pool_size = max(pool_size, 4)
 
-    def cut(self, hosts: Iterable[str] | None = None) -> None:
-        """Shut down the connection of every request under way (to ``hosts`` only, when given: URLs
-        of the hosts): each ends at once with a ConnectionError, however long its server has
-        been silent. What ends a run now (a stop, the time budget) must not wait for a timeout."""
-        origins = frozenset(o for o in map(origin, hosts) if o is not None) if hosts is not None else None
-        for adapter in self.adapters.values():
+    def cut(self, hosts: Iterable[str]) -> None:
+        """Shut down the connection of every request under way to ``hosts`` (URLs of the hosts):
+        each ends at once with a ConnectionError, however long its server has been silent. What
+        ends a run now (a stop, the time budget) must not wait for a timeout."""
+        targets = origins(hosts)
+        for adapter in dict.fromkeys(self.adapters.values()):  # one adapter may serve several prefixes
             if isinstance(adapter, _Adapter):
-                adapter.cut(origins)
+                adapter.cut(targets)
 
     def merge_environment_settings(self, url, proxies, stream, verify, cert):
         proxies = dict(proxies or {})

@@ -42,10 +42,11 @@ import math
 import os
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -162,13 +163,19 @@ def _source(path: Path) -> _Source:
 
     with rasterio.open(path) as dataset:
         t = dataset.transform
-        if dataset.crs is None or t.b or t.d or t.a <= 0 or t.e >= 0 or t.is_identity:
+        if dataset.crs is None or t.b or t.d or t.a <= 0 or t.e >= 0:
             raise DemError(f"{path}: not a georeferenced lon/lat raster")
         return _Source(path, t.c, t.f, t.a, -t.e, dataset.width, dataset.height, dataset.nodata)
 
 
+def _sources(cells: Sequence[tuple[Geocell, Path | None]]) -> list[_Source]:
+    """The files of ``cells`` (a sea cell has none), each opened once: a tile's outputs share them."""
+    with _rasterio().Env(**_GDAL_OPTIONS):
+        return [_source(path) for _, path in cells if path is not None]
+
+
 def mosaic_vrt(cells: Sequence[tuple[Geocell, Path | None]], *, dtype: str, nodata: float | None,
-               beside: bool = False) -> str:
+               beside: bool = False, sources: Sequence[_Source] | None = None) -> str:
     """A GDAL VRT that puts the geocells' files side by side in one EPSG:4326 grid: GDAL's mosaic.
 
     ``cells``: each geocell of the tile with its file, or None where there is no DEM (open sea).
@@ -177,6 +184,7 @@ def mosaic_vrt(cells: Sequence[tuple[Geocell, Path | None]], *, dtype: str, noda
     (columns thin out towards the poles) is resampled by GDAL (nearest). ``dtype``: the band's type
     (``int16``: GDAL rounds the heights). ``beside``: the VRT is in the files' folder (FORCE's VRT in
     the DEM folder itself), which names them relative to it; otherwise by absolute paths.
+    ``sources``: the files of ``cells`` as :func:`_sources` read them, when already read.
     """
 
     across = bool(cells) and max(c.lon for c, _ in cells) - min(c.lon for c, _ in cells) > 180
@@ -184,7 +192,8 @@ def mosaic_vrt(cells: Sequence[tuple[Geocell, Path | None]], *, dtype: str, noda
     def east_of(lon: float) -> float:  # across ±180°: longitudes in [0°, 360°)
         return lon + 360 if across and lon < 0 else lon
 
-    sources = [_source(path) for _, path in cells if path is not None]
+    if sources is None:
+        sources = _sources(cells)
     boxes = [(east_of(c.lon), c.lat, east_of(c.lon) + 1, c.lat + 1) for c, _ in cells]
     boxes += [(east_of(s.west), s.north - s.dy * s.height, east_of(s.west) + s.dx * s.width, s.north) for s in sources]
     if not boxes:
@@ -235,7 +244,6 @@ def _pixels(value: float) -> str:
 def _rasterio():
     import rasterio
     import rasterio.vrt
-    import rasterio.warp
 
     return rasterio
 
@@ -265,9 +273,10 @@ def _warp(mosaic: str, tile: str, pixel: float, resampling, dtype: str, stop, wr
             write(window, warped.read(1, window=window))
 
 
-def sen2like_bytes(cells: Sequence[tuple[Geocell, Path | None]], tile: str, resolution: int, stop=None) -> bytes:
+def sen2like_bytes(cells: Sequence[tuple[Geocell, Path | None]], tile: str, resolution: int, stop=None, *,
+                   sources: Sequence[_Source] | None = None) -> bytes:
     """sen2like's GeoTIFF of the tile: Int16 on its UTM grid over its exact square, cubic spline from
-    the Int16 mosaic, sea and holes 0 (as its own downloader made it)."""
+    the Int16 mosaic, sea and holes 0 (as its own downloader made it). ``sources``: as :func:`mosaic_vrt`'s."""
     rasterio = _rasterio()
     from rasterio.enums import Resampling
     from rasterio.io import MemoryFile
@@ -279,17 +288,18 @@ def sen2like_bytes(cells: Sequence[tuple[Geocell, Path | None]], tile: str, reso
                "predictor": 2, "zlevel": 1}
     with rasterio.Env(**_GDAL_OPTIONS), MemoryFile() as memory:
         with memory.open(**profile) as dst:
-            _warp(mosaic_vrt(cells, dtype="int16", nodata=None), tile, resolution, Resampling.cubic_spline, "int16",
-                  stop, lambda window, rows: dst.write(rows, 1, window=window))
+            _warp(mosaic_vrt(cells, dtype="int16", nodata=None, sources=sources), tile, resolution,
+                  Resampling.cubic_spline, "int16", stop, lambda window, rows: dst.write(rows, 1, window=window))
         return bytes(memory.getbuffer())
 
 
 def quicklook_bytes(cells: Sequence[tuple[Geocell, Path | None]], tile: str, stop=None,
-                    sen2like: bytes | None = None) -> bytes:
+                    sen2like: bytes | None = None, *, sources: Sequence[_Source] | None = None) -> bytes:
     """The PNG of a shaded relief of the tile's DEM on its grid, ``QUICKLOOK_PIXELS`` wide.
 
     The heights are sen2like's (holes and sea 0, so both get the sea's colour): averaged down from
-    the tile's ``sen2like`` file when it was just made, else warped from the geocells to this grid.
+    the tile's ``sen2like`` file when it was just made, else warped from the geocells to this grid
+    (``sources``: as :func:`mosaic_vrt`'s).
     """
     rasterio = _rasterio()
     from rasterio.enums import Resampling
@@ -306,7 +316,7 @@ def quicklook_bytes(cells: Sequence[tuple[Geocell, Path | None]], tile: str, sto
             def keep(window, rows):
                 heights[window.row_off:window.row_off + window.height] = rows
 
-            _warp(mosaic_vrt(cells, dtype="int16", nodata=None), tile, TILE_SIZE / QUICKLOOK_PIXELS,
+            _warp(mosaic_vrt(cells, dtype="int16", nodata=None, sources=sources), tile, TILE_SIZE / QUICKLOOK_PIXELS,
                   Resampling.average, "int16", stop, keep)
         rgb = relief(heights, heights == 0, TILE_SIZE / QUICKLOOK_PIXELS)
         crs, transform, _ = _tile_grid(tile, TILE_SIZE / QUICKLOOK_PIXELS)
@@ -345,12 +355,13 @@ def relief(heights: np.ndarray, sea: np.ndarray, pixel: float) -> np.ndarray:
     return rgb
 
 
-def force_vrt(cells: Sequence[tuple[Geocell, Path | None]], vrt_path: Path, dem_folder: Path) -> str:
+def force_vrt(cells: Sequence[tuple[Geocell, Path | None]], vrt_path: Path, dem_folder: Path, *,
+              sources: Sequence[_Source] | None = None) -> str:
     """FORCE's VRT of the tile: the geocells as they are (Float32 heights), ``FORCE_NODATA`` where no
-    cell exists; paths relative when the VRT is in the DEM folder itself, else absolute."""
+    cell exists; paths relative when the VRT is in the DEM folder itself, else absolute. ``sources``:
+    as :func:`mosaic_vrt`'s."""
     same = vrt_path.parent.is_dir() and dem_folder.is_dir() and os.path.samefile(vrt_path.parent, dem_folder)
-    with _rasterio().Env(**_GDAL_OPTIONS):
-        return mosaic_vrt(cells, dtype="float32", nodata=FORCE_NODATA, beside=same)
+    return mosaic_vrt(cells, dtype="float32", nodata=FORCE_NODATA, beside=same, sources=sources)
 
 
 # --- made as the geocells land ---------------------------------------------------------------------
@@ -440,10 +451,13 @@ class Builder:
                   else self.dem_folder / self.plan.cells[cell].file_name) for cell in tile.geocells]
         result = TileOutputs(tile.tile, self.outputs.paths(tile.tile))
         newest = max((_mtime(path) or 0 for _, path in cells if path is not None), default=0)
+        # the geocells' files, opened by the first output that reads them (none when all are up to date), not by each
+        sources = cache(lambda: _sources(cells))
         made: dict[Kind, bytes] = {}
         for kind, path in result.paths.items():  # sen2like first: the quicklook is made from it
             try:
-                data = made[kind] = self._output(kind, cells, tile.tile, path, newest, made.get(Kind.SEN2LIKE))
+                data = made[kind] = self._output(kind, cells, tile.tile, path, newest, made.get(Kind.SEN2LIKE),
+                                                 sources)
                 if data is None:
                     result.states[kind] = CURRENT
                     log.debug("%s output of %s is up to date: %s", kind, tile.tile, path)
@@ -461,18 +475,20 @@ class Builder:
         with self._lock:
             self.done[tile.tile] = result
 
-    def _output(self, kind: Kind, cells, tile: str, path: Path, newest: int, sen2like: bytes | None) -> bytes | None:
+    def _output(self, kind: Kind, cells, tile: str, path: Path, newest: int, sen2like: bytes | None,
+                sources: Callable[[], list[_Source]]) -> bytes | None:
         """The output's bytes; None when the file there is already what they would be: not older than
-        any of its geocells (and, for the VRT, the same text: it also names the cells' files)."""
+        any of its geocells (and, for the VRT, the same text: it also names the cells' files).
+        ``sources()``: the geocells' files, read once for all of the tile's outputs."""
         made = _mtime(path)
         if kind == Kind.FORCE:
-            data = force_vrt(cells, path, self.dem_folder).encode()
+            data = force_vrt(cells, path, self.dem_folder, sources=sources()).encode()
             return None if made is not None and made >= newest and path.read_bytes() == data else data
         if made is not None and made >= newest:
             return None
         if kind == Kind.SEN2LIKE:
-            return sen2like_bytes(cells, tile, self.outputs.resolution, self.stop)
-        return quicklook_bytes(cells, tile, self.stop, sen2like)
+            return sen2like_bytes(cells, tile, self.outputs.resolution, self.stop, sources=sources())
+        return quicklook_bytes(cells, tile, self.stop, sen2like, sources=sources() if sen2like is None else None)
 
 
 def _mtime(path: Path) -> int | None:

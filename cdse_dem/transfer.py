@@ -132,7 +132,6 @@ class Silence:
     """
 
     def __init__(self):
-        self._clock = time.monotonic
         self._lock = threading.Lock()
         self._in_flight = 0
         self._silent = 0.0  # seconds of silence before the current stretch of requests in flight
@@ -143,7 +142,7 @@ class Silence:
         """The block is one request in flight."""
         with self._lock:
             if self._in_flight == 0:
-                self._since = self._clock()
+                self._since = time.monotonic()
             self._in_flight += 1
         try:
             yield
@@ -151,7 +150,7 @@ class Silence:
             with self._lock:
                 self._in_flight -= 1
                 if self._in_flight == 0:
-                    self._silent += self._clock() - self._since
+                    self._silent += time.monotonic() - self._since
                     self._since = None
 
     def heard(self) -> None:
@@ -159,11 +158,20 @@ class Silence:
         with self._lock:
             self._silent = 0.0
             if self._since is not None:
-                self._since = self._clock()
+                self._since = time.monotonic()
 
     def seconds(self) -> float:
         with self._lock:
-            return self._silent + (self._clock() - self._since if self._since is not None else 0.0)
+            return self._silent + (time.monotonic() - self._since if self._since is not None else 0.0)
+
+
+def acquire_unless_stopped(sem: threading.Semaphore, stop: threading.Event | None) -> bool:
+    """Take ``sem``, however long it takes, unless ``stop`` is set meanwhile (False, not taken):
+    polled every ``POLL_SECONDS``, so that a stop ends the wait within one poll."""
+    while not sem.acquire(timeout=POLL_SECONDS):
+        if stop is not None and stop.is_set():
+            return False
+    return True
 
 
 class ConnectionSlot:
@@ -181,8 +189,8 @@ class ConnectionSlot:
         self._held = threading.local()  # the account slot (a LockFile) this thread holds
 
     def __enter__(self) -> "ConnectionSlot":
-        while not self._own.acquire(timeout=POLL_SECONDS):
-            self._raise_if_stopped()
+        if not acquire_unless_stopped(self._own, self._stop):
+            raise DownloadCancelled(_STOPPED)
         if self._pool is None:
             return self
         try:
@@ -203,10 +211,6 @@ class ConnectionSlot:
                 account.release()
         finally:
             self._own.release()
-
-    def _raise_if_stopped(self) -> None:
-        if self._stop is not None and self._stop.is_set():
-            raise DownloadCancelled(_STOPPED)
 
     def _waiting(self, seconds: float) -> None:
         """Every account slot is held by other runs: a debug line at first, then an INFO line each
@@ -369,12 +373,11 @@ class Expected:
     what: str = "such a file"
 
 
-def refuse_oversize(length: int | None, limit: int | None, label: str, what: str,
-                    error: type[DemError] = DownloadFailed) -> None:
+def refuse_oversize(length: int | None, limit: int | None, label: str, what: str) -> None:
     """A file announced (by the catalogue, a listing or the server) larger than ``what`` can be is
-    refused before its first byte: ``error``, never retried. ``limit`` None: no bound known."""
+    refused before its first byte: DownloadFailed, never retried. ``limit`` None: no bound known."""
     if length is not None and limit is not None and length > limit:
-        raise error(f"{label} is announced at {length:,} bytes, more than {what} can be ({limit:,}): refused")
+        raise DownloadFailed(f"{label} is announced at {length:,} bytes, more than {what} can be ({limit:,}): refused")
 
 
 @dataclass
@@ -451,9 +454,8 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
     stalls = 0
     after_refresh = False
     redirects = 0
-    silence = getattr(slot, "silence", None)
-    watch = _Watch(stop, stall, clock, getattr(session, "out_of_time", None),
-                   silence.heard if silence is not None else None)
+    silence = getattr(slot, "silence", None) or Silence()  # without a run's slots: this transfer's own
+    watch = _Watch(stop, stall, clock, getattr(session, "out_of_time", None), silence.heard)
     while True:
         _raise_if_stopped(stop, label)
         if first and requests_made == 0 and not session.may_start():
@@ -465,7 +467,7 @@ def _with_retries(url, session, http, endpoints, receive, *, label, backoff, sto
                 _raise_if_stopped(stop, label)
                 token = session.access_token()
                 sent = time.monotonic()
-                with silence.asking() if silence is not None else nullcontext():
+                with silence.asking():
                     result, answered = _attempt(url, auth.bearing(token), http, receive, watch, timeout, label)
                 seconds = time.monotonic() - sent
         except _Redirect as redirect:
@@ -521,7 +523,7 @@ def _attempt(url, auth: DownloadToken, http, receive, watch, timeout, label):
     except requests.RequestException as exc:
         raise DownloadFailed(f"cannot request {label}: {exc}") from None
     answered = time.monotonic()
-    watch.heard()
+    watch.on_answer()
     with reply:
         status = reply.status_code
         if status == 200:
@@ -714,11 +716,7 @@ class _Watch:
     limits: StallLimits
     clock: Callable[[], float]
     out_of_time: Callable[[], bool] | None
-    on_answer: Callable[[], None] | None = None  # told whenever the host answers something
-
-    def heard(self) -> None:
-        if self.on_answer is not None:
-            self.on_answer()
+    on_answer: Callable[[], None]  # told whenever the host answers something
 
 
 class _Watcher:
@@ -739,7 +737,7 @@ class _Watcher:
     def took(self, count: int) -> None:
         """``count`` bytes arrived."""
         self.meter.add(count, self._watch.clock())
-        self._watch.heard()
+        self._watch.on_answer()
 
     def _why(self) -> tuple[str, str] | None:
         watch = self._watch
@@ -1068,10 +1066,10 @@ class NodeClient:
         suffix = Path(file_name).suffix
         label = f"{file_name} (Nodes)"
         limit, what = MAX_DEM_BYTES[resolution], f"a DEM at {resolution} m"
-        refuse_oversize(located.length, limit, label, what, NodesFailed)  # a walk's listing: before asking
         problem = None
         for _ in range(CHECK_TRIES):
             try:
+                refuse_oversize(located.length, limit, label, what)  # a walk's listing: before asking
                 fetched = fetch_file(located.url, out_dir, file_name, self.session, self.http, self.endpoints,
                                      label=label, expect=Expected(length=located.length, limit=limit, what=what),
                                      backoff=self.backoff, on_bytes=on_bytes, stop=self.stop, stall=self.stall,

@@ -6,14 +6,17 @@ and with the DEM integrity check, as Sen2Cor and the tool itself read a folder.
 """
 
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tifffile
 
-from cdse_dem.dem_folder import dem_problem
+from cdse_dem import fetch
+from cdse_dem.dem_folder import MAX_PRODUCT_BYTES, dem_problem
 from cdse_dem.gapfill import FillError, fill_cell, resample
 from cdse_dem.grid import Geocell
+from cdse_dem.planning import CellState
 from simulator.dted import dted_bytes
 from simulator.geotiff import geotiff_bytes
 from simulator.terrain import coarse_elevation, elevation
@@ -152,3 +155,14 @@ def test_a_source_whose_pixel_scale_is_not_finite_is_refused_before_anything_is_
     with pytest.raises(FillError, match="tag 33550 is not 3 finite numbers"):
         fill_cell(source, out, CELL.dem_file_name(30, "DGED"), CELL, 30)
     assert list(out.iterdir()) == []
+
+
+def test_a_fill_source_s_zip_is_capped_by_its_own_resolution_not_the_file_s(tmp_path, monkeypatch):
+    """A GLO-90 gap filled from a GLO-30 product: its zip (~9 times a GLO-90 one) may be a GLO-30 zip's size."""
+    caps = []
+    monkeypatch.setattr(fetch, "download_product", lambda *args, max_bytes, **kwargs: caps.append(max_bytes))
+    fetcher = fetch.Fetcher(open_session=None, http=None, endpoints=None, out_dir=tmp_path, cache=None, workers=1)
+    for source in (30, 90, None):  # None: a product whose type says no resolution goes by the file's
+        product = SimpleNamespace(id=f"p{source}", resolution=source)
+        fetcher._fetch(CellState(CELL, CELL.dem_file_name(90, "DGED"), product=product, fill_from="other"))
+    assert caps == [MAX_PRODUCT_BYTES[30], MAX_PRODUCT_BYTES[90], MAX_PRODUCT_BYTES[90]]
